@@ -1,0 +1,26 @@
+"""corral: process-based parallelism, a drop-in replacement for ``multiprocessing``.
+
+``import corral as multiprocessing`` works: the top level exposes the default
+context's methods (``Process``, ``Pipe``, ``get_context``, ``set_start_method``,
+``cpu_count``, ...) and the stdlib's exceptions, exactly as
+``multiprocessing/__init__.py`` does. corral's own additions live in
+``corral.errors`` and are documented where they appear.
+"""
+
+import sys as _sys
+
+from . import context as _context
+
+__version__ = "0.1.0"
+
+__all__ = tuple(name for name in dir(_context._default_context) if not name.startswith("_"))
+
+globals().update((name, getattr(_context._default_context, name)) for name in __all__)
+
+SUBDEBUG = 5
+SUBWARNING = 25
+
+# Objects defined in the main script pickle as "__main__.x"; a spawned child
+# imports the script as "__mp_main__", so both names must reach the same module.
+if "__main__" in _sys.modules:
+    _sys.modules["__mp_main__"] = _sys.modules["__main__"]

@@ -1,0 +1,119 @@
+"""Start a child by ``os.fork()``; the base of the other Popen classes.
+
+A Popen owns one child: its pid, its exit sentinel and its return code. The
+exit sentinel is a pidfd where the OS has one (readable exactly when the child
+exits, immune to grandchildren holding fds), else the read end of a pipe whose
+write end only the child holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from . import util
+
+
+
+def _pidfd_works() -> bool:
+    """True if this kernel gives pidfds (Linux >= 5.3 and not blocked by seccomp)."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+HAVE_PIDFD = _pidfd_works()
+
+
+class Popen:
+    """A child started by fork."""
+
+    method = "fork"
+
+    def __init__(self, process_obj: Any) -> None:
+        util._flush_std_streams()
+        self.returncode: int | None = None
+        self.finalizer: util.Finalize | None = None
+        self.pid: int = 0
+        self.sentinel: int = -1
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd: int) -> int:
+        return fd
+
+    def _launch(self, process_obj: Any) -> None:
+        # Without pidfds, two pipes: the child holds exit_w until it exits (our
+        # sentinel) and we hold parent_w until we exit (the child's view of us).
+        pipes = None if HAVE_PIDFD else (os.pipe(), os.pipe())
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                parent_sentinel = None
+                if pipes is not None:
+                    (exit_r, _exit_w), (parent_r, parent_w) = pipes
+                    os.close(exit_r)
+                    os.close(parent_w)
+                    parent_sentinel = parent_r
+                code = process_obj._bootstrap(parent_sentinel=parent_sentinel)
+            finally:
+                os._exit(code)
+        self.pid = pid
+        if pipes is None:
+            self.sentinel = os.pidfd_open(pid)
+            fds = [self.sentinel]
+        else:
+            (exit_r, exit_w), (parent_r, parent_w) = pipes
+            os.close(exit_w)
+            os.close(parent_r)
+            self.sentinel = exit_r
+            fds = [exit_r, parent_w]
+        self.finalizer = util.Finalize(self, util.close_fds, fds)
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        """Return the exit code (-N for signal N), or None if still running."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flag)
+            except OSError:
+                # Reaped elsewhere (e.g. SIGCHLD ignored): nothing to report.
+                return None
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the child; None if it is still running after timeout seconds."""
+        if self.returncode is None:
+            if timeout is not None:
+                from .connection import wait
+
+                if not wait([self.sentinel], timeout):
+                    return None
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
+        return self.returncode
+
+    def _send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            except OSError:
+                if self.wait(timeout=0.1) is None:
+                    raise
+
+    def terminate(self) -> None:
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.finalizer is not None:
+            self.finalizer()

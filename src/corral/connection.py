@@ -1,0 +1,661 @@
+"""Framed, picklable messages between processes: ``Pipe``, ``Listener``, ``Client``, ``wait``.
+
+Wire format (the stdlib's, so corral and ``multiprocessing`` talk to each other):
+a message is a 4-byte big-endian signed length and the payload; a payload of
+2 GiB or more is announced by a length of -1 followed by an 8-byte unsigned
+length. ``send``/``recv`` carry pickles made by ``corral.reduction``.
+
+Authentication is the stdlib's HMAC challenge/response, in both directions
+(see ``_handshake.py``). ``Listener.accept()`` runs the handshakes of several
+clients side by side with a deadline each, so a client that connects and then
+says nothing cannot keep the others out.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from . import _handshake, reduction, util
+from .errors import AuthenticationError, BufferTooShort
+
+__all__ = (
+    "AuthenticationError",
+    "BufferTooShort",
+    "Client",
+    "Connection",
+    "Listener",
+    "Pipe",
+    "answer_challenge",
+    "deliver_challenge",
+    "wait",
+)
+
+BUFSIZE = 8192
+#: Seconds a client may take to complete the authentication handshake in accept().
+HANDSHAKE_TIMEOUT = 20.0
+# Above this size a message is received into one preallocated buffer.
+_LARGE = 1 << 20
+# Messages this small are sent with their header in one write().
+_SMALL = 1 << 14
+# os.read/os.write move at most this much per call on Linux.
+_MAX_IO = 0x7FFFF000
+
+_header_i = struct.Struct("!i")
+_header_q = struct.Struct("!Q")
+_pack_i = _header_i.pack
+_unpack_i = _header_i.unpack
+
+families = ["AF_INET"]
+if hasattr(socket, "AF_UNIX"):
+    families.append("AF_UNIX")
+default_family = "AF_UNIX" if "AF_UNIX" in families else "AF_INET"
+
+class Connection:
+    """One end of a connection: a pipe end or a connected socket, by file descriptor.
+
+    ``send``/``recv`` move picklable objects, ``send_bytes``/``recv_bytes``
+    move raw bytes. A closed connection raises ``OSError("handle is closed")``;
+    using a read-only end for writing (or the reverse) raises ``OSError``.
+    """
+
+    _handle: int | None = None
+
+    def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
+        handle = handle.__index__()
+        if handle < 0:
+            msg = "invalid handle"
+            raise ValueError(msg)
+        if not readable and not writable:
+            msg = "at least one of `readable` and `writable` must be True"
+            raise ValueError(msg)
+        self._handle = handle
+        self._readable = readable
+        self._writable = writable
+
+    def __del__(self) -> None:
+        if self._handle is not None:
+            try:
+                os.close(self._handle)
+            except OSError:
+                pass
+            self._handle = None
+
+    # -- state -----------------------------------------------------------------
+
+    def _check_closed(self) -> None:
+        if self._handle is None:
+            msg = "handle is closed"
+            raise OSError(msg)
+
+    def _check_readable(self) -> None:
+        if not self._readable:
+            msg = "connection is write-only"
+            raise OSError(msg)
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            msg = "connection is read-only"
+            raise OSError(msg)
+
+    def _bad_message_length(self) -> None:
+        if self._writable:
+            self._readable = False
+        else:
+            self.close()
+        msg = "bad message length"
+        raise OSError(msg)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._handle is None
+
+    @property
+    def readable(self) -> bool:
+        return self._readable
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    def fileno(self) -> int:
+        """The file descriptor of the connection."""
+        self._check_closed()
+        return self._handle  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close the connection; later calls do nothing."""
+        if self._handle is not None:
+            try:
+                os.close(self._handle)
+            finally:
+                self._handle = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        return reduction.reduce_connection(self)
+
+    # -- sending ----------------------------------------------------------------
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        """Send ``buf[offset:offset+size]`` (in bytes) as one message.
+
+        Raises:
+            ValueError: offset or size is negative or past the end of buf.
+        """
+        self._check_closed()
+        self._check_writable()
+        view = memoryview(buf)
+        if view.itemsize > 1:
+            view = view.cast("B")
+        n = view.nbytes
+        if offset < 0:
+            msg = "offset is negative"
+            raise ValueError(msg)
+        if n < offset:
+            msg = "buffer length < offset"
+            raise ValueError(msg)
+        if size is None:
+            size = n - offset
+        elif size < 0:
+            msg = "size is negative"
+            raise ValueError(msg)
+        elif offset + size > n:
+            msg = "buffer length < offset + size"
+            raise ValueError(msg)
+        self._send_bytes(view[offset:offset + size])
+
+    def send(self, obj: Any) -> None:
+        """Pickle obj and send it as one message.
+
+        Raises:
+            corral.SerializationError: obj cannot be pickled; the message names
+                the part that failed. Nothing was sent.
+        """
+        self._check_closed()
+        self._check_writable()
+        self._send_bytes(reduction._dumps(obj))
+
+    def _send_bytes(self, buf: Any) -> None:
+        n = len(buf)
+        if n > 0x7FFFFFFF:
+            header = _pack_i(-1) + _header_q.pack(n)
+        else:
+            header = _pack_i(n)
+        fd = self._handle
+        if n < _SMALL:
+            data = header + buf
+            written = os.write(fd, data)  # type: ignore[arg-type]
+            if written != len(data):
+                self._write_all(memoryview(data)[written:])
+        else:
+            self._write_all(memoryview(header), memoryview(buf).cast("B"))
+
+    def _write_all(self, *views: memoryview) -> None:
+        fd = self._handle
+        pending = [v for v in views if v.nbytes]
+        while pending:
+            if len(pending) > 1:
+                written = os.writev(fd, pending)  # type: ignore[arg-type]
+            else:
+                written = os.write(fd, pending[0][:_MAX_IO])  # type: ignore[arg-type]
+            while written:
+                first = pending[0]
+                if written >= first.nbytes:
+                    written -= first.nbytes
+                    pending.pop(0)
+                else:
+                    pending[0] = first[written:]
+                    written = 0
+
+    # -- receiving --------------------------------------------------------------
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        """Receive one message as bytes.
+
+        Raises:
+            EOFError: the other end is closed and nothing is left to read.
+            OSError: the message is longer than maxlength (the connection can
+                no longer be read), or the peer closed it mid-message.
+        """
+        self._check_closed()
+        self._check_readable()
+        if maxlength is not None and maxlength < 0:
+            msg = "negative maxlength"
+            raise ValueError(msg)
+        buf = self._recv_bytes(maxlength)
+        if buf is None:
+            self._bad_message_length()
+        return bytes(buf)  # type: ignore[arg-type]
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
+        """Receive one message into a writable buffer at byte ``offset``.
+
+        Returns:
+            The message size in units of the buffer's items.
+
+        Raises:
+            BufferTooShort: the message does not fit; ``e.args[0]`` is the message.
+            ValueError: offset is negative or past the end of buf.
+        """
+        self._check_closed()
+        self._check_readable()
+        with memoryview(buf) as view:
+            itemsize = view.itemsize
+            bytesize = itemsize * len(view)
+            if offset < 0:
+                msg = "negative offset"
+                raise ValueError(msg)
+            if offset > bytesize:
+                msg = "offset too large"
+                raise ValueError(msg)
+            data = self._recv_bytes()
+            size = len(data)  # type: ignore[arg-type]
+            if bytesize - offset < size:
+                raise BufferTooShort(bytes(data))  # type: ignore[arg-type]
+            view.cast("B")[offset:offset + size] = data
+            return size // itemsize
+
+    def recv(self) -> Any:
+        """Receive one message and unpickle it.
+
+        Raises:
+            EOFError: the other end is closed and nothing is left to read.
+        """
+        self._check_closed()
+        self._check_readable()
+        return reduction._loads(self._recv_bytes())
+
+    def _recv_bytes(self, maxsize: int | None = None) -> bytes | bytearray | None:
+        header = self._read_exact(4)
+        (size,) = _unpack_i(header)
+        if size < 0:
+            if size != -1:
+                self._bad_message_length()
+            (size,) = _header_q.unpack(self._read_exact(8))
+        if maxsize is not None and size > maxsize:
+            return None
+        return self._read_exact(size)
+
+    def _read_exact(self, size: int) -> bytes | bytearray:
+        fd = self._handle
+        if size < _LARGE:
+            data = os.read(fd, size)  # type: ignore[arg-type]
+            if len(data) == size:
+                return data
+            if not data and size:
+                raise EOFError
+            buf = bytearray(size)
+            buf[:len(data)] = data
+            self._read_into(memoryview(buf), len(data))
+            return buf
+        try:
+            buf = bytearray(size)
+        except MemoryError:
+            self._bad_message_length()
+        self._read_into(memoryview(buf), 0)
+        return buf
+
+    def _read_into(self, view: memoryview, got: int) -> None:
+        fd = self._handle
+        total = view.nbytes
+        while got < total:
+            n = os.readv(fd, [view[got:got + _MAX_IO]])  # type: ignore[arg-type]
+            if n == 0:
+                if got == 0:
+                    raise EOFError
+                msg = "got end of file during message"
+                raise OSError(msg)
+            got += n
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """True if a message (or EOF) can be read without blocking.
+
+        ``timeout`` None waits forever; a number waits at most that many seconds.
+        """
+        self._check_closed()
+        self._check_readable()
+        return _poll_fd(self._handle, timeout)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else f"fd={self._handle}"
+        mode = ("r" if self._readable else "") + ("w" if self._writable else "")
+        return f"<{type(self).__name__} {state} {mode}>"
+
+
+def _poll_fd(fd: int, timeout: float | None) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if timeout is None:
+        return bool(poller.poll())
+    return bool(poller.poll(max(0, _ms(timeout))))
+
+
+def _ms(seconds: float) -> int:
+    # Round up, so a positive timeout never becomes a zero-length poll.
+    return int(-(-seconds * 1000 // 1))
+
+
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
+    """Return a pair of connected ``Connection`` objects.
+
+    With ``duplex`` (the default) both ends can send and receive (a socket
+    pair, which can also carry file descriptors); otherwise the first end only
+    receives and the second only sends (an OS pipe).
+    """
+    if duplex:
+        s1, s2 = socket.socketpair()
+        s1.setblocking(True)
+        s2.setblocking(True)
+        return Connection(s1.detach()), Connection(s2.detach())
+    r, w = os.pipe()
+    return Connection(r, writable=False), Connection(w, readable=False)
+
+
+# ---------------------------------------------------------------------------
+# wait
+
+
+def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    """Wait until one or more of the objects is ready; return the ready ones.
+
+    Objects are connections, sockets, or integer file descriptors such as
+    ``Process.sentinel``. Ready means readable: data, EOF, or a finished
+    process. Returns an empty list when ``timeout`` seconds pass first.
+    """
+    objects = list(object_list)
+    poller = select.poll()
+    by_fd: dict[int, list[Any]] = {}
+    for obj in objects:
+        fd = obj if isinstance(obj, int) else obj.fileno()
+        if fd not in by_fd:
+            by_fd[fd] = []
+            poller.register(fd, select.POLLIN)
+        by_fd[fd].append(obj)
+    if timeout is None:
+        events = poller.poll()
+    else:
+        deadline = time.monotonic() + timeout
+        while True:
+            events = poller.poll(max(0, _ms(deadline - time.monotonic())))
+            if events or time.monotonic() >= deadline:
+                break
+    ready_fds = {fd for fd, _ in events}
+    return [obj for obj in objects
+            if (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
+
+
+# ---------------------------------------------------------------------------
+# addresses
+
+
+def address_type(address: Any) -> str:
+    """Return 'AF_INET', 'AF_UNIX' or 'AF_PIPE' for an address."""
+    if isinstance(address, tuple):
+        return "AF_INET"
+    if isinstance(address, str) and address.startswith("\\\\"):
+        return "AF_PIPE"
+    if isinstance(address, (str, bytes)) or util.is_abstract_socket_namespace(address):
+        return "AF_UNIX"
+    msg = f"address type of {address!r} unrecognized"
+    raise ValueError(msg)
+
+
+def arbitrary_address(family: str) -> Any:
+    """Return an unused address of the family (a private path for AF_UNIX)."""
+    if family == "AF_INET":
+        return ("localhost", 0)
+    if family == "AF_UNIX":
+        return os.path.join(util.get_temp_dir(), f"listener-{os.urandom(8).hex()}")
+    msg = "unrecognized family"
+    raise ValueError(msg)
+
+
+def _validate_family(family: str) -> None:
+    if sys.platform != "win32" and family == "AF_PIPE":
+        msg = f"Family {family} is not recognized."
+        raise ValueError(msg)
+    if family not in families and family != "AF_PIPE":
+        if not hasattr(socket, family):
+            msg = f"Family {family} is not recognized."
+            raise ValueError(msg)
+
+
+def _check_authkey(authkey: Any) -> None:
+    if authkey is not None and not isinstance(authkey, bytes):
+        msg = "authkey should be a byte string"
+        raise TypeError(msg)
+
+
+# ---------------------------------------------------------------------------
+# Listener / Client
+
+
+class Listener:
+    """A socket that accepts connections from ``Client``, optionally authenticated.
+
+    Args:
+        address: ``(host, port)`` for AF_INET, a path (or, on Linux, an
+            abstract name starting with NUL) for AF_UNIX; None picks a free one.
+        family: 'AF_INET' or 'AF_UNIX'; by default deduced from address.
+        backlog: the listen() backlog.
+        authkey: if given, every client must pass the HMAC handshake with the
+            same key before ``accept()`` returns it.
+        handshake_timeout: seconds a client has to complete the handshake
+            (corral's addition; the stdlib waits forever).
+
+    Raises:
+        ValueError: unknown family or address type.
+        TypeError: authkey is not bytes.
+    """
+
+    def __init__(
+        self,
+        address: Any = None,
+        family: str | None = None,
+        backlog: int = 1,
+        authkey: bytes | None = None,
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        family = family or (address and address_type(address)) or default_family
+        address = address or arbitrary_address(family)
+        _validate_family(family)
+        _check_authkey(authkey)
+        self._family = family
+        self._socket: socket.socket | None = socket.socket(getattr(socket, family))
+        self._unlink: util.Finalize | None = None
+        try:
+            if os.name == "posix":
+                self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.setblocking(False)
+            self._socket.bind(address)
+            self._socket.listen(backlog)
+            self._address = self._socket.getsockname()
+        except OSError:
+            self._socket.close()
+            self._socket = None
+            raise
+        if family == "AF_UNIX" and not util.is_abstract_socket_namespace(address):
+            self._unlink = util.Finalize(self, os.unlink, args=(address,), exitpriority=0)
+        self._authkey = authkey
+        self._handshake_timeout = handshake_timeout
+        self._last_accepted: Any = None
+        self._pending: list[_handshake.PendingHandshake] = []
+
+    def accept(self) -> Connection:
+        """Wait for a client and return the connection to it.
+
+        With an authkey, clients are authenticated side by side: the first to
+        pass is returned, those still in progress wait for the next call.
+
+        Raises:
+            AuthenticationError: a client failed the handshake (wrong key,
+                garbage, truncated or oversized frames, or silence past
+                ``handshake_timeout``). Other clients are unaffected.
+            OSError: the listener is closed.
+        """
+        if self._socket is None:
+            msg = "listener is closed"
+            raise OSError(msg)
+        if self._authkey is None:
+            sock, self._last_accepted = self._accept_socket(None)
+            return _connection_from_socket(sock)
+        return self._accept_authenticated()
+
+    def _accept_socket(self, timeout: float | None) -> tuple[socket.socket, Any]:
+        while True:
+            try:
+                sock, addr = self._socket.accept()  # type: ignore[union-attr]
+            except BlockingIOError:
+                if not _poll_fd(self._socket.fileno(), timeout):  # type: ignore[union-attr]
+                    raise
+                continue
+            sock.setblocking(True)
+            return sock, addr
+
+    def _accept_authenticated(self) -> Connection:
+        listener = self._socket
+        assert listener is not None
+        while True:
+            now = time.monotonic()
+            for pending in list(self._pending):
+                if pending.deadline <= now:
+                    self._pending.remove(pending)
+                    pending.fail_timeout(self._handshake_timeout)
+            poller = select.poll()
+            poller.register(listener.fileno(), select.POLLIN)
+            by_fd = {}
+            for pending in self._pending:
+                poller.register(pending.fileno(), select.POLLIN)
+                by_fd[pending.fileno()] = pending
+            if self._pending:
+                nearest = min(p.deadline for p in self._pending)
+                events = poller.poll(max(0, _ms(nearest - time.monotonic())))
+            else:
+                events = poller.poll()
+            for fd, _ in events:
+                if fd == listener.fileno():
+                    self._start_handshake()
+                    continue
+                pending = by_fd[fd]
+                try:
+                    done = pending.on_readable()
+                except BaseException:
+                    self._pending.remove(pending)
+                    raise
+                if done:
+                    self._pending.remove(pending)
+                    self._last_accepted = pending.address
+                    return _connection_from_socket(pending.take_socket())
+
+    def _start_handshake(self) -> None:
+        try:
+            sock, addr = self._socket.accept()  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        pending = _handshake.PendingHandshake(
+            sock, addr, _handshake.server_steps(self._authkey),  # type: ignore[arg-type]
+            time.monotonic() + self._handshake_timeout)
+        try:
+            pending.begin()
+        except BaseException:
+            sock.close()
+            raise
+        self._pending.append(pending)
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file (AF_UNIX)."""
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close()
+            for pending in self._pending:
+                pending.close()
+            self._pending.clear()
+            unlink, self._unlink = self._unlink, None
+            if unlink is not None:
+                unlink()
+
+    @property
+    def address(self) -> Any:
+        """The address the listener is bound to (with the real port for port 0)."""
+        return self._address
+
+    @property
+    def last_accepted(self) -> Any:
+        """The address of the peer last returned by ``accept()``."""
+        return self._last_accepted
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} address={self._address!r} family={self._family}>"
+
+
+def _connection_from_socket(sock: socket.socket) -> Connection:
+    return Connection(sock.detach())
+
+
+def Client(  # noqa: N802 - stdlib name
+    address: Any, family: str | None = None, authkey: bytes | None = None
+) -> Connection:
+    """Connect to a ``Listener`` and return the connection.
+
+    Raises:
+        AuthenticationError: the handshake failed (wrong key on either side).
+        ConnectionRefusedError, FileNotFoundError: nobody listens there.
+    """
+    family = family or address_type(address)
+    _validate_family(family)
+    _check_authkey(authkey)
+    sock = socket.socket(getattr(socket, family))
+    try:
+        sock.setblocking(True)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    conn = _connection_from_socket(sock)
+    if authkey is not None:
+        try:
+            _handshake.run_blocking(conn, _handshake.client_steps(authkey))
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def deliver_challenge(connection: Connection, authkey: bytes) -> None:
+    """Challenge the peer to prove it knows authkey (the server's first half).
+
+    Raises:
+        AuthenticationError: the peer's answer is wrong.
+    """
+    _handshake.check_authkey_type(authkey)
+    _handshake.run_blocking(connection, _handshake.deliver_steps(authkey))
+
+
+def answer_challenge(connection: Connection, authkey: bytes) -> None:
+    """Answer the peer's challenge with authkey (the client's first half).
+
+    Raises:
+        AuthenticationError: the peer rejected the answer, or sent no challenge.
+    """
+    _handshake.check_authkey_type(authkey)
+    _handshake.run_blocking(connection, _handshake.answer_steps(authkey))

@@ -1,0 +1,311 @@
+"""Contexts: which start method a ``Process`` (and every later factory) uses.
+
+``get_context('fork' | 'spawn' | 'forkserver')`` returns a context whose
+factories (``ctx.Process``, ``ctx.Pipe``, ...) all use that start method; the
+top-level ``corral`` module is the *default* context, whose method is fixed by
+``set_start_method`` or on first use. The context decides *which* start method;
+``_popen_*`` decides *how* a child is started.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from . import process
+from . import reduction as _reduction_module
+from .errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+
+__all__ = (
+    "BaseContext",
+    "DefaultContext",
+    "ForkContext",
+    "ForkServerContext",
+    "SpawnContext",
+)
+
+
+class BaseContext:
+    """The factories and settings of one start method."""
+
+    ProcessError = ProcessError
+    BufferTooShort = BufferTooShort
+    TimeoutError = TimeoutError
+    AuthenticationError = AuthenticationError
+
+    _name: str | None = None
+    Process: type[process.BaseProcess]
+
+    current_process = staticmethod(process.current_process)
+    parent_process = staticmethod(process.parent_process)
+    active_children = staticmethod(process.active_children)
+
+    def cpu_count(self) -> int:
+        """Return the number of CPUs of the machine.
+
+        Raises:
+            NotImplementedError: the number cannot be determined.
+        """
+        count = os.cpu_count()
+        if count is None:
+            msg = "cannot determine number of cpus"
+            raise NotImplementedError(msg)
+        return count
+
+    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # noqa: N802 - stdlib name
+        """Return two connected ``Connection`` objects (see ``corral.connection.Pipe``)."""
+        from .connection import Pipe
+
+        return Pipe(duplex)
+
+    def get_context(self, method: str | None = None) -> BaseContext:
+        """Return the context of a start method ('fork', 'spawn', 'forkserver').
+
+        Raises:
+            ValueError: the method is unknown or not available on this platform.
+        """
+        if method is None:
+            return self
+        try:
+            ctx = _concrete_contexts[method]
+        except KeyError:
+            msg = f"cannot find context for {method!r}"
+            raise ValueError(msg) from None
+        ctx._check_available()
+        return ctx
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        return self._name
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        msg = "cannot set start method of concrete context"
+        raise ValueError(msg)
+
+    def get_all_start_methods(self) -> list[str]:
+        """Return the start methods available here, the default first."""
+        return _all_start_methods()
+
+    @property
+    def reducer(self) -> Any:
+        """The module or ``AbstractReducer`` used to pickle objects for this context."""
+        return globals().get("reduction")
+
+    @reducer.setter
+    def reducer(self, reduction: Any) -> None:
+        globals()["reduction"] = reduction
+
+    def get_logger(self) -> Any:
+        """Return the package logger (see ``corral.util.get_logger``)."""
+        from .util import get_logger
+
+        return get_logger()
+
+    def log_to_stderr(self, level: int | str | None = None) -> Any:
+        """Log to stderr with the stdlib's format (see ``corral.util.log_to_stderr``)."""
+        from .util import log_to_stderr
+
+        return log_to_stderr(level)
+
+    def allow_connection_pickling(self) -> None:
+        """Kept for compatibility: connections and sockets are always picklable."""
+
+    def set_executable(self, executable: str) -> None:
+        """Set the Python interpreter that spawn and forkserver children run."""
+        from ._spawn import set_executable
+
+        set_executable(executable)
+
+    def set_forkserver_preload(self, module_names: Sequence[str]) -> None:
+        """Modules the forkserver imports once, so its children start with them loaded.
+
+        Raises:
+            TypeError: module_names is not a list of strings.
+        """
+        from ._forkserver import set_forkserver_preload
+
+        set_forkserver_preload(module_names)
+
+    def freeze_support(self) -> None:
+        """Run a child's bootstrap when a frozen program is started as a child.
+
+        In a program frozen into an executable (``sys.frozen``) that was started
+        by spawn, this runs the child and exits; otherwise it does nothing.
+        """
+        if getattr(sys, "frozen", False):
+            from ._spawn import freeze_support
+
+            freeze_support()
+
+    def _check_available(self) -> None:
+        pass
+
+
+class Process(process.BaseProcess):
+    """A process started with the default context's start method."""
+
+    _start_method = None
+
+    @staticmethod
+    def _Popen(process_obj: process.BaseProcess) -> Any:
+        return _default_context.get_context().Process._Popen(process_obj)
+
+
+class DefaultContext(BaseContext):
+    """The context behind the top-level ``corral`` functions."""
+
+    Process = Process
+
+    def __init__(self, context: BaseContext) -> None:
+        self._default_context = context
+        self._actual_context: BaseContext | None = None
+
+    def get_context(self, method: str | None = None) -> BaseContext:
+        if method is None:
+            if self._actual_context is None:
+                self._actual_context = self._default_context
+            return self._actual_context
+        return super().get_context(method)
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """Fix the start method of the default context.
+
+        Raises:
+            RuntimeError: it was already fixed (pass ``force=True`` to change it).
+            ValueError: unknown method.
+        """
+        if self._actual_context is not None and not force:
+            msg = "context has already been set"
+            raise RuntimeError(msg)
+        if method is None and force:
+            self._actual_context = None
+            return
+        self._actual_context = self.get_context(method)
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        """Return the default start method; None if not fixed yet and allow_none."""
+        if self._actual_context is None:
+            if allow_none:
+                return None
+            self._actual_context = self._default_context
+        return self._actual_context._name
+
+
+class ForkProcess(process.BaseProcess):
+    """A process started by forking this one (``_popen_fork``)."""
+
+    _start_method = "fork"
+
+    @staticmethod
+    def _Popen(process_obj: process.BaseProcess) -> Any:
+        from ._popen_fork import Popen
+
+        return Popen(process_obj)
+
+
+class SpawnProcess(process.BaseProcess):
+    """A process started as a fresh interpreter (``_popen_spawn``)."""
+
+    _start_method = "spawn"
+
+    @staticmethod
+    def _Popen(process_obj: process.BaseProcess) -> Any:
+        from ._popen_spawn import Popen
+
+        return Popen(process_obj)
+
+
+class ForkServerProcess(process.BaseProcess):
+    """A process forked by the forkserver (``_popen_forkserver``)."""
+
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: process.BaseProcess) -> Any:
+        from ._popen_forkserver import Popen
+
+        return Popen(process_obj)
+
+
+class ForkContext(BaseContext):
+    _name = "fork"
+    Process = ForkProcess
+
+
+class SpawnContext(BaseContext):
+    _name = "spawn"
+    Process = SpawnProcess
+
+
+class ForkServerContext(BaseContext):
+    _name = "forkserver"
+    Process = ForkServerProcess
+
+    def _check_available(self) -> None:
+        if not _reduction_module.HAVE_SEND_HANDLE:
+            msg = "forkserver start method not available"
+            raise ValueError(msg)
+
+
+_concrete_contexts: dict[str, BaseContext] = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+
+
+def _default_method() -> str:
+    """The stdlib's default for this Python and platform."""
+    if sys.platform == "darwin":
+        return "spawn"
+    if sys.version_info >= (3, 14) and _reduction_module.HAVE_SEND_HANDLE:
+        return "forkserver"
+    return "fork"
+
+
+def _all_start_methods() -> list[str]:
+    methods = ["fork", "spawn"]
+    if _reduction_module.HAVE_SEND_HANDLE:
+        methods.append("forkserver")
+    default = _default_method()
+    methods.remove(default)
+    return [default, *methods]
+
+
+_default_context = DefaultContext(_concrete_contexts[_default_method()])
+
+
+def _force_start_method(method: str) -> None:
+    """In a child: make the default context use the parent's start method."""
+    _default_context._actual_context = _concrete_contexts[method]
+
+
+# ---------------------------------------------------------------------------
+# the Popen being launched, seen by reducers while the process object is pickled
+
+_tls = threading.local()
+
+
+def get_spawning_popen() -> Any:
+    return getattr(_tls, "spawning_popen", None)
+
+
+def set_spawning_popen(popen: Any) -> None:
+    _tls.spawning_popen = popen
+
+
+def assert_spawning(obj: object) -> None:
+    """Raise unless obj is being pickled to start a child process.
+
+    Raises:
+        RuntimeError: obj may only be shared by passing it to a child at start.
+    """
+    if get_spawning_popen() is None:
+        msg = (f"{type(obj).__name__} objects should only be shared between "
+               "processes through inheritance")
+        raise RuntimeError(msg)
+
+
+reduction = _reduction_module

@@ -1,0 +1,295 @@
+"""How objects cross process boundaries: the pickler, and reducers for fds, sockets, connections.
+
+Everything corral sends goes through ``_dumps``:
+
+1. Plain ``pickle.dumps`` with protocol 5: C speed, functions and classes by
+   reference. Used as long as no reducer was registered with
+   ``ForkingPickler.register`` (a registered reducer must win over the type's
+   own pickling, which only the slower path honours).
+2. If that fails, or the pickle refers to ``__main__`` while ``__main__`` is a
+   script a child cannot re-import (interactive session, ``python -c``), the
+   ``ForkingPickler``: cloudpickle underneath, so lambdas, closures, local
+   functions and ``__main__`` objects go *by value*, plus the registered
+   reducers (sockets, ...).
+3. If that fails too: ``SerializationError`` naming the part of the object that
+   cannot be pickled (``args[1].lock -> <_thread.lock ...>``).
+
+File descriptors inside pickled objects (``DupFd``) travel with the child's
+start when pickled during ``Process.start()``, and otherwise through the
+resource sharer, a thread that hands a duplicate to the authenticated peer
+over a Unix socket (``SCM_RIGHTS``).
+"""
+
+from __future__ import annotations
+
+import array
+import copyreg
+import io
+import pickle
+import socket
+import sys
+from collections import ChainMap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cloudpickle
+
+from . import context
+from .errors import SerializationError
+
+__all__ = (
+    "HAVE_SEND_HANDLE",
+    "AbstractReducer",
+    "DupFd",
+    "ForkingPickler",
+    "dump",
+    "recv_handle",
+    "recvfds",
+    "register",
+    "send_handle",
+    "sendfds",
+)
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+HAVE_SEND_HANDLE = hasattr(socket, "CMSG_LEN") and hasattr(socket, "SCM_RIGHTS") and hasattr(
+    socket.socket, "sendmsg")
+
+# Set once a user registers a reducer: from then on the fast path is skipped.
+_custom_reducers_registered = False
+
+
+class ForkingPickler(cloudpickle.Pickler):
+    """The pickler used for everything sent to another process.
+
+    A cloudpickle pickler (lambdas, closures, local and ``__main__`` functions
+    by value; importable ones by reference) that also applies the reducers
+    registered with ``register``.
+    """
+
+    _extra_reducers: dict[type, Callable[[Any], Any]] = {}
+
+    def __init__(self, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
+        super().__init__(file, PROTOCOL if protocol is None else protocol, **kwargs)
+        self.dispatch_table = ChainMap(self._extra_reducers, cloudpickle.Pickler.dispatch_table)
+
+    @classmethod
+    def register(cls, type: type, reduce: Callable[[Any], Any]) -> None:  # noqa: A002
+        """Use ``reduce(obj)`` to pickle objects of ``type``, for every send."""
+        global _custom_reducers_registered
+        cls._extra_reducers[type] = reduce
+        _custom_reducers_registered = True
+
+    @classmethod
+    def dumps(cls, obj: Any, protocol: int | None = None) -> bytes:
+        """Pickle obj as corral sends it (see the module docstring)."""
+        if protocol is None or protocol == PROTOCOL:
+            return _dumps(obj)
+        return _slow_dumps(obj, protocol)
+
+    loads = staticmethod(pickle.loads)
+
+
+register = ForkingPickler.register
+
+
+def dump(obj: Any, file: Any, protocol: int | None = None) -> None:
+    """Pickle obj to a binary file, as corral sends it."""
+    file.write(ForkingPickler.dumps(obj, protocol))
+
+
+def _main_is_reimportable() -> bool:
+    main = sys.modules.get("__main__")
+    if main is None:
+        return True
+    return getattr(main, "__file__", None) is not None or getattr(main, "__spec__", None) is not None
+
+
+def _dumps(obj: Any) -> bytes:
+    if not _custom_reducers_registered:
+        try:
+            data = pickle.dumps(obj, PROTOCOL)
+        except Exception:
+            pass
+        else:
+            if b"__main__" not in data or _main_is_reimportable():
+                return data
+    return _slow_dumps(obj, PROTOCOL)
+
+
+def _slow_dumps(obj: Any, protocol: int) -> bytes:
+    buf = io.BytesIO()
+    try:
+        ForkingPickler(buf, protocol).dump(obj)
+    except (pickle.PicklingError, TypeError) as exc:
+        if isinstance(exc, SerializationError):
+            raise
+        raise SerializationError(_describe_failure(obj, exc)) from exc
+    return buf.getvalue()
+
+
+_loads = pickle.loads
+
+
+# ---------------------------------------------------------------------------
+# naming the part that cannot be pickled
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        ForkingPickler(io.BytesIO(), PROTOCOL).dump(obj)
+    except (pickle.PicklingError, TypeError):
+        return False
+    except Exception:
+        return True  # fails for another reason: not the culprit we look for
+    return True
+
+
+def _parts(obj: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        for key, value in list(obj.items())[:1000]:
+            yield f"{path}[{key!r}]", value
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj[:1000]):
+            yield f"{path}[{index}]", value
+    elif isinstance(obj, (set, frozenset)):
+        for value in list(obj)[:1000]:
+            yield f"{path}{{...}}", value
+    else:
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            for name, value in list(state.items())[:1000]:
+                yield f"{path}.{name}", value
+
+
+def _describe_failure(obj: Any, exc: BaseException) -> str:
+    path, culprit = "obj", obj
+    for _depth in range(12):
+        for part_path, part in _parts(culprit, path):
+            if not _picklable(part):
+                path, culprit = part_path, part
+                break
+        else:
+            break
+    text = repr(culprit)
+    if len(text) > 120:
+        text = text[:117] + "..."
+    where = f"{path} -> {text}" if path != "obj" else text
+    return (f"cannot pickle {where} ({type(culprit).__module__}.{type(culprit).__qualname__}) "
+            f"to send it to another process: {exc}. Pass picklable data instead, "
+            "or create this object inside the child.")
+
+
+# ---------------------------------------------------------------------------
+# file descriptors
+
+
+def sendfds(sock: socket.socket, fds: list[int]) -> None:
+    """Send file descriptors over a Unix socket (with a one-byte count check)."""
+    payload = array.array("i", fds)
+    sock.sendmsg([bytes([len(payload) % 256])],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
+
+
+def recvfds(sock: socket.socket, size: int) -> list[int]:
+    """Receive up to ``size`` file descriptors sent by ``sendfds``.
+
+    Raises:
+        EOFError: the peer closed the socket.
+        RuntimeError: the message does not carry the announced descriptors.
+    """
+    fds = array.array("i")
+    flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+    msg, ancdata, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(fds.itemsize * size), flags)
+    if not msg and not ancdata:
+        raise EOFError
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    if not msg or len(fds) % 256 != msg[0]:
+        for fd in fds:
+            try:
+                import os
+
+                os.close(fd)
+            except OSError:
+                pass
+        msg_text = f"received {len(fds)} file descriptors, announced {msg[0] if msg else '?'}"
+        raise RuntimeError(msg_text)
+    return list(fds)
+
+
+def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
+    """Send the file descriptor ``handle`` over a socket-based ``Connection``."""
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sendfds(sock, [handle])
+
+
+def recv_handle(conn: Any) -> int:
+    """Receive a file descriptor sent by ``send_handle``."""
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        return recvfds(sock, 1)[0]
+
+
+def DupFd(fd: int) -> Any:  # noqa: N802 - stdlib name
+    """Return a picklable token that gives the receiving process a duplicate of fd."""
+    popen = context.get_spawning_popen()
+    if popen is not None:
+        return popen.DupFd(popen.duplicate_for_child(fd))
+    if HAVE_SEND_HANDLE:
+        from . import _resource_sharer
+
+        return _resource_sharer.DupFd(fd)
+    msg = "SCM_RIGHTS appears not to be available"
+    raise ValueError(msg)
+
+
+# ---------------------------------------------------------------------------
+# reducers for connections and sockets
+
+
+def reduce_connection(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    token = DupFd(conn.fileno())
+    return rebuild_connection, (token, conn.readable, conn.writable)
+
+
+def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
+    from .connection import Connection
+
+    return Connection(token.detach(), readable, writable)
+
+
+def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    token = DupFd(sock.fileno())
+    return _rebuild_socket, (token, sock.family, sock.type, sock.proto)
+
+
+def _rebuild_socket(token: Any, family: int, kind: int, proto: int) -> socket.socket:
+    return socket.socket(family, kind, proto, fileno=token.detach())
+
+
+ForkingPickler._extra_reducers[socket.socket] = _reduce_socket
+
+
+class AbstractReducer:
+    """Base for a custom reducer installed with ``ctx.reducer = ...``.
+
+    Subclasses override what they change; the defaults are this module's.
+    """
+
+    ForkingPickler = ForkingPickler
+    register = register
+    dump = dump
+    send_handle = send_handle
+    recv_handle = recv_handle
+    DupFd = DupFd
+    sendfds = sendfds
+    recvfds = recvfds
+
+    def __init__(self, *args: Any) -> None:
+        self.ForkingPickler = ForkingPickler
+        self.register = register
+        self.dump = dump
+
+
+# copyreg is imported so user code that registers through it keeps working.
+_ = copyreg
