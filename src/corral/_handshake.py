@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 from collections.abc import Generator
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import AuthenticationError
 
@@ -157,6 +157,8 @@ class PendingHandshake:
                 frame, wants_reply = self._steps.send(reply)
             except StopIteration:
                 return True
+            except AuthenticationError as exc:
+                self._fail(str(exc), exc)
             except BaseException:
                 self.close()
                 raise
@@ -213,9 +215,10 @@ class PendingHandshake:
     def fail_timeout(self, timeout: float) -> None:
         self._fail(f"the client did not complete the handshake within {timeout:g} s")
 
-    def _fail(self, reason: str, cause: BaseException | None = None) -> None:
+    def _fail(self, reason: str, cause: BaseException | None = None) -> NoReturn:
         self.close()
-        msg = f"authentication of {self.address!r} failed: {reason}"
+        who = repr(self.address) if self.address else "a local (AF_UNIX) client"
+        msg = f"authentication of {who} failed: {reason}"
         raise AuthenticationError(msg) from cause
 
     def take_socket(self) -> socket.socket:

@@ -13,16 +13,18 @@ says nothing cannot keep the others out.
 
 from __future__ import annotations
 
+import array
 import os
 import select
 import socket
+import stat
 import struct
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
-from . import _handshake, reduction, util
+from . import _buffers, _handshake, reduction, util
 from .errors import AuthenticationError, BufferTooShort
 
 __all__ = (
@@ -40,17 +42,24 @@ __all__ = (
 BUFSIZE = 8192
 #: Seconds a client may take to complete the authentication handshake in accept().
 HANDSHAKE_TIMEOUT = 20.0
-# Above this size a message is received into one preallocated buffer.
-_LARGE = 1 << 20
+# Bytes requested per read: many small messages arrive in one syscall.
+_READ_AHEAD = 1 << 16
 # Messages this small are sent with their header in one write().
 _SMALL = 1 << 14
 # os.read/os.write move at most this much per call on Linux.
 _MAX_IO = 0x7FFFF000
 
+_dumps = reduction._dumps
+_loads = reduction._loads
 _header_i = struct.Struct("!i")
 _header_q = struct.Struct("!Q")
 _pack_i = _header_i.pack
 _unpack_i = _header_i.unpack
+_unpack_from_i = _header_i.unpack_from
+# Room for up to 64 file descriptors arriving with read-ahead data.
+_FD_SPACE = socket.CMSG_SPACE(64 * array.array("i").itemsize) if hasattr(socket, "CMSG_SPACE") else 0
+_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
 
 families = ["AF_INET"]
 if hasattr(socket, "AF_UNIX"):
@@ -78,14 +87,20 @@ class Connection:
         self._handle = handle
         self._readable = readable
         self._writable = writable
+        # Read-ahead: bytes received beyond the last message returned, and the
+        # file descriptors that arrived with them (SCM_RIGHTS, see recv_handle).
+        self._rbuf = b""
+        self._rpos = 0
+        self._sock: socket.socket | None = None
+        self._is_socket: bool | None = None
+        self._passed_fds: list[int] = []
 
     def __del__(self) -> None:
         if self._handle is not None:
             try:
-                os.close(self._handle)
+                self._release()
             except OSError:
                 pass
-            self._handle = None
 
     # -- state -----------------------------------------------------------------
 
@@ -133,10 +148,18 @@ class Connection:
     def close(self) -> None:
         """Close the connection; later calls do nothing."""
         if self._handle is not None:
-            try:
-                os.close(self._handle)
-            finally:
-                self._handle = None
+            self._release()
+
+    def _release(self) -> None:
+        handle, self._handle = self._handle, None
+        if self._sock is not None:
+            self._sock.detach()  # the socket object must not close the fd twice
+            self._sock = None
+        fds, self._passed_fds = self._passed_fds, []
+        self._rbuf, self._rpos = b"", 0
+        for fd in fds:
+            os.close(fd)
+        os.close(handle)  # type: ignore[arg-type]
 
     def __enter__(self) -> Connection:
         return self
@@ -184,24 +207,24 @@ class Connection:
             corral.SerializationError: obj cannot be pickled; the message names
                 the part that failed. Nothing was sent.
         """
-        self._check_closed()
-        self._check_writable()
-        self._send_bytes(reduction._dumps(obj))
+        if self._handle is None:
+            self._check_closed()
+        if not self._writable:
+            self._check_writable()
+        self._send_bytes(_dumps(obj))
 
     def _send_bytes(self, buf: Any) -> None:
         n = len(buf)
-        if n > 0x7FFFFFFF:
-            header = _pack_i(-1) + _header_q.pack(n)
-        else:
-            header = _pack_i(n)
-        fd = self._handle
         if n < _SMALL:
-            data = header + buf
-            written = os.write(fd, data)  # type: ignore[arg-type]
-            if written != len(data):
+            # Header and payload in one write: one syscall, one wake-up of the reader.
+            data = _pack_i(n) + buf
+            written = os.write(self._handle, data)  # type: ignore[arg-type]
+            if written != n + 4:
                 self._write_all(memoryview(data)[written:])
+        elif n > 0x7FFFFFFF:
+            self._write_all(memoryview(_pack_i(-1) + _header_q.pack(n)), memoryview(buf).cast("B"))
         else:
-            self._write_all(memoryview(header), memoryview(buf).cast("B"))
+            self._write_all(memoryview(_pack_i(n)), memoryview(buf).cast("B"))
 
     def _write_all(self, *views: memoryview) -> None:
         fd = self._handle
@@ -274,51 +297,109 @@ class Connection:
         Raises:
             EOFError: the other end is closed and nothing is left to read.
         """
-        self._check_closed()
-        self._check_readable()
-        return reduction._loads(self._recv_bytes())
+        if self._handle is None:
+            self._check_closed()
+        if not self._readable:
+            self._check_readable()
+        # Fast path: the whole message is already in the read-ahead buffer.
+        buf, pos = self._rbuf, self._rpos
+        if len(buf) - pos >= 4:
+            (size,) = _unpack_from_i(buf, pos)
+            end = pos + 4 + size
+            if size >= 0 and end <= len(buf):
+                self._rpos = end
+                return _loads(buf[pos + 4:end])
+        return _loads(self._recv_bytes())
 
     def _recv_bytes(self, maxsize: int | None = None) -> bytes | bytearray | None:
-        header = self._read_exact(4)
-        (size,) = _unpack_i(header)
+        (size,) = _unpack_i(self._take(4, at_start=True))
         if size < 0:
             if size != -1:
                 self._bad_message_length()
-            (size,) = _header_q.unpack(self._read_exact(8))
+            (size,) = _header_q.unpack(self._take(8))
         if maxsize is not None and size > maxsize:
             return None
-        return self._read_exact(size)
+        return self._take(size)
 
-    def _read_exact(self, size: int) -> bytes | bytearray:
+    def _take(self, size: int, at_start: bool = False) -> bytes | bytearray:
+        """Return the next ``size`` bytes of the stream, reading as needed.
+
+        Small reads fill the read-ahead buffer (one syscall serves many small
+        messages); the rest of a large message is read straight into its own
+        buffer, exactly, so nothing after it is consumed.
+        """
+        buf, pos = self._rbuf, self._rpos
+        end = pos + size
+        if end <= len(buf):
+            self._rpos = end
+            return buf[pos:end]
+        have = buf[pos:]
+        self._rbuf, self._rpos = b"", 0
+        if size - len(have) >= _READ_AHEAD:
+            return self._read_large(have, size, at_start)
+        parts = [have]
+        got = len(have)
+        while got < size:
+            data = self._fill()
+            if not data:
+                _raise_eof(at_start and got == 0)
+            parts.append(data)
+            got += len(data)
+        joined = b"".join(parts)
+        self._rbuf, self._rpos = joined, size
+        return joined[:size]
+
+    def _fill(self) -> bytes:
+        """Read what is available (up to _READ_AHEAD bytes); b'' at EOF."""
         fd = self._handle
-        if size < _LARGE:
-            data = os.read(fd, size)  # type: ignore[arg-type]
-            if len(data) == size:
-                return data
-            if not data and size:
-                raise EOFError
-            buf = bytearray(size)
-            buf[:len(data)] = data
-            self._read_into(memoryview(buf), len(data))
-            return buf
+        if self._is_socket is None:
+            self._is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)  # type: ignore[arg-type]
+        if not self._is_socket:
+            return os.read(fd, _READ_AHEAD)  # type: ignore[arg-type]
+        # On a socket, read with room for passed fds: without it the kernel
+        # would close any fds that arrive in this read (see recv_handle).
+        sock = self._sock
+        if sock is None:
+            sock = self._sock = socket.socket(fileno=fd)
+        data, ancdata, _flags, _addr = sock.recvmsg(_READ_AHEAD, _FD_SPACE, _CMSG_CLOEXEC)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self._passed_fds.extend(fds)
+        return data
+
+    def _read_large(self, have: bytes, size: int, at_start: bool) -> bytes | bytearray:
+        """Read the rest of a large message exactly, straight into its final buffer.
+
+        Nothing after the message is consumed (so fds sent after it are not
+        lost), and the kernel copies the payload once, into the object returned.
+        """
         try:
-            buf = bytearray(size)
+            data, view = _buffers.new_bytes(size)
         except MemoryError:
             self._bad_message_length()
-        self._read_into(memoryview(buf), 0)
-        return buf
+        with view:
+            view[:len(have)] = have
+            got = len(have)
+            fd = self._handle
+            while got < size:
+                n = os.readv(fd, [view[got:got + _MAX_IO]])  # type: ignore[arg-type]
+                if n == 0:
+                    _raise_eof(at_start and got == 0)
+                got += n
+        return data
 
-    def _read_into(self, view: memoryview, got: int) -> None:
-        fd = self._handle
-        total = view.nbytes
-        while got < total:
-            n = os.readv(fd, [view[got:got + _MAX_IO]])  # type: ignore[arg-type]
-            if n == 0:
-                if got == 0:
-                    raise EOFError
-                msg = "got end of file during message"
-                raise OSError(msg)
-            got += n
+    def _take_passed_fd(self) -> int | None:
+        """For recv_handle: a passed fd that arrived with read-ahead data, if any.
+
+        ``send_handle`` sends one byte with the fds; if that byte is already in
+        the buffer, consume it and return the fd that came with it.
+        """
+        if self._passed_fds and self._rpos < len(self._rbuf):
+            self._rpos += 1
+            return self._passed_fds.pop(0)
+        return None
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if a message (or EOF) can be read without blocking.
@@ -327,12 +408,21 @@ class Connection:
         """
         self._check_closed()
         self._check_readable()
+        if self._rpos < len(self._rbuf):
+            return True
         return _poll_fd(self._handle, timeout)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"fd={self._handle}"
         mode = ("r" if self._readable else "") + ("w" if self._writable else "")
         return f"<{type(self).__name__} {state} {mode}>"
+
+
+def _raise_eof(clean: bool) -> NoReturn:
+    if clean:
+        raise EOFError
+    msg = "got end of file during message"
+    raise OSError(msg)
 
 
 def _poll_fd(fd: int, timeout: float | None) -> bool:
@@ -376,6 +466,11 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
     process. Returns an empty list when ``timeout`` seconds pass first.
     """
     objects = list(object_list)
+    # Connections with read-ahead data are ready without asking the OS.
+    buffered = [obj for obj in objects
+                if isinstance(obj, Connection) and obj._rpos < len(obj._rbuf)]
+    if buffered:
+        timeout = 0
     poller = select.poll()
     by_fd: dict[int, list[Any]] = {}
     for obj in objects:
@@ -394,7 +489,7 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
                 break
     ready_fds = {fd for fd, _ in events}
     return [obj for obj in objects
-            if (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
+            if obj in buffered or (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
 
 
 # ---------------------------------------------------------------------------

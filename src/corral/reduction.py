@@ -23,8 +23,8 @@ over a Unix socket (``SCM_RIGHTS``).
 from __future__ import annotations
 
 import array
-import copyreg
 import io
+import os
 import pickle
 import socket
 import sys
@@ -97,21 +97,34 @@ def dump(obj: Any, file: Any, protocol: int | None = None) -> None:
     file.write(ForkingPickler.dumps(obj, protocol))
 
 
-def _main_is_reimportable() -> bool:
-    main = sys.modules.get("__main__")
-    if main is None:
+# The last __main__ module found re-importable by children (it has a file or a
+# module spec); checking identity is cheaper than re-checking attributes.
+_reimportable_main: Any = None
+
+
+# Objects whose pickle cannot refer to __main__: no need to scan it.
+_PLAIN_TYPES = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
+
+
+def _main_is_reimportable(main: Any) -> bool:
+    global _reimportable_main
+    if main is None or getattr(main, "__file__", None) is not None or getattr(
+            main, "__spec__", None) is not None:
+        _reimportable_main = main
         return True
-    return getattr(main, "__file__", None) is not None or getattr(main, "__spec__", None) is not None
+    return False
 
 
-def _dumps(obj: Any) -> bytes:
+def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
     if not _custom_reducers_registered:
         try:
             data = pickle.dumps(obj, PROTOCOL)
         except Exception:
             pass
         else:
-            if b"__main__" not in data or _main_is_reimportable():
+            main = _modules.get("__main__")
+            if (main is _reimportable_main or _main_is_reimportable(main)
+                    or type(obj) in _PLAIN_TYPES or b"__main__" not in data):
                 return data
     return _slow_dumps(obj, PROTOCOL)
 
@@ -208,8 +221,6 @@ def recvfds(sock: socket.socket, size: int) -> list[int]:
     if not msg or len(fds) % 256 != msg[0]:
         for fd in fds:
             try:
-                import os
-
                 os.close(fd)
             except OSError:
                 pass
@@ -226,6 +237,11 @@ def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
 
 def recv_handle(conn: Any) -> int:
     """Receive a file descriptor sent by ``send_handle``."""
+    take_buffered = getattr(conn, "_take_passed_fd", None)
+    if take_buffered is not None:
+        fd = take_buffered()
+        if fd is not None:
+            return fd
     with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         return recvfds(sock, 1)[0]
 
@@ -249,13 +265,17 @@ def DupFd(fd: int) -> Any:  # noqa: N802 - stdlib name
 
 def reduce_connection(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     token = DupFd(conn.fileno())
-    return rebuild_connection, (token, conn.readable, conn.writable)
+    # Bytes already read ahead belong to whoever reads the connection next.
+    pending = conn._rbuf[conn._rpos:]
+    return rebuild_connection, (token, conn.readable, conn.writable, pending)
 
 
-def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
+def rebuild_connection(token: Any, readable: bool, writable: bool, pending: bytes = b"") -> Any:
     from .connection import Connection
 
-    return Connection(token.detach(), readable, writable)
+    conn = Connection(token.detach(), readable, writable)
+    conn._rbuf = pending
+    return conn
 
 
 def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:
@@ -290,6 +310,3 @@ class AbstractReducer:
         self.register = register
         self.dump = dump
 
-
-# copyreg is imported so user code that registers through it keeps working.
-_ = copyreg

@@ -237,7 +237,7 @@ class Finalize:
         """Run the callback if it has not run yet, and return its result."""
         try:
             del _finalizer_registry[self._key]  # type: ignore[arg-type]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: module torn down at interpreter exit
             sub_debug("finalizer no longer registered")
             return None
         if self._pid != os.getpid():

@@ -1,0 +1,48 @@
+"""Shared helpers of the benchmarks: interleaved timing of corral and the stdlib.
+
+The machine is shared and noisy, so each benchmark alternates corral and the
+stdlib in rounds and reports the median of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def compare(name: str, corral_fn: Callable[[], float], stdlib_fn: Callable[[], float],
+            rounds: int = 7, unit: str = "s", higher_is_better: bool = False) -> dict:
+    """Run both functions alternately; each returns one measurement."""
+    ours, theirs = [], []
+    for i in range(rounds):
+        # Alternate who goes first so drift and warm-up hit both alike.
+        if i % 2:
+            theirs.append(stdlib_fn())
+            ours.append(corral_fn())
+        else:
+            ours.append(corral_fn())
+            theirs.append(stdlib_fn())
+    a, b = statistics.median(ours), statistics.median(theirs)
+    ratio = a / b if higher_is_better else b / a
+    row = {"name": name, "corral": a, "stdlib": b, "unit": unit, "speedup": ratio}
+    print(f"{name:<44} corral {fmt(a, unit):>12}  stdlib {fmt(b, unit):>12}  "
+          f"corral is {ratio:5.2f}x {'faster' if ratio >= 1 else 'slower'}", flush=True)
+    return row
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        if value < 1e-3:
+            return f"{value * 1e6:.1f} us"
+        if value < 1:
+            return f"{value * 1e3:.2f} ms"
+        return f"{value:.2f} s"
+    return f"{value:,.0f} {unit}"
+
+
+def per_op(fn: Callable[[], None], count: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return (time.perf_counter() - t0) / count
