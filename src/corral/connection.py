@@ -502,7 +502,7 @@ def address_type(address: Any) -> str:
         return "AF_INET"
     if isinstance(address, str) and address.startswith("\\\\"):
         return "AF_PIPE"
-    if isinstance(address, (str, bytes)) or util.is_abstract_socket_namespace(address):
+    if isinstance(address, (str, bytes)):
         return "AF_UNIX"
     msg = f"address type of {address!r} unrecognized"
     raise ValueError(msg)
@@ -566,8 +566,8 @@ class Listener:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         family = family or (address and address_type(address)) or default_family
-        address = address or arbitrary_address(family)
         _validate_family(family)
+        address = address or arbitrary_address(family)
         _check_authkey(authkey)
         self._family = family
         self._socket: socket.socket | None = socket.socket(getattr(socket, family))

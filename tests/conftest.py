@@ -1,0 +1,139 @@
+"""Shared fixtures: start-method parametrisation, leak checks, fresh-interpreter runs.
+
+Every test is checked for leaks by ``no_leaks`` (autouse): after the test, no
+child process, thread, file descriptor or /dev/shm entry it created may remain.
+Long-lived helpers that corral keeps on purpose (the forkserver process and its
+fd, the resource-sharer thread and its listener) are not counted.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import corral
+from corral import _forkserver, _resource_sharer
+
+START_METHODS = corral.get_all_start_methods()
+
+
+@pytest.fixture(params=START_METHODS)
+def ctx(request: pytest.FixtureRequest) -> corral.context.BaseContext:
+    """A context for each start method (fork, spawn, forkserver)."""
+    return corral.get_context(request.param)
+
+
+def _helper_fds() -> set[int]:
+    fds = set()
+    if _forkserver._forkserver._alive_w is not None:
+        fds.add(_forkserver._forkserver._alive_w)
+    listener = _resource_sharer._resource_sharer._listener
+    if listener is not None and listener._socket is not None:
+        fds.add(listener._socket.fileno())
+    return fds
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")} - _helper_fds()
+
+
+def _helper_pids() -> set[int]:
+    pid = _forkserver._forkserver._pid
+    return {pid} if pid else set()
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name != "corral-resource-sharer"}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a process, thread, fd or /dev/shm entry behind."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    threads_before = _threads()
+    gc.collect()
+    fds_before = _open_fds()
+    shm_before = _shm_entries()
+    yield
+    helpers = _helper_pids()
+    new_children = [p for p in me.children(recursive=True)
+                    if p.pid not in children_before and p.pid not in helpers]
+    # Give exiting children a bounded moment (an event wait, not a sleep).
+    _gone, alive = psutil.wait_procs(new_children, timeout=5)
+    for proc in alive:
+        proc.kill()
+    corral.active_children()  # reap what the test started and joined late
+    assert not alive, f"test left processes behind: {alive}"
+    for thread in _threads() - threads_before:
+        thread.join(timeout=5)
+    leaked_threads = [t for t in _threads() - threads_before if t.is_alive()]
+    assert not leaked_threads, f"test left threads behind: {leaked_threads}"
+    gc.collect()
+    leaked_fds = _open_fds() - fds_before
+    assert not leaked_fds, f"test left fds open: {_describe_fds(leaked_fds)}"
+    leaked_shm = _shm_entries() - shm_before
+    assert not leaked_shm, f"test left /dev/shm entries: {leaked_shm}"
+
+
+def _describe_fds(fds: set[int]) -> dict[int, str]:
+    out = {}
+    for fd in fds:
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            out[fd] = "?"
+    return out
+
+
+def run_script(tmp_path: Path, code: str, *args: str, timeout: float = 60,
+               module: str | None = None, cwd: Path | None = None,
+               flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Run code as a script (or as ``-m module``) in a fresh interpreter, with a hard timeout.
+
+    On timeout the whole process group gets SIGTERM, then SIGKILL, and the test fails.
+    """
+    script = tmp_path / ((module or "script") + ".py")
+    script.write_text(textwrap.dedent(code))
+    cmd = [sys.executable, *flags]
+    cmd += ["-m", module] if module else [str(script)]
+    proc = subprocess.Popen(cmd + list(args), cwd=cwd or tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"script timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=3)
+            return
+        except subprocess.TimeoutExpired:
+            continue
