@@ -175,13 +175,19 @@ def main(listener_fd: int, alive_r: int, config_r: int) -> None:
         config = pickle.load(pipe)
     authkey: bytes = config["authkey"]
     prep = config["prep"]
+    without_main = {k: v for k, v in prep.items() if not k.startswith("init_main")}
     process.current_process()._inheriting = True  # type: ignore[attr-defined]
     try:
         if "__main__" in config["preload"]:
-            _spawn.prepare(prep)
+            try:
+                _spawn.prepare(prep)
+            except Exception as exc:
+                # The child re-imports __main__ itself and reports the error
+                # (e.g. the missing main guard); the server keeps serving.
+                util.info("forkserver could not preload __main__: %r", exc)
+                _spawn.prepare(without_main)
         else:
-            _spawn.prepare({k: v for k, v in prep.items()
-                            if not k.startswith("init_main")})
+            _spawn.prepare(without_main)
         for name in config["preload"]:
             if name != "__main__":
                 try:

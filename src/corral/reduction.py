@@ -69,8 +69,9 @@ class ForkingPickler(cloudpickle.Pickler):
     _extra_reducers: dict[type, Callable[[Any], Any]] = {}
 
     def __init__(self, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
-        super().__init__(file, PROTOCOL if protocol is None else protocol, **kwargs)
+        # The C pickler reads dispatch_table once, in __init__: set it first.
         self.dispatch_table = ChainMap(self._extra_reducers, cloudpickle.Pickler.dispatch_table)
+        super().__init__(file, PROTOCOL if protocol is None else protocol, **kwargs)
 
     @classmethod
     def register(cls, type: type, reduce: Callable[[Any], Any]) -> None:  # noqa: A002

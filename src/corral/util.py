@@ -99,8 +99,23 @@ def get_logger() -> logging.Logger:
             logging.addLevelName(SUBWARNING, "SUBWARNING")
             logger = logging.getLogger(LOGGER_NAME)
             logger.propagate = False
+            logger.addFilter(_ProcessNameFilter())
             _logger = logger
     return _logger
+
+
+class _ProcessNameFilter(logging.Filter):
+    """Fill ``%(processName)s`` with corral's process name.
+
+    The logging module asks ``sys.modules['multiprocessing']`` for the name,
+    which is not corral (and usually not imported at all).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .process import current_process
+
+        record.processName = current_process().name
+        return True
 
 
 def log_to_stderr(level: int | str | None = None) -> logging.Logger:
