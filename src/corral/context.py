@@ -61,6 +61,42 @@ class BaseContext:
 
         return Pipe(duplex)
 
+    def Lock(self) -> Any:  # noqa: N802 - stdlib name
+        """A non-recursive lock shared with children (``corral.synchronize.Lock``)."""
+        from .synchronize import Lock
+
+        return Lock(ctx=self.get_context())
+
+    def RLock(self) -> Any:  # noqa: N802 - stdlib name
+        """A recursive lock shared with children (``corral.synchronize.RLock``)."""
+        from .synchronize import RLock
+
+        return RLock(ctx=self.get_context())
+
+    def Condition(self, lock: Any = None) -> Any:  # noqa: N802 - stdlib name
+        """A condition variable shared with children (``corral.synchronize.Condition``)."""
+        from .synchronize import Condition
+
+        return Condition(lock, ctx=self.get_context())
+
+    def Semaphore(self, value: int = 1) -> Any:  # noqa: N802 - stdlib name
+        """A semaphore shared with children (``corral.synchronize.Semaphore``)."""
+        from .synchronize import Semaphore
+
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:  # noqa: N802 - stdlib name
+        """A bounded semaphore shared with children."""
+        from .synchronize import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self.get_context())
+
+    def Event(self) -> Any:  # noqa: N802 - stdlib name
+        """An event flag shared with children (``corral.synchronize.Event``)."""
+        from .synchronize import Event
+
+        return Event(ctx=self.get_context())
+
     def get_context(self, method: str | None = None) -> BaseContext:
         """Return the context of a start method ('fork', 'spawn', 'forkserver').
 

@@ -17,9 +17,8 @@ import corral
 
 NOT_YET = {
     "corral": {
-        "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
-        "Manager", "Pool", "Queue", "RLock", "RawArray", "RawValue", "Semaphore",
-        "SimpleQueue", "Value",
+        "Array", "Barrier", "JoinableQueue", "Manager", "Pool", "Queue", "RawArray",
+        "RawValue", "SimpleQueue", "Value",
     },
 }
 

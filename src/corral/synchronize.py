@@ -1,0 +1,315 @@
+"""Locks, semaphores, conditions and events shared between processes.
+
+Built on the C primitive ``_multiprocessing.SemLock`` (a POSIX named
+semaphore). They are shared with a child by passing them to it when it starts
+(fork: inherited; spawn/forkserver: re-opened by name in the child). Pickling
+one at any other time raises ``RuntimeError``, as in the stdlib.
+
+Lifetime: under fork the semaphore's name is unlinked at once (children
+inherit the open handle); under spawn and forkserver the name must live until
+children have opened it, so it is unlinked when the creating process exits.
+(Issue 4 hardens this so that nothing is left in /dev/shm even when processes
+are killed.)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import _multiprocessing
+
+from . import context, process, resource_tracker, util
+
+__all__ = ("BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "SemLock")
+
+RECURSIVE_MUTEX, SEMAPHORE = 0, 1
+SEM_VALUE_MAX = _multiprocessing.SemLock.SEM_VALUE_MAX
+
+
+class SemLock:
+    """Base of the semaphore-backed primitives: acquire/release and sharing rules."""
+
+    def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any) -> None:
+        if ctx is None:
+            ctx = context._default_context.get_context()
+        self._is_fork_ctx = ctx.get_start_method() == "fork"
+        unlink_now = self._is_fork_ctx
+        for _attempt in range(100):
+            name = f"/corral-{os.getpid()}-{os.urandom(6).hex()}"
+            try:
+                self._semlock = _multiprocessing.SemLock(kind, value, maxvalue, name, unlink_now)
+            except FileExistsError:
+                continue
+            break
+        else:  # pragma: no cover - 100 random 48-bit names all taken
+            msg = "cannot find a free name for a semaphore"
+            raise FileExistsError(msg)
+        util.debug("created semlock with handle %s", self._semlock.handle)
+        self._make_methods()
+        util.register_after_fork(self, SemLock._after_fork)
+        if not unlink_now:
+            resource_tracker.register(name, "semaphore")
+
+    @staticmethod
+    def _after_fork(obj: SemLock) -> None:
+        obj._semlock._after_fork()
+
+    def _make_methods(self) -> None:
+        self.acquire = self._semlock.acquire
+        self.release = self._semlock.release
+
+    def __enter__(self) -> bool:
+        return self._semlock.__enter__()
+
+    def __exit__(self, *args: object) -> None:
+        self._semlock.__exit__(*args)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        context.assert_spawning(self)
+        sl = self._semlock
+        if self._is_fork_ctx:
+            msg = ("a lock created in a 'fork' context cannot be shared with a spawn or "
+                   "forkserver child: create it from the same context as the Process")
+            raise RuntimeError(msg)
+        return (sl.handle, sl.kind, sl.maxvalue, sl.name)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self._semlock = _multiprocessing.SemLock._rebuild(*state)
+        self._is_fork_ctx = False
+        util.debug("recreated blocker with handle %r", state[0])
+        self._make_methods()
+        util.register_after_fork(self, SemLock._after_fork)
+
+
+class Semaphore(SemLock):
+    """A counting semaphore shared between processes."""
+
+    def __init__(self, value: int = 1, *, ctx: Any) -> None:
+        super().__init__(SEMAPHORE, value, SEM_VALUE_MAX, ctx=ctx)
+
+    def get_value(self) -> int:
+        """The current count (not available on macOS, where it raises NotImplementedError)."""
+        return self._semlock._get_value()
+
+    def __repr__(self) -> str:
+        try:
+            value: Any = self._semlock._get_value()
+        except Exception:
+            value = "unknown"
+        return f"<{type(self).__name__}(value={value})>"
+
+
+class BoundedSemaphore(Semaphore):
+    """A semaphore whose count cannot exceed its initial value (ValueError on over-release)."""
+
+    def __init__(self, value: int = 1, *, ctx: Any) -> None:
+        SemLock.__init__(self, SEMAPHORE, value, value, ctx=ctx)
+
+    def __repr__(self) -> str:
+        try:
+            value: Any = self._semlock._get_value()
+        except Exception:
+            value = "unknown"
+        return f"<{type(self).__name__}(value={value}, maxvalue={self._semlock.maxvalue})>"
+
+
+def _owner_name() -> str:
+    name = process.current_process().name
+    if threading.current_thread().name != "MainThread":
+        name += "|" + threading.current_thread().name
+    return name
+
+
+class Lock(SemLock):
+    """A non-recursive lock shared between processes."""
+
+    def __init__(self, *, ctx: Any) -> None:
+        super().__init__(SEMAPHORE, 1, 1, ctx=ctx)
+
+    def __repr__(self) -> str:
+        try:
+            if self._semlock._is_mine():
+                owner = _owner_name()
+            elif self._semlock._get_value() == 1:
+                owner = "None"
+            elif self._semlock._count() > 0:
+                owner = "SomeOtherThread"
+            else:
+                owner = "SomeOtherProcess"
+        except Exception:
+            owner = "unknown"
+        return f"<{type(self).__name__}(owner={owner})>"
+
+
+class RLock(SemLock):
+    """A recursive lock: the owner may acquire it again; release() by others raises."""
+
+    def __init__(self, *, ctx: Any) -> None:
+        super().__init__(RECURSIVE_MUTEX, 1, 1, ctx=ctx)
+
+    def __repr__(self) -> str:
+        try:
+            if self._semlock._is_mine():
+                owner, count = _owner_name(), self._semlock._count()
+            elif self._semlock._get_value() == 1:
+                owner, count = "None", 0
+            elif self._semlock._count() > 0:
+                owner, count = "SomeOtherThread", "nonzero"
+            else:
+                owner, count = "SomeOtherProcess", "nonzero"
+        except Exception:
+            owner, count = "unknown", "unknown"
+        return f"<{type(self).__name__}({owner}, {count})>"
+
+
+class Condition:
+    """A condition variable shared between processes.
+
+    Waiters count themselves in ``_sleeping``; ``notify(n)`` releases up to n
+    of them through ``_wakeup`` and waits (on ``_woken``) until each has taken
+    its wake-up, so a notification is never given to a later waiter.
+    """
+
+    def __init__(self, lock: Any = None, *, ctx: Any) -> None:
+        self._lock = lock or ctx.RLock()
+        self._sleeping = ctx.Semaphore(0)
+        self._woken = ctx.Semaphore(0)
+        self._wakeup = ctx.Semaphore(0)
+        self._make_methods()
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        context.assert_spawning(self)
+        return (self._lock, self._sleeping, self._woken, self._wakeup)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self._lock, self._sleeping, self._woken, self._wakeup = state
+        self._make_methods()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *args: object) -> None:
+        self._lock.__exit__(*args)
+
+    def _make_methods(self) -> None:
+        self.acquire = self._lock.acquire
+        self.release = self._lock.release
+
+    def __repr__(self) -> str:
+        try:
+            waiters = self._sleeping._semlock._get_value() - self._woken._semlock._get_value()
+        except Exception:
+            waiters = "unknown"
+        return f"<{type(self).__name__}({self._lock}, {waiters})>"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notification (or timeout), re-acquire.
+
+        Returns:
+            False if the timeout expired, True otherwise.
+
+        Raises:
+            AssertionError: the lock is not held by the caller.
+        """
+        if not self._lock._semlock._is_mine():
+            msg = "must acquire() condition before using wait()"
+            raise AssertionError(msg)
+        self._sleeping.release()
+        # Release the (possibly recursive) lock completely, remembering how deep.
+        depth = self._lock._semlock._count()
+        for _ in range(depth):
+            self._lock.release()
+        try:
+            return self._wakeup.acquire(True, timeout)
+        finally:
+            self._woken.release()
+            for _ in range(depth):
+                self._lock.acquire()
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to n waiters (the lock must be held)."""
+        if not self._lock._semlock._is_mine():
+            msg = "lock is not owned"
+            raise AssertionError(msg)
+        if self._wakeup.acquire(False):
+            msg = "notify: Maybe wait semaphore was not released"
+            raise AssertionError(msg)
+        # Forget waiters that timed out: each left a token in _woken and _sleeping.
+        while self._woken.acquire(False):
+            taken = self._sleeping.acquire(False)
+            if not taken:
+                msg = "notify: Bug in sleeping_count.acquire - res should not be False"
+                raise AssertionError(msg)
+        woken = 0
+        while woken < n and self._sleeping.acquire(False):
+            self._wakeup.release()
+            woken += 1
+        if woken:
+            for _ in range(woken):
+                self._woken.acquire()
+            # Drop wake-ups nobody took (waiters that timed out meanwhile).
+            while self._wakeup.acquire(False):
+                pass
+
+    def notify_all(self) -> None:
+        """Wake every waiter (the lock must be held)."""
+        self.notify(n=SEM_VALUE_MAX)
+
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        """Wait until predicate() is true or timeout seconds pass; return its last value."""
+        result = predicate()
+        if result:
+            return result
+        endtime = None if timeout is None else time.monotonic() + timeout
+        waittime = timeout
+        while not result:
+            if endtime is not None:
+                waittime = endtime - time.monotonic()
+                if waittime <= 0:
+                    break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+
+class Event:
+    """A flag shared between processes: set/clear/is_set/wait."""
+
+    def __init__(self, *, ctx: Any) -> None:
+        self._cond = ctx.Condition(ctx.Lock())
+        self._flag = ctx.Semaphore(0)
+
+    def is_set(self) -> bool:
+        with self._cond:
+            if self._flag.acquire(False):
+                self._flag.release()
+                return True
+            return False
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag.acquire(False)
+            self._flag.release()
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag.acquire(False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set or timeout seconds pass; return the flag."""
+        with self._cond:
+            if self._flag.acquire(False):
+                self._flag.release()
+            else:
+                self._cond.wait(timeout)
+            if self._flag.acquire(False):
+                self._flag.release()
+                return True
+            return False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
