@@ -69,6 +69,7 @@ class ForkServer:
         self.ensure_running()
         child_r, parent_w = os.pipe()
         sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says
         try:
             sock.connect(self._address)
             conn = connection.Connection(os.dup(sock.fileno()))
@@ -285,6 +286,7 @@ def _accept_request(listener: socket.socket, authkey: bytes) -> tuple[socket.soc
         sock, _ = listener.accept()
     except OSError:
         return None
+    sock.settimeout(None)
     # A kernel receive timeout keeps the fd blocking but bounds every read, so
     # a client that goes silent cannot stall this single-threaded server.
     seconds = int(connection.HANDSHAKE_TIMEOUT)

@@ -13,7 +13,7 @@ says nothing cannot keep the others out.
 
 from __future__ import annotations
 
-import array
+import fcntl
 import os
 import select
 import socket
@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from . import _buffers, _handshake, reduction, util
+from ._handshake import CHALLENGE, FAILURE, MESSAGE_LENGTH, WELCOME
 from .errors import AuthenticationError, BufferTooShort
 
 __all__ = (
@@ -42,8 +43,13 @@ __all__ = (
 BUFSIZE = 8192
 #: Seconds a client may take to complete the authentication handshake in accept().
 HANDSHAKE_TIMEOUT = 20.0
-# Bytes requested per read: many small messages arrive in one syscall.
-_READ_AHEAD = 1 << 16
+# A record-preserving read asks for this much; a small message arrives whole.
+_READ_SIZE = 1 << 16
+# Records: a SOCK_SEQPACKET record must fit the socket buffer; a packet pipe
+# splits writes into PIPE_BUF packets by itself (any write size is fine).
+_SEQPACKET_RECORD = 1 << 16
+_PIPE_RECORD = 0x7FFFFFFF
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 # Messages this small are sent with their header in one write().
 _SMALL = 1 << 14
 # os.read/os.write move at most this much per call on Linux.
@@ -56,9 +62,6 @@ _header_q = struct.Struct("!Q")
 _pack_i = _header_i.pack
 _unpack_i = _header_i.unpack
 _unpack_from_i = _header_i.unpack_from
-# Room for up to 64 file descriptors arriving with read-ahead data.
-_FD_SPACE = socket.CMSG_SPACE(64 * array.array("i").itemsize) if hasattr(socket, "CMSG_SPACE") else 0
-_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 families = ["AF_INET"]
@@ -87,20 +90,18 @@ class Connection:
         self._handle = handle
         self._readable = readable
         self._writable = writable
-        # Read-ahead: bytes received beyond the last message returned, and the
-        # file descriptors that arrived with them (SCM_RIGHTS, see recv_handle).
-        self._rbuf = b""
-        self._rpos = 0
-        self._sock: socket.socket | None = None
-        self._is_socket: bool | None = None
-        self._passed_fds: list[int] = []
+        # Record-preserving fds (packet pipes, SOCK_SEQPACKET): one read returns
+        # exactly one record, so a small message costs one syscall and a read
+        # never takes bytes of the next message (which may be another reader's).
+        self._max_record = _max_record(handle)
 
     def __del__(self) -> None:
         if self._handle is not None:
             try:
-                self._release()
+                os.close(self._handle)
             except OSError:
                 pass
+            self._handle = None
 
     # -- state -----------------------------------------------------------------
 
@@ -148,18 +149,8 @@ class Connection:
     def close(self) -> None:
         """Close the connection; later calls do nothing."""
         if self._handle is not None:
-            self._release()
-
-    def _release(self) -> None:
-        handle, self._handle = self._handle, None
-        if self._sock is not None:
-            self._sock.detach()  # the socket object must not close the fd twice
-            self._sock = None
-        fds, self._passed_fds = self._passed_fds, []
-        self._rbuf, self._rpos = b"", 0
-        for fd in fds:
-            os.close(fd)
-        os.close(handle)  # type: ignore[arg-type]
+            handle, self._handle = self._handle, None
+            os.close(handle)
 
     def __enter__(self) -> Connection:
         return self
@@ -216,15 +207,23 @@ class Connection:
     def _send_bytes(self, buf: Any) -> None:
         n = len(buf)
         if n < _SMALL:
-            # Header and payload in one write: one syscall, one wake-up of the reader.
+            # Header and payload in one write: one syscall, one record, one wake-up.
             data = _pack_i(n) + buf
             written = os.write(self._handle, data)  # type: ignore[arg-type]
             if written != n + 4:
                 self._write_all(memoryview(data)[written:])
-        elif n > 0x7FFFFFFF:
-            self._write_all(memoryview(_pack_i(-1) + _header_q.pack(n)), memoryview(buf).cast("B"))
+            return
+        header = _pack_i(-1) + _header_q.pack(n) if n > 0x7FFFFFFF else _pack_i(n)
+        if self._max_record:
+            # A record may not exceed the socket buffer: send the message in
+            # records; the reader reassembles it (records never span messages).
+            view = memoryview(buf).cast("B")
+            first = self._max_record - len(header)
+            os.write(self._handle, header + view[:first])  # type: ignore[arg-type]
+            for start in range(first, n, self._max_record):
+                os.write(self._handle, view[start:start + self._max_record])  # type: ignore[arg-type]
         else:
-            self._write_all(memoryview(_pack_i(n)), memoryview(buf).cast("B"))
+            self._write_all(memoryview(header), memoryview(buf).cast("B"))
 
     def _write_all(self, *views: memoryview) -> None:
         fd = self._handle
@@ -267,7 +266,7 @@ class Connection:
         """Receive one message into a writable buffer at byte ``offset``.
 
         Returns:
-            The message size in units of the buffer's items.
+            The message size in bytes.
 
         Raises:
             BufferTooShort: the message does not fit; ``e.args[0]`` is the message.
@@ -289,7 +288,7 @@ class Connection:
             if bytesize - offset < size:
                 raise BufferTooShort(bytes(data))  # type: ignore[arg-type]
             view.cast("B")[offset:offset + size] = data
-            return size // itemsize
+            return size
 
     def recv(self) -> Any:
         """Receive one message and unpickle it.
@@ -297,83 +296,72 @@ class Connection:
         Raises:
             EOFError: the other end is closed and nothing is left to read.
         """
-        if self._handle is None:
+        fd = self._handle
+        if fd is None:
             self._check_closed()
         if not self._readable:
             self._check_readable()
-        # Fast path: the whole message is already in the read-ahead buffer.
-        buf, pos = self._rbuf, self._rpos
-        if len(buf) - pos >= 4:
-            (size,) = _unpack_from_i(buf, pos)
-            end = pos + 4 + size
-            if size >= 0 and end <= len(buf):
-                self._rpos = end
-                return _loads(buf[pos + 4:end])
-        return _loads(self._recv_bytes())
+        if self._max_record:
+            # Fast path: a small message is one record, read in one syscall.
+            record = os.read(fd, _READ_SIZE)  # type: ignore[arg-type]
+            if len(record) >= 4:
+                (size,) = _unpack_from_i(record)
+                if size == len(record) - 4:
+                    return _loads(memoryview(record)[4:])
+            return _loads(self._recv_bytes(first=record))
+        header = os.read(fd, 4)  # type: ignore[arg-type]
+        if len(header) == 4:
+            (size,) = _unpack_i(header)
+            if 0 <= size < _READ_SIZE:
+                data = os.read(fd, size)  # type: ignore[arg-type]
+                if len(data) == size:
+                    return _loads(data)
+                return _loads(self._read_body(data, size))
+        return _loads(self._recv_bytes(first=header))
 
-    def _recv_bytes(self, maxsize: int | None = None) -> bytes | bytearray | None:
-        (size,) = _unpack_i(self._take(4, at_start=True))
+    def _recv_bytes(self, maxsize: int | None = None,
+                    first: bytes | None = None) -> bytes | bytearray | None:
+        """Receive one message; None if it is longer than maxsize.
+
+        ``first`` holds bytes of the message already read (a record, or part
+        of the header).
+        """
+        data = self._read_at_least(4, first, at_start=True)
+        (size,) = _unpack_from_i(data)
+        offset = 4
         if size < 0:
             if size != -1:
                 self._bad_message_length()
-            (size,) = _header_q.unpack(self._take(8))
+            data = self._read_at_least(12, data)
+            (size,) = _header_q.unpack_from(data, 4)
+            offset = 12
         if maxsize is not None and size > maxsize:
             return None
-        return self._take(size)
+        have = data[offset:]
+        if len(have) == size:
+            return have
+        if len(have) > size:
+            # Only a peer that breaks the framing (e.g. two writers on one
+            # record stream without a lock) can cause this.
+            self._bad_message_length()
+        return self._read_body(have, size)
 
-    def _take(self, size: int, at_start: bool = False) -> bytes | bytearray:
-        """Return the next ``size`` bytes of the stream, reading as needed.
-
-        Small reads fill the read-ahead buffer (one syscall serves many small
-        messages); the rest of a large message is read straight into its own
-        buffer, exactly, so nothing after it is consumed.
-        """
-        buf, pos = self._rbuf, self._rpos
-        end = pos + size
-        if end <= len(buf):
-            self._rpos = end
-            return buf[pos:end]
-        have = buf[pos:]
-        self._rbuf, self._rpos = b"", 0
-        if size - len(have) >= _READ_AHEAD:
-            return self._read_large(have, size, at_start)
-        parts = [have]
-        got = len(have)
-        while got < size:
-            data = self._fill()
-            if not data:
-                _raise_eof(at_start and got == 0)
-            parts.append(data)
-            got += len(data)
-        joined = b"".join(parts)
-        self._rbuf, self._rpos = joined, size
-        return joined[:size]
-
-    def _fill(self) -> bytes:
-        """Read what is available (up to _READ_AHEAD bytes); b'' at EOF."""
-        fd = self._handle
-        if self._is_socket is None:
-            self._is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)  # type: ignore[arg-type]
-        if not self._is_socket:
-            return os.read(fd, _READ_AHEAD)  # type: ignore[arg-type]
-        # On a socket, read with room for passed fds: without it the kernel
-        # would close any fds that arrive in this read (see recv_handle).
-        sock = self._sock
-        if sock is None:
-            sock = self._sock = socket.socket(fileno=fd)
-        data, ancdata, _flags, _addr = sock.recvmsg(_READ_AHEAD, _FD_SPACE, _CMSG_CLOEXEC)
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-                self._passed_fds.extend(fds)
+    def _read_at_least(self, count: int, data: bytes | None, at_start: bool = False) -> bytes:
+        """Return data extended (record by record, or exactly) to at least count bytes."""
+        data = data if data is not None else b""
+        while len(data) < count:
+            more = os.read(self._handle, _READ_SIZE if self._max_record  # type: ignore[arg-type]
+                           else count - len(data))
+            if not more:
+                _raise_eof(at_start and not data)
+            data += more
         return data
 
-    def _read_large(self, have: bytes, size: int, at_start: bool) -> bytes | bytearray:
-        """Read the rest of a large message exactly, straight into its final buffer.
+    def _read_body(self, have: bytes, size: int) -> bytes | bytearray:
+        """Read the rest of a message whose first bytes are ``have``.
 
-        Nothing after the message is consumed (so fds sent after it are not
-        lost), and the kernel copies the payload once, into the object returned.
+        Reads go straight into the object returned (see ``_buffers``), never
+        past the end of the message.
         """
         try:
             data, view = _buffers.new_bytes(size)
@@ -386,20 +374,9 @@ class Connection:
             while got < size:
                 n = os.readv(fd, [view[got:got + _MAX_IO]])  # type: ignore[arg-type]
                 if n == 0:
-                    _raise_eof(at_start and got == 0)
+                    _raise_eof(False)
                 got += n
         return data
-
-    def _take_passed_fd(self) -> int | None:
-        """For recv_handle: a passed fd that arrived with read-ahead data, if any.
-
-        ``send_handle`` sends one byte with the fds; if that byte is already in
-        the buffer, consume it and return the fd that came with it.
-        """
-        if self._passed_fds and self._rpos < len(self._rbuf):
-            self._rpos += 1
-            return self._passed_fds.pop(0)
-        return None
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if a message (or EOF) can be read without blocking.
@@ -408,14 +385,32 @@ class Connection:
         """
         self._check_closed()
         self._check_readable()
-        if self._rpos < len(self._rbuf):
-            return True
         return _poll_fd(self._handle, timeout)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"fd={self._handle}"
         mode = ("r" if self._readable else "") + ("w" if self._writable else "")
         return f"<{type(self).__name__} {state} {mode}>"
+
+
+def _max_record(fd: int) -> int:
+    """The largest record to write on a record-preserving fd; 0 for a byte stream."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return 0
+    if stat.S_ISSOCK(mode):
+        sock = socket.socket(fileno=fd)
+        try:
+            is_packet = sock.type == socket.SOCK_SEQPACKET
+        finally:
+            sock.detach()
+        return _SEQPACKET_RECORD if is_packet else 0
+    # Only a packet pipe's write end shows O_DIRECT; Pipe() and unpickling
+    # tell the read end (see Pipe and reduction.rebuild_connection).
+    if stat.S_ISFIFO(mode) and _O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT:
+        return _PIPE_RECORD
+    return 0
 
 
 def _raise_eof(clean: bool) -> NoReturn:
@@ -441,17 +436,34 @@ def _ms(seconds: float) -> int:
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
     """Return a pair of connected ``Connection`` objects.
 
-    With ``duplex`` (the default) both ends can send and receive (a socket
-    pair, which can also carry file descriptors); otherwise the first end only
-    receives and the second only sends (an OS pipe).
+    With ``duplex`` (the default) both ends can send and receive (a Unix
+    socket pair, which can also carry file descriptors); otherwise the first
+    end only receives and the second only sends (an OS pipe). Both keep message
+    records intact where the OS can (SOCK_SEQPACKET, packet-mode pipes), so
+    several processes may share one end, as with the stdlib.
     """
     if duplex:
-        s1, s2 = socket.socketpair()
-        s1.setblocking(True)
-        s2.setblocking(True)
+        kind = getattr(socket, "SOCK_SEQPACKET", socket.SOCK_STREAM)
+        try:
+            s1, s2 = socket.socketpair(socket.AF_UNIX, kind)
+        except OSError:
+            s1, s2 = socket.socketpair()
+        s1.settimeout(None)
+        s2.settimeout(None)
         return Connection(s1.detach()), Connection(s2.detach())
-    r, w = os.pipe()
-    return Connection(r, writable=False), Connection(w, readable=False)
+    packet = False
+    if _O_DIRECT and hasattr(os, "pipe2"):
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC | _O_DIRECT)
+            packet = True
+        except OSError:  # a kernel without packet pipes (< 3.4)
+            r, w = os.pipe()
+    else:
+        r, w = os.pipe()
+    reader = Connection(r, writable=False)
+    if packet:
+        reader._max_record = _PIPE_RECORD
+    return reader, Connection(w, readable=False)
 
 
 # ---------------------------------------------------------------------------
@@ -466,11 +478,6 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
     process. Returns an empty list when ``timeout`` seconds pass first.
     """
     objects = list(object_list)
-    # Connections with read-ahead data are ready without asking the OS.
-    buffered = [obj for obj in objects
-                if isinstance(obj, Connection) and obj._rpos < len(obj._rbuf)]
-    if buffered:
-        timeout = 0
     poller = select.poll()
     by_fd: dict[int, list[Any]] = {}
     for obj in objects:
@@ -489,7 +496,7 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
                 break
     ready_fds = {fd for fd, _ in events}
     return [obj for obj in objects
-            if obj in buffered or (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
+            if (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
 
 
 # ---------------------------------------------------------------------------

@@ -219,13 +219,14 @@ def recvfds(sock: socket.socket, size: int) -> list[int]:
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-    if not msg or len(fds) % 256 != msg[0]:
+    if not msg or not fds or len(fds) % 256 != msg[0]:
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        msg_text = f"received {len(fds)} file descriptors, announced {msg[0] if msg else '?'}"
+        msg_text = (f"expected file descriptors with the message, received {len(fds)} "
+                    f"(announced: {msg[0] if msg else 'nothing'})")
         raise RuntimeError(msg_text)
     return list(fds)
 
@@ -238,11 +239,6 @@ def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
 
 def recv_handle(conn: Any) -> int:
     """Receive a file descriptor sent by ``send_handle``."""
-    take_buffered = getattr(conn, "_take_passed_fd", None)
-    if take_buffered is not None:
-        fd = take_buffered()
-        if fd is not None:
-            return fd
     with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         return recvfds(sock, 1)[0]
 
@@ -266,16 +262,14 @@ def DupFd(fd: int) -> Any:  # noqa: N802 - stdlib name
 
 def reduce_connection(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     token = DupFd(conn.fileno())
-    # Bytes already read ahead belong to whoever reads the connection next.
-    pending = conn._rbuf[conn._rpos:]
-    return rebuild_connection, (token, conn.readable, conn.writable, pending)
+    return rebuild_connection, (token, conn.readable, conn.writable, conn._max_record)
 
 
-def rebuild_connection(token: Any, readable: bool, writable: bool, pending: bytes = b"") -> Any:
+def rebuild_connection(token: Any, readable: bool, writable: bool, max_record: int = 0) -> Any:
     from .connection import Connection
 
     conn = Connection(token.detach(), readable, writable)
-    conn._rbuf = pending
+    conn._max_record = max_record  # a packet pipe's read end cannot be detected
     return conn
 
 

@@ -297,3 +297,35 @@ def test_cpu_count_and_start_methods():
     assert set(corral.get_all_start_methods()) == {"fork", "spawn", "forkserver"}
     assert corral.get_all_start_methods()[0] == __import__("multiprocessing").get_start_method()
     assert sys.platform == "linux"
+
+
+def _locked_reader(conn, lock, results, count):
+    for _ in range(count):
+        with lock:
+            msg = conn.recv()
+        results.send(msg)
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["duplex", "oneway"])
+def test_several_processes_share_one_reading_end(ctx, duplex):
+    """Readers sharing one end under a lock each get whole messages, none lost."""
+    reader, writer = ctx.Pipe(duplex=duplex)
+    if not duplex:
+        reader, writer = reader, writer  # (receiving end, sending end)
+    else:
+        writer, reader = reader, writer
+    lock = ctx.Lock()
+    results_r, results_w = ctx.Pipe(duplex=False)
+    per_reader, readers = 300, 3
+    procs = [start(ctx, _locked_reader, reader, lock, results_w, per_reader)
+             for _ in range(readers)]
+    sent = [("msg", i, b"x" * (i % 5000)) for i in range(per_reader * readers)]
+    for msg in sent:
+        writer.send(msg)
+    got = [results_r.recv() for _ in sent]
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+    assert sorted(got) == sorted(sent)
+    for conn in (reader, writer, results_r, results_w):
+        conn.close()
