@@ -41,6 +41,9 @@ class Popen:
         self.finalizer: util.Finalize | None = None
         self.pid: int = 0
         self.sentinel: int = -1
+        # Objects pickled for the child that must outlive its start-up
+        # (named semaphores it opens by name); released once it exits.
+        self.keepalive: list[Any] = []
         self._launch(process_obj)
 
     def duplicate_for_child(self, fd: int) -> int:
@@ -85,6 +88,7 @@ class Popen:
                 return None
             if pid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+                self.keepalive.clear()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -115,5 +119,6 @@ class Popen:
         self._send_signal(signal.SIGKILL)
 
     def close(self) -> None:
+        self.keepalive.clear()
         if self.finalizer is not None:
             self.finalizer()

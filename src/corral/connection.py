@@ -13,7 +13,6 @@ says nothing cannot keep the others out.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import select
 import socket
@@ -45,11 +44,9 @@ BUFSIZE = 8192
 HANDSHAKE_TIMEOUT = 20.0
 # A record-preserving read asks for this much; a small message arrives whole.
 _READ_SIZE = 1 << 16
-# Records: a SOCK_SEQPACKET record must fit the socket buffer; a packet pipe
-# splits writes into PIPE_BUF packets by itself (any write size is fine).
+# A SOCK_SEQPACKET record must fit the socket buffer: larger messages are
+# sent as several records (never mixed with another message's).
 _SEQPACKET_RECORD = 1 << 16
-_PIPE_RECORD = 0x7FFFFFFF
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
 # Messages this small are sent with their header in one write().
 _SMALL = 1 << 14
 # os.read/os.write move at most this much per call on Linux.
@@ -90,7 +87,7 @@ class Connection:
         self._handle = handle
         self._readable = readable
         self._writable = writable
-        # Record-preserving fds (packet pipes, SOCK_SEQPACKET): one read returns
+        # Record-preserving fds (SOCK_SEQPACKET): one read returns
         # exactly one record, so a small message costs one syscall and a read
         # never takes bytes of the next message (which may be another reader's).
         self._max_record = _max_record(handle)
@@ -399,18 +396,14 @@ def _max_record(fd: int) -> int:
         mode = os.fstat(fd).st_mode
     except OSError:
         return 0
-    if stat.S_ISSOCK(mode):
-        sock = socket.socket(fileno=fd)
-        try:
-            is_packet = sock.type == socket.SOCK_SEQPACKET
-        finally:
-            sock.detach()
-        return _SEQPACKET_RECORD if is_packet else 0
-    # Only a packet pipe's write end shows O_DIRECT; Pipe() and unpickling
-    # tell the read end (see Pipe and reduction.rebuild_connection).
-    if stat.S_ISFIFO(mode) and _O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT:
-        return _PIPE_RECORD
-    return 0
+    if not stat.S_ISSOCK(mode):
+        return 0
+    sock = socket.socket(fileno=fd)
+    try:
+        is_packet = sock.type == getattr(socket, "SOCK_SEQPACKET", None)
+    finally:
+        sock.detach()
+    return _SEQPACKET_RECORD if is_packet else 0
 
 
 def _raise_eof(clean: bool) -> NoReturn:
@@ -438,9 +431,10 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - 
 
     With ``duplex`` (the default) both ends can send and receive (a Unix
     socket pair, which can also carry file descriptors); otherwise the first
-    end only receives and the second only sends (an OS pipe). Both keep message
-    records intact where the OS can (SOCK_SEQPACKET, packet-mode pipes), so
-    several processes may share one end, as with the stdlib.
+    end only receives and the second only sends (an OS pipe). Reads never take
+    bytes beyond the message they return (SOCK_SEQPACKET records on the duplex
+    pair, exact reads on the pipe), so several processes may share one end,
+    as with the stdlib.
     """
     if duplex:
         kind = getattr(socket, "SOCK_SEQPACKET", socket.SOCK_STREAM)
@@ -451,18 +445,10 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - 
         s1.settimeout(None)
         s2.settimeout(None)
         return Connection(s1.detach()), Connection(s2.detach())
-    packet = False
-    if _O_DIRECT and hasattr(os, "pipe2"):
-        try:
-            r, w = os.pipe2(os.O_CLOEXEC | _O_DIRECT)
-            packet = True
-        except OSError:  # a kernel without packet pipes (< 3.4)
-            r, w = os.pipe()
-    else:
-        r, w = os.pipe()
+    # A byte-stream pipe, read exactly: a packet-mode pipe would keep records
+    # too, but holds only 16 messages (one page each) where this holds 64 KiB.
+    r, w = os.pipe()
     reader = Connection(r, writable=False)
-    if packet:
-        reader._max_record = _PIPE_RECORD
     return reader, Connection(w, readable=False)
 
 

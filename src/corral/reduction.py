@@ -262,15 +262,13 @@ def DupFd(fd: int) -> Any:  # noqa: N802 - stdlib name
 
 def reduce_connection(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     token = DupFd(conn.fileno())
-    return rebuild_connection, (token, conn.readable, conn.writable, conn._max_record)
+    return rebuild_connection, (token, conn.readable, conn.writable)
 
 
-def rebuild_connection(token: Any, readable: bool, writable: bool, max_record: int = 0) -> Any:
+def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
     from .connection import Connection
 
-    conn = Connection(token.detach(), readable, writable)
-    conn._max_record = max_record  # a packet pipe's read end cannot be detected
-    return conn
+    return Connection(token.detach(), readable, writable)
 
 
 def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:

@@ -51,7 +51,11 @@ class SemLock:
         self._make_methods()
         util.register_after_fork(self, SemLock._after_fork)
         if not unlink_now:
+            # The name must exist until every child has opened it: children
+            # keep us alive through their Popen (see __getstate__), and the
+            # name goes when the last reference here does, or at exit.
             resource_tracker.register(name, "semaphore")
+            util.Finalize(self, _unlink_semaphore, (name,), exitpriority=0)
 
     @staticmethod
     def _after_fork(obj: SemLock) -> None:
@@ -74,6 +78,9 @@ class SemLock:
             msg = ("a lock created in a 'fork' context cannot be shared with a spawn or "
                    "forkserver child: create it from the same context as the Process")
             raise RuntimeError(msg)
+        keepalive = getattr(context.get_spawning_popen(), "keepalive", None)
+        if keepalive is not None:
+            keepalive.append(self)
         return (sl.handle, sl.kind, sl.maxvalue, sl.name)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
@@ -82,6 +89,14 @@ class SemLock:
         util.debug("recreated blocker with handle %r", state[0])
         self._make_methods()
         util.register_after_fork(self, SemLock._after_fork)
+
+
+def _unlink_semaphore(name: str) -> None:
+    resource_tracker.unregister(name, "semaphore")
+    try:
+        _multiprocessing.sem_unlink(name)
+    except OSError:
+        pass
 
 
 class Semaphore(SemLock):

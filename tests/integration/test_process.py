@@ -309,20 +309,19 @@ def _locked_reader(conn, lock, results, count):
 @pytest.mark.parametrize("duplex", [True, False], ids=["duplex", "oneway"])
 def test_several_processes_share_one_reading_end(ctx, duplex):
     """Readers sharing one end under a lock each get whole messages, none lost."""
-    reader, writer = ctx.Pipe(duplex=duplex)
-    if not duplex:
-        reader, writer = reader, writer  # (receiving end, sending end)
-    else:
-        writer, reader = reader, writer
+    reader, writer = ctx.Pipe(duplex=duplex)  # one-way: (receiving end, sending end)
     lock = ctx.Lock()
     results_r, results_w = ctx.Pipe(duplex=False)
     per_reader, readers = 300, 3
     procs = [start(ctx, _locked_reader, reader, lock, results_w, per_reader)
              for _ in range(readers)]
     sent = [("msg", i, b"x" * (i % 5000)) for i in range(per_reader * readers)]
-    for msg in sent:
-        writer.send(msg)
+    import threading
+
+    feeder = threading.Thread(target=lambda: [writer.send(msg) for msg in sent])
+    feeder.start()
     got = [results_r.recv() for _ in sent]
+    feeder.join(TIMEOUT)
     for p in procs:
         p.join(TIMEOUT)
         assert p.exitcode == 0

@@ -14,6 +14,15 @@ import corral
 from corral.connection import Connection, Pipe, wait
 
 
+def test_pipes_keep_records():
+    a, b = Pipe()
+    r, w = Pipe(duplex=False)
+    assert a._max_record and b._max_record  # SOCK_SEQPACKET
+    assert not r._max_record and not w._max_record  # a byte stream, read exactly
+    for conn in (a, b, r, w):
+        conn.close()
+
+
 @pytest.fixture(params=[True, False], ids=["duplex", "oneway"])
 def pipe(request):
     a, b = Pipe(duplex=request.param)
@@ -240,11 +249,11 @@ def test_wait_returns_ready_objects():
     os.close(wfd)
 
 
-def test_wait_sees_read_ahead_data():
+def test_wait_after_partial_consumption():
     a, b = Pipe()
     a.send(1)
     a.send(2)
-    assert b.recv() == 1  # the read-ahead buffer now holds message 2
+    assert b.recv() == 1  # message 2 is still waiting in the OS
     assert wait([b], timeout=0) == [b]
     assert b.poll()
     assert b.recv() == 2
@@ -252,8 +261,8 @@ def test_wait_sees_read_ahead_data():
     b.close()
 
 
-def test_connection_pickles_and_keeps_read_ahead_bytes():
-    """A connection sent elsewhere carries what this end already read ahead."""
+def test_pickled_connection_gets_the_unread_messages():
+    """Reading one message never takes bytes of the next: a clone gets them."""
     from corral.reduction import ForkingPickler
 
     a, b = Pipe()
