@@ -11,8 +11,14 @@ import time
 from collections.abc import Callable
 
 
-def compare(name: str, corral_fn: Callable[[], float], stdlib_fn: Callable[[], float],
-            rounds: int = 7, unit: str = "s", higher_is_better: bool = False) -> dict:
+def compare(
+    name: str,
+    corral_fn: Callable[[], float],
+    stdlib_fn: Callable[[], float],
+    rounds: int = 7,
+    unit: str = "s",
+    higher_is_better: bool = False,
+) -> dict:
     """Run both functions alternately; each returns one measurement."""
     ours, theirs = [], []
     for i in range(rounds):
@@ -26,8 +32,11 @@ def compare(name: str, corral_fn: Callable[[], float], stdlib_fn: Callable[[], f
     a, b = statistics.median(ours), statistics.median(theirs)
     ratio = a / b if higher_is_better else b / a
     row = {"name": name, "corral": a, "stdlib": b, "unit": unit, "speedup": ratio}
-    print(f"{name:<44} corral {fmt(a, unit):>12}  stdlib {fmt(b, unit):>12}  "
-          f"corral is {ratio:5.2f}x {'faster' if ratio >= 1 else 'slower'}", flush=True)
+    print(
+        f"{name:<44} corral {fmt(a, unit):>12}  stdlib {fmt(b, unit):>12}  "
+        f"corral is {ratio:5.2f}x {'faster' if ratio >= 1 else 'slower'}",
+        flush=True,
+    )
     return row
 
 

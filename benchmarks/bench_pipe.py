@@ -11,8 +11,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-import corral  # noqa: E402
-from _harness import compare  # noqa: E402
+import corral
+from _harness import compare
 
 
 def consume(conn, count: int, done) -> None:
@@ -97,21 +97,44 @@ def main() -> list[dict]:
     kib = b"x" * 1024
     for duplex in (True, False):
         label = "Pipe()" if duplex else "Pipe(duplex=False)"
-        rows.append(compare(f"{label} send/recv 1 KiB bytes, msgs/s",
-                            lambda d=duplex: throughput(corral, kib, 100_000, d),
-                            lambda d=duplex: throughput(multiprocessing, kib, 100_000, d),
-                            rounds=5, unit="msg/s", higher_is_better=True))
-    rows.append(compare("Pipe() send/recv 8 B objects, msgs/s",
-                        lambda: throughput(corral, 12345678, 100_000, True),
-                        lambda: throughput(multiprocessing, 12345678, 100_000, True),
-                        rounds=5, unit="msg/s", higher_is_better=True))
-    rows.append(compare("Pipe() round trip latency (1 byte)",
-                        lambda: latency(corral, 20_000),
-                        lambda: latency(multiprocessing, 20_000), rounds=5))
-    rows.append(compare("Pipe() 64 MiB send_bytes/recv_bytes, MiB/s",
-                        lambda: bytes_throughput(corral, 64 * 2**20, 8),
-                        lambda: bytes_throughput(multiprocessing, 64 * 2**20, 8),
-                        rounds=5, unit="MiB/s", higher_is_better=True))
+        rows.append(
+            compare(
+                f"{label} send/recv 1 KiB bytes, msgs/s",
+                lambda d=duplex: throughput(corral, kib, 100_000, d),
+                lambda d=duplex: throughput(multiprocessing, kib, 100_000, d),
+                rounds=5,
+                unit="msg/s",
+                higher_is_better=True,
+            )
+        )
+    rows.append(
+        compare(
+            "Pipe() send/recv 8 B objects, msgs/s",
+            lambda: throughput(corral, 12345678, 100_000, True),
+            lambda: throughput(multiprocessing, 12345678, 100_000, True),
+            rounds=5,
+            unit="msg/s",
+            higher_is_better=True,
+        )
+    )
+    rows.append(
+        compare(
+            "Pipe() round trip latency (1 byte)",
+            lambda: latency(corral, 20_000),
+            lambda: latency(multiprocessing, 20_000),
+            rounds=5,
+        )
+    )
+    rows.append(
+        compare(
+            "Pipe() 64 MiB send_bytes/recv_bytes, MiB/s",
+            lambda: bytes_throughput(corral, 64 * 2**20, 8),
+            lambda: bytes_throughput(multiprocessing, 64 * 2**20, 8),
+            rounds=5,
+            unit="MiB/s",
+            higher_is_better=True,
+        )
+    )
     raw = raw_pipe(200_000, 1028)
     print(f"{'raw os.pipe 1 KiB writes (reference)':<44} {raw:,.0f} msg/s")
     return rows

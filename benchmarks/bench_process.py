@@ -10,8 +10,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-import corral  # noqa: E402
-from _harness import compare, per_op  # noqa: E402
+import corral
+from _harness import compare, per_op
 
 
 def noop() -> None:
@@ -24,6 +24,7 @@ def start_join(ctx, count: int) -> float:
         p.start()
         p.join()
         p.close()
+
     return per_op(once, count)
 
 
@@ -33,6 +34,7 @@ def bare_fork(count: int) -> float:
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
+
     return per_op(once, count)
 
 
@@ -42,9 +44,13 @@ def main() -> None:
         ours, theirs = corral.get_context(method), multiprocessing.get_context(method)
         start_join(ours, 2)  # warm up: imports, forkserver start
         start_join(theirs, 2)
-        rows.append(compare(f"Process start+join ({method})",
-                            lambda o=ours, c=count: start_join(o, c),
-                            lambda t=theirs, c=count: start_join(t, c)))
+        rows.append(
+            compare(
+                f"Process start+join ({method})",
+                lambda o=ours, c=count: start_join(o, c),
+                lambda t=theirs, c=count: start_join(t, c),
+            )
+        )
     bare = sorted(bare_fork(300) for _ in range(5))[2]
     print(f"{'bare os.fork + waitpid (reference)':<44} {bare * 1e6:.1f} us")
     return rows

@@ -50,8 +50,10 @@ def run(method: str, workers: int, messages: int) -> None:
         if proc.exitcode != 0:
             raise SystemExit(f"{method}: worker {proc.pid} exited with {proc.exitcode}")
     rate = messages * workers / elapsed
-    print(f"{method:>10}: {workers} workers started in {startup * 1000:7.1f} ms, "
-          f"{messages * workers} round trips at {rate:,.0f}/s, all answers correct")
+    print(
+        f"{method:>10}: {workers} workers started in {startup * 1000:7.1f} ms, "
+        f"{messages * workers} round trips at {rate:,.0f}/s, all answers correct"
+    )
 
 
 def main() -> None:

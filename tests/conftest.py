@@ -73,8 +73,11 @@ def no_leaks() -> Iterator[None]:
     shm_before = _shm_entries()
     yield
     helpers = _helper_pids()
-    new_children = [p for p in me.children(recursive=True)
-                    if p.pid not in children_before and p.pid not in helpers]
+    new_children = [
+        p
+        for p in me.children(recursive=True)
+        if p.pid not in children_before and p.pid not in helpers
+    ]
     # Give exiting children a bounded moment (an event wait, not a sleep).
     _gone, alive = psutil.wait_procs(new_children, timeout=5)
     for proc in alive:
@@ -102,9 +105,15 @@ def _describe_fds(fds: set[int]) -> dict[int, str]:
     return out
 
 
-def run_script(tmp_path: Path, code: str, *args: str, timeout: float = 60,
-               module: str | None = None, cwd: Path | None = None,
-               flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_script(
+    tmp_path: Path,
+    code: str,
+    *args: str,
+    timeout: float = 60,
+    module: str | None = None,
+    cwd: Path | None = None,
+    flags: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     """Run code as a script (or as ``-m module``) in a fresh interpreter, with a hard timeout.
 
     On timeout the whole process group gets SIGTERM, then SIGKILL, and the test fails.
@@ -113,8 +122,14 @@ def run_script(tmp_path: Path, code: str, *args: str, timeout: float = 60,
     script.write_text(textwrap.dedent(code))
     cmd = [sys.executable, *flags]
     cmd += ["-m", module] if module else [str(script)]
-    proc = subprocess.Popen(cmd + list(args), cwd=cwd or tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd + list(args),
+        cwd=cwd or tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -106,11 +106,16 @@ class ForkServer:
             listener.bind(address)
             os.chmod(address, 0o600)
             listener.listen()
-            config = {"authkey": authkey, "preload": self._preload_modules,
-                      "prep": _spawn.get_preparation_data("ForkServer")}
+            config = {
+                "authkey": authkey,
+                "preload": self._preload_modules,
+                "prep": _spawn.get_preparation_data("ForkServer"),
+            }
             call = f"main({listener.fileno()}, {alive_r}, {config_r})"
-            code = (f"import sys; sys.path.insert(0, {_spawn._PACKAGE_PARENT!r}); "
-                    f"from corral._forkserver import main; {call}")
+            code = (
+                f"import sys; sys.path.insert(0, {_spawn._PACKAGE_PARENT!r}); "
+                f"from corral._forkserver import main; {call}"
+            )
             cmd = [_spawn.get_executable(), *_spawn.interpreter_flags(), "-c", code]
             pid = _spawn.spawn_posix(cmd[0], cmd, [listener.fileno(), alive_r, config_r])
         except BaseException:
@@ -281,7 +286,9 @@ def _reap(pid_to_status: dict[int, socket.socket]) -> None:
             status_sock.close()
 
 
-def _accept_request(listener: socket.socket, authkey: bytes) -> tuple[socket.socket, list[int]] | None:
+def _accept_request(
+    listener: socket.socket, authkey: bytes
+) -> tuple[socket.socket, list[int]] | None:
     try:
         sock, _ = listener.accept()
     except OSError:

@@ -56,9 +56,11 @@ def _split_digest(message: bytes) -> tuple[str, bytes]:
     if message.startswith(b"{"):
         end = message.find(b"}", 1, _MAX_DIGEST_NAME + 2)
         if end > 0 and message[1:end] in _ALLOWED_DIGESTS:
-            return message[1:end].decode("ascii"), message[end + 1:]
-    msg = ("unsupported message length, missing digest prefix, "
-           f"or unsupported digest: message={message[:64]!r}")
+            return message[1:end].decode("ascii"), message[end + 1 :]
+    msg = (
+        "unsupported message length, missing digest prefix, "
+        f"or unsupported digest: message={message[:64]!r}"
+    )
     raise AuthenticationError(msg)
 
 
@@ -96,7 +98,7 @@ def answer_steps(authkey: bytes) -> Steps:
     if not challenge or not challenge.startswith(CHALLENGE):
         msg = f"Protocol error, expected challenge: message={(challenge or b'')[:64]!r}"
         raise AuthenticationError(msg)
-    reply = yield make_response(authkey, challenge[len(CHALLENGE):]), True
+    reply = yield make_response(authkey, challenge[len(CHALLENGE) :]), True
     if reply != WELCOME:
         msg = "digest sent was rejected"
         raise AuthenticationError(msg)
@@ -198,8 +200,10 @@ class PendingHandshake:
         if not self._in_body:
             (length,) = struct.unpack("!i", self._buf)
             if length < 0 or length > MAX_FRAME:
-                self._fail(f"the client sent a frame header of {length} bytes "
-                           f"(at most {MAX_FRAME} are allowed before authentication)")
+                self._fail(
+                    f"the client sent a frame header of {length} bytes "
+                    f"(at most {MAX_FRAME} are allowed before authentication)"
+                )
             self._buf.clear()
             self._in_body, self._need = True, length
             if length:

@@ -15,7 +15,6 @@ from typing import Any
 from . import util
 
 
-
 def _pidfd_works() -> bool:
     """True if this kernel gives pidfds (Linux >= 5.3 and not blocked by seccomp)."""
     if not hasattr(os, "pidfd_open"):

@@ -86,4 +86,4 @@ def write_all(fd: int, data: memoryview) -> None:
     """Write all of data to a blocking fd."""
     view = memoryview(data).cast("B")
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

@@ -55,7 +55,9 @@ class _ResourceSharer:
         self._thread: threading.Thread | None = None
         util.register_after_fork(self, _ResourceSharer._after_fork)
 
-    def register(self, send: Callable[[Any, int], None], close: Callable[[], None]) -> tuple[Any, int]:
+    def register(
+        self, send: Callable[[Any, int], None], close: Callable[[], None]
+    ) -> tuple[Any, int]:
         with self._lock:
             if self._address is None:
                 self._start()

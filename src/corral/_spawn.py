@@ -70,16 +70,25 @@ def interpreter_flags() -> list[str]:
     """The command-line options that reproduce this interpreter's settings."""
     flags = sys.flags
     args = []
-    for flag, letter in (("debug", "d"), ("dont_write_bytecode", "B"), ("no_site", "S"),
-                         ("verbose", "v"), ("bytes_warning", "b"), ("quiet", "q")):
+    for flag, letter in (
+        ("debug", "d"),
+        ("dont_write_bytecode", "B"),
+        ("no_site", "S"),
+        ("verbose", "v"),
+        ("bytes_warning", "b"),
+        ("quiet", "q"),
+    ):
         count = getattr(flags, flag, 0)
         if count:
             args.append("-" + letter * count)
     if flags.isolated:
         args.append("-I")  # implies -E, -s and -P
     else:
-        for flag, option in (("ignore_environment", "-E"), ("no_user_site", "-s"),
-                             ("safe_path", "-P")):
+        for flag, option in (
+            ("ignore_environment", "-E"),
+            ("no_user_site", "-s"),
+            ("safe_path", "-P"),
+        ):
             if getattr(flags, flag, 0):
                 args.append(option)
     if flags.optimize:
@@ -93,11 +102,16 @@ def interpreter_flags() -> list[str]:
 def get_command_line(**kwds: Any) -> list[str]:
     """The argv of a spawned child: run ``spawn_main(**kwds)`` in a fresh interpreter."""
     if getattr(sys, "frozen", False):
-        return [_executable, "--multiprocessing-fork",
-                *(f"{name}={value}" for name, value in kwds.items())]
+        return [
+            _executable,
+            "--multiprocessing-fork",
+            *(f"{name}={value}" for name, value in kwds.items()),
+        ]
     call = ", ".join(f"{name}={value!r}" for name, value in kwds.items())
-    code = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-            f"from corral._spawn import spawn_main; spawn_main({call})")
+    code = (
+        f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
+        f"from corral._spawn import spawn_main; spawn_main({call})"
+    )
     return [_executable, *interpreter_flags(), "-c", code, "--multiprocessing-fork"]
 
 
@@ -109,8 +123,9 @@ def spawn_posix(path: str, args: list[str], passfds: list[int]) -> int:
     return os.posix_spawn(path, args, os.environ, file_actions=actions)
 
 
-def spawn_main(pipe_handle: int, parent_pid: int | None = None,
-               tracker_fd: int | None = None) -> None:
+def spawn_main(
+    pipe_handle: int, parent_pid: int | None = None, tracker_fd: int | None = None
+) -> None:
     """Entry point of a spawned child: read the parent's pickles from pipe_handle and run."""
     parent_sentinel = None if _uses_pidfd_for_parent() else os.dup(pipe_handle)
     exitcode = _main(pipe_handle, parent_sentinel)

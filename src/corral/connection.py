@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from . import _buffers, _handshake, reduction, util
-from ._handshake import CHALLENGE, FAILURE, MESSAGE_LENGTH, WELCOME
 from .errors import AuthenticationError, BufferTooShort
 
 __all__ = (
@@ -65,6 +64,7 @@ families = ["AF_INET"]
 if hasattr(socket, "AF_UNIX"):
     families.append("AF_UNIX")
 default_family = "AF_UNIX" if "AF_UNIX" in families else "AF_INET"
+
 
 class Connection:
     """One end of a connection: a pipe end or a connected socket, by file descriptor.
@@ -186,7 +186,7 @@ class Connection:
         elif offset + size > n:
             msg = "buffer length < offset + size"
             raise ValueError(msg)
-        self._send_bytes(view[offset:offset + size])
+        self._send_bytes(view[offset : offset + size])
 
     def send(self, obj: Any) -> None:
         """Pickle obj and send it as one message.
@@ -218,7 +218,7 @@ class Connection:
             first = self._max_record - len(header)
             os.write(self._handle, header + view[:first])  # type: ignore[arg-type]
             for start in range(first, n, self._max_record):
-                os.write(self._handle, view[start:start + self._max_record])  # type: ignore[arg-type]
+                os.write(self._handle, view[start : start + self._max_record])  # type: ignore[arg-type]
         else:
             self._write_all(memoryview(header), memoryview(buf).cast("B"))
 
@@ -284,7 +284,7 @@ class Connection:
             size = len(data)  # type: ignore[arg-type]
             if bytesize - offset < size:
                 raise BufferTooShort(bytes(data))  # type: ignore[arg-type]
-            view.cast("B")[offset:offset + size] = data
+            view.cast("B")[offset : offset + size] = data
             return size
 
     def recv(self) -> Any:
@@ -316,8 +316,9 @@ class Connection:
                 return _loads(self._read_body(data, size))
         return _loads(self._recv_bytes(first=header))
 
-    def _recv_bytes(self, maxsize: int | None = None,
-                    first: bytes | None = None) -> bytes | bytearray | None:
+    def _recv_bytes(
+        self, maxsize: int | None = None, first: bytes | None = None
+    ) -> bytes | bytearray | None:
         """Receive one message; None if it is longer than maxsize.
 
         ``first`` holds bytes of the message already read (a record, or part
@@ -347,8 +348,12 @@ class Connection:
         """Return data extended (record by record, or exactly) to at least count bytes."""
         data = data if data is not None else b""
         while len(data) < count:
-            more = os.read(self._handle, _READ_SIZE if self._max_record  # type: ignore[arg-type]
-                           else count - len(data))
+            more = os.read(
+                self._handle,
+                _READ_SIZE
+                if self._max_record  # type: ignore[arg-type]
+                else count - len(data),
+            )
             if not more:
                 _raise_eof(at_start and not data)
             data += more
@@ -365,11 +370,11 @@ class Connection:
         except MemoryError:
             self._bad_message_length()
         with view:
-            view[:len(have)] = have
+            view[: len(have)] = have
             got = len(have)
             fd = self._handle
             while got < size:
-                n = os.readv(fd, [view[got:got + _MAX_IO]])  # type: ignore[arg-type]
+                n = os.readv(fd, [view[got : got + _MAX_IO]])  # type: ignore[arg-type]
                 if n == 0:
                     _raise_eof(False)
                 got += n
@@ -426,7 +431,7 @@ def _ms(seconds: float) -> int:
     return int(-(-seconds * 1000 // 1))
 
 
-def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """Return a pair of connected ``Connection`` objects.
 
     With ``duplex`` (the default) both ends can send and receive (a Unix
@@ -481,8 +486,7 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
             if events or time.monotonic() >= deadline:
                 break
     ready_fds = {fd for fd, _ in events}
-    return [obj for obj in objects
-            if (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
+    return [obj for obj in objects if (obj if isinstance(obj, int) else obj.fileno()) in ready_fds]
 
 
 # ---------------------------------------------------------------------------
@@ -515,10 +519,9 @@ def _validate_family(family: str) -> None:
     if sys.platform != "win32" and family == "AF_PIPE":
         msg = f"Family {family} is not recognized."
         raise ValueError(msg)
-    if family not in families and family != "AF_PIPE":
-        if not hasattr(socket, family):
-            msg = f"Family {family} is not recognized."
-            raise ValueError(msg)
+    if family not in families and family != "AF_PIPE" and not hasattr(socket, family):
+        msg = f"Family {family} is not recognized."
+        raise ValueError(msg)
 
 
 def _check_authkey(authkey: Any) -> None:
@@ -655,8 +658,11 @@ class Listener:
         except BlockingIOError:
             return
         pending = _handshake.PendingHandshake(
-            sock, addr, _handshake.server_steps(self._authkey),  # type: ignore[arg-type]
-            time.monotonic() + self._handshake_timeout)
+            sock,
+            addr,
+            _handshake.server_steps(self._authkey),  # type: ignore[arg-type]
+            time.monotonic() + self._handshake_timeout,
+        )
         try:
             pending.begin()
         except BaseException:
@@ -700,9 +706,7 @@ def _connection_from_socket(sock: socket.socket) -> Connection:
     return Connection(sock.detach())
 
 
-def Client(  # noqa: N802 - stdlib name
-    address: Any, family: str | None = None, authkey: bytes | None = None
-) -> Connection:
+def Client(address: Any, family: str | None = None, authkey: bytes | None = None) -> Connection:
     """Connect to a ``Listener`` and return the connection.
 
     Raises:

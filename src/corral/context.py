@@ -55,43 +55,43 @@ class BaseContext:
             raise NotImplementedError(msg)
         return count
 
-    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # noqa: N802 - stdlib name
+    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:
         """Return two connected ``Connection`` objects (see ``corral.connection.Pipe``)."""
         from .connection import Pipe
 
         return Pipe(duplex)
 
-    def Lock(self) -> Any:  # noqa: N802 - stdlib name
+    def Lock(self) -> Any:
         """A non-recursive lock shared with children (``corral.synchronize.Lock``)."""
         from .synchronize import Lock
 
         return Lock(ctx=self.get_context())
 
-    def RLock(self) -> Any:  # noqa: N802 - stdlib name
+    def RLock(self) -> Any:
         """A recursive lock shared with children (``corral.synchronize.RLock``)."""
         from .synchronize import RLock
 
         return RLock(ctx=self.get_context())
 
-    def Condition(self, lock: Any = None) -> Any:  # noqa: N802 - stdlib name
+    def Condition(self, lock: Any = None) -> Any:
         """A condition variable shared with children (``corral.synchronize.Condition``)."""
         from .synchronize import Condition
 
         return Condition(lock, ctx=self.get_context())
 
-    def Semaphore(self, value: int = 1) -> Any:  # noqa: N802 - stdlib name
+    def Semaphore(self, value: int = 1) -> Any:
         """A semaphore shared with children (``corral.synchronize.Semaphore``)."""
         from .synchronize import Semaphore
 
         return Semaphore(value, ctx=self.get_context())
 
-    def BoundedSemaphore(self, value: int = 1) -> Any:  # noqa: N802 - stdlib name
+    def BoundedSemaphore(self, value: int = 1) -> Any:
         """A bounded semaphore shared with children."""
         from .synchronize import BoundedSemaphore
 
         return BoundedSemaphore(value, ctx=self.get_context())
 
-    def Event(self) -> Any:  # noqa: N802 - stdlib name
+    def Event(self) -> Any:
         """An event flag shared with children (``corral.synchronize.Event``)."""
         from .synchronize import Event
 
@@ -339,8 +339,10 @@ def assert_spawning(obj: object) -> None:
         RuntimeError: obj may only be shared by passing it to a child at start.
     """
     if get_spawning_popen() is None:
-        msg = (f"{type(obj).__name__} objects should only be shared between "
-               "processes through inheritance")
+        msg = (
+            f"{type(obj).__name__} objects should only be shared between "
+            "processes through inheritance"
+        )
         raise RuntimeError(msg)
 
 

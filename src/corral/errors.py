@@ -42,7 +42,7 @@ class BufferTooShort(ProcessError):
     """
 
 
-class TimeoutError(ProcessError):  # noqa: A001 - the stdlib's name, kept for drop-in use
+class TimeoutError(ProcessError):
     """A timed wait on a result ran out (``AsyncResult.get(timeout)``, ...)."""
 
 

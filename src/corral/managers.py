@@ -15,8 +15,10 @@ from typing import Any
 
 __all__ = ("BaseManager", "BaseProxy", "Token")
 
-_NOT_YET = ("corral's manager server is not implemented yet (it is planned: issue 6); "
-            "use multiprocessing.managers meanwhile")
+_NOT_YET = (
+    "corral's manager server is not implemented yet (it is planned: issue 6); "
+    "use multiprocessing.managers meanwhile"
+)
 
 
 class Token:
@@ -24,7 +26,7 @@ class Token:
 
     __slots__ = ("address", "id", "typeid")
 
-    def __init__(self, typeid: str, address: Any, id: Any) -> None:  # noqa: A002
+    def __init__(self, typeid: str, address: Any, id: Any) -> None:
         self.typeid, self.address, self.id = typeid, address, id
 
     def __getstate__(self) -> tuple[str, Any, Any]:
@@ -34,7 +36,10 @@ class Token:
         self.typeid, self.address, self.id = state
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(typeid={self.typeid!r}, address={self.address!r}, id={self.id!r})"
+        return (
+            f"{type(self).__name__}(typeid={self.typeid!r}, "
+            f"address={self.address!r}, id={self.id!r})"
+        )
 
 
 class BaseProxy:
@@ -43,13 +48,21 @@ class BaseProxy:
     _exposed_: Sequence[str] | None = None
     _method_to_typeid_: dict[str, str] | None = None
 
-    def __init__(self, token: Token, serializer: str, manager: Any = None,
-                 authkey: bytes | None = None, exposed: Sequence[str] | None = None,
-                 incref: bool = True, manager_owned: bool = False) -> None:
+    def __init__(
+        self,
+        token: Token,
+        serializer: str,
+        manager: Any = None,
+        authkey: bytes | None = None,
+        exposed: Sequence[str] | None = None,
+        incref: bool = True,
+        manager_owned: bool = False,
+    ) -> None:
         raise NotImplementedError(_NOT_YET)
 
-    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (),
-                    kwds: dict[str, Any] | None = None) -> Any:
+    def _callmethod(
+        self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None
+    ) -> Any:
         raise NotImplementedError(_NOT_YET)
 
 
@@ -58,16 +71,27 @@ class BaseManager:
 
     _registry: dict[str, tuple[Any, ...]] = {}
 
-    def __init__(self, address: Any = None, authkey: bytes | None = None,
-                 serializer: str = "pickle", ctx: Any = None, *,
-                 shutdown_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        address: Any = None,
+        authkey: bytes | None = None,
+        serializer: str = "pickle",
+        ctx: Any = None,
+        *,
+        shutdown_timeout: float = 1.0,
+    ) -> None:
         raise NotImplementedError(_NOT_YET)
 
     @classmethod
-    def register(cls, typeid: str, callable: Callable[..., Any] | None = None,  # noqa: A002
-                 proxytype: type | None = None, exposed: Sequence[str] | None = None,
-                 method_to_typeid: dict[str, str] | None = None,
-                 create_method: bool = True) -> None:
+    def register(
+        cls,
+        typeid: str,
+        callable: Callable[..., Any] | None = None,
+        proxytype: type | None = None,
+        exposed: Sequence[str] | None = None,
+        method_to_typeid: dict[str, str] | None = None,
+        create_method: bool = True,
+    ) -> None:
         """Declare a type the manager can create and share.
 
         Args:
@@ -94,6 +118,7 @@ class BaseManager:
                     raise TypeError(msg)
         cls._registry[typeid] = (callable, exposed, method_to_typeid, proxytype)
         if create_method:
+
             def create(self: Any, *args: Any, **kwds: Any) -> Any:
                 raise NotImplementedError(_NOT_YET)
 

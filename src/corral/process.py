@@ -90,8 +90,7 @@ class BaseProcess:
         self._target = target
         self._args = tuple(args)
         self._kwargs = dict(kwargs) if kwargs else {}
-        self._name = name or (
-            type(self).__name__ + "-" + ":".join(str(i) for i in self._identity))
+        self._name = name or (type(self).__name__ + "-" + ":".join(str(i) for i in self._identity))
         if daemon is not None:
             self.daemon = daemon
         _dangling.add(self)
@@ -116,10 +115,14 @@ class BaseProcess:
         """
         self._check_closed()
         _check(self._popen is None, "cannot start a process twice")
-        _check(self._parent_pid == os.getpid(),
-               "can only start a process object created by current process")
-        _check(not _current_process._config.get("daemon"),
-               "daemonic processes are not allowed to have children")
+        _check(
+            self._parent_pid == os.getpid(),
+            "can only start a process object created by current process",
+        )
+        _check(
+            not _current_process._config.get("daemon"),
+            "daemonic processes are not allowed to have children",
+        )
         _cleanup()
         self._popen = self._Popen(self)
         self._sentinel = self._popen.sentinel
@@ -172,8 +175,10 @@ class BaseProcess:
         """
         if self._popen is not None:
             if self._popen.poll() is None:
-                msg = ("Cannot close a process while it is still running. "
-                       "You should first call join() or terminate().")
+                msg = (
+                    "Cannot close a process while it is still running. "
+                    "You should first call join() or terminate()."
+                )
                 raise ValueError(msg)
             self._popen.close()
             self._popen = None
@@ -283,8 +288,7 @@ class BaseProcess:
             util._close_stdin()
             old_process = _current_process
             _current_process = self
-            _parent_process = _ParentProcess(self._parent_name, self._parent_pid,
-                                             parent_sentinel)
+            _parent_process = _ParentProcess(self._parent_name, self._parent_pid, parent_sentinel)
             if threading._HAVE_THREAD_NATIVE_ID:  # type: ignore[attr-defined]
                 threading.main_thread()._set_native_id()  # type: ignore[attr-defined]
             try:
@@ -341,8 +345,7 @@ class AuthenticationString(bytes):
         from .context import get_spawning_popen
 
         if get_spawning_popen() is None:
-            msg = ("Pickling an AuthenticationString object is disallowed "
-                   "for security reasons")
+            msg = "Pickling an AuthenticationString object is disallowed for security reasons"
             raise TypeError(msg)
         return AuthenticationString, (bytes(self),)
 
@@ -354,8 +357,7 @@ class _MainProcess(BaseProcess):
         self._parent_pid = None
         self._popen = None
         self._closed = False
-        self._config = {"authkey": AuthenticationString(os.urandom(32)),
-                        "semprefix": "/mp"}
+        self._config = {"authkey": AuthenticationString(os.urandom(32)), "semprefix": "/mp"}
 
     def close(self) -> None:
         pass

@@ -51,8 +51,11 @@ __all__ = (
 )
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-HAVE_SEND_HANDLE = hasattr(socket, "CMSG_LEN") and hasattr(socket, "SCM_RIGHTS") and hasattr(
-    socket.socket, "sendmsg")
+HAVE_SEND_HANDLE = (
+    hasattr(socket, "CMSG_LEN")
+    and hasattr(socket, "SCM_RIGHTS")
+    and hasattr(socket.socket, "sendmsg")
+)
 
 # Set once a user registers a reducer: from then on the fast path is skipped.
 _custom_reducers_registered = False
@@ -74,7 +77,7 @@ class ForkingPickler(cloudpickle.Pickler):
         super().__init__(file, PROTOCOL if protocol is None else protocol, **kwargs)
 
     @classmethod
-    def register(cls, type: type, reduce: Callable[[Any], Any]) -> None:  # noqa: A002
+    def register(cls, type: type, reduce: Callable[[Any], Any]) -> None:
         """Use ``reduce(obj)`` to pickle objects of ``type``, for every send."""
         global _custom_reducers_registered
         cls._extra_reducers[type] = reduce
@@ -109,8 +112,11 @@ _PLAIN_TYPES = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
 
 def _main_is_reimportable(main: Any) -> bool:
     global _reimportable_main
-    if main is None or getattr(main, "__file__", None) is not None or getattr(
-            main, "__spec__", None) is not None:
+    if (
+        main is None
+        or getattr(main, "__file__", None) is not None
+        or getattr(main, "__spec__", None) is not None
+    ):
         _reimportable_main = main
         return True
     return False
@@ -124,8 +130,12 @@ def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
             pass
         else:
             main = _modules.get("__main__")
-            if (main is _reimportable_main or _main_is_reimportable(main)
-                    or type(obj) in _PLAIN_TYPES or b"__main__" not in data):
+            if (
+                main is _reimportable_main
+                or _main_is_reimportable(main)
+                or type(obj) in _PLAIN_TYPES
+                or b"__main__" not in data
+            ):
                 return data
     return _slow_dumps(obj, PROTOCOL)
 
@@ -188,9 +198,11 @@ def _describe_failure(obj: Any, exc: BaseException) -> str:
     if len(text) > 120:
         text = text[:117] + "..."
     where = f"{path} -> {text}" if path != "obj" else text
-    return (f"cannot pickle {where} ({type(culprit).__module__}.{type(culprit).__qualname__}) "
-            f"to send it to another process: {exc}. Pass picklable data instead, "
-            "or create this object inside the child.")
+    return (
+        f"cannot pickle {where} ({type(culprit).__module__}.{type(culprit).__qualname__}) "
+        f"to send it to another process: {exc}. Pass picklable data instead, "
+        "or create this object inside the child."
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -200,8 +212,7 @@ def _describe_failure(obj: Any, exc: BaseException) -> str:
 def sendfds(sock: socket.socket, fds: list[int]) -> None:
     """Send file descriptors over a Unix socket (with a one-byte count check)."""
     payload = array.array("i", fds)
-    sock.sendmsg([bytes([len(payload) % 256])],
-                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
+    sock.sendmsg([bytes([len(payload) % 256])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
 
 
 def recvfds(sock: socket.socket, size: int) -> list[int]:
@@ -218,15 +229,17 @@ def recvfds(sock: socket.socket, size: int) -> list[int]:
         raise EOFError
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     if not msg or not fds or len(fds) % 256 != msg[0]:
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        msg_text = (f"expected file descriptors with the message, received {len(fds)} "
-                    f"(announced: {msg[0] if msg else 'nothing'})")
+        msg_text = (
+            f"expected file descriptors with the message, received {len(fds)} "
+            f"(announced: {msg[0] if msg else 'nothing'})"
+        )
         raise RuntimeError(msg_text)
     return list(fds)
 
@@ -243,7 +256,7 @@ def recv_handle(conn: Any) -> int:
         return recvfds(sock, 1)[0]
 
 
-def DupFd(fd: int) -> Any:  # noqa: N802 - stdlib name
+def DupFd(fd: int) -> Any:
     """Return a picklable token that gives the receiving process a duplicate of fd."""
     popen = context.get_spawning_popen()
     if popen is not None:
@@ -302,4 +315,3 @@ class AbstractReducer:
         self.ForkingPickler = ForkingPickler
         self.register = register
         self.dump = dump
-

@@ -9,10 +9,9 @@ processes that were killed.)
 
 from __future__ import annotations
 
+import _multiprocessing
 import threading
 from collections.abc import Callable
-
-import _multiprocessing
 
 from . import util
 

@@ -14,16 +14,15 @@ are killed.)
 
 from __future__ import annotations
 
+import _multiprocessing
 import os
 import threading
 import time
 from typing import Any
 
-import _multiprocessing
-
 from . import context, process, resource_tracker, util
 
-__all__ = ("BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore", "SemLock")
+__all__ = ("BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "SemLock", "Semaphore")
 
 RECURSIVE_MUTEX, SEMAPHORE = 0, 1
 SEM_VALUE_MAX = _multiprocessing.SemLock.SEM_VALUE_MAX
@@ -75,8 +74,10 @@ class SemLock:
         context.assert_spawning(self)
         sl = self._semlock
         if self._is_fork_ctx:
-            msg = ("a lock created in a 'fork' context cannot be shared with a spawn or "
-                   "forkserver child: create it from the same context as the Process")
+            msg = (
+                "a lock created in a 'fork' context cannot be shared with a spawn or "
+                "forkserver child: create it from the same context as the Process"
+            )
             raise RuntimeError(msg)
         keepalive = getattr(context.get_spawning_popen(), "keepalive", None)
         if keepalive is not None:

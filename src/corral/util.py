@@ -259,8 +259,12 @@ class Finalize:
             sub_debug("finalizer ignored because different process")
             res = None
         else:
-            sub_debug("finalizer calling %s with args %s and kwargs %s",
-                      self._callback, self._args, self._kwargs)
+            sub_debug(
+                "finalizer calling %s with args %s and kwargs %s",
+                self._callback,
+                self._args,
+                self._kwargs,
+            )
             res = self._callback(*self._args, **self._kwargs)  # type: ignore[misc]
         self._weakref = self._callback = self._key = None
         self._args = ()
@@ -287,7 +291,8 @@ class Finalize:
         if self._key is None:
             return "<Finalize object, dead>"
         name = getattr(self._callback, "__qualname__", None) or getattr(
-            self._callback, "__name__", repr(self._callback))
+            self._callback, "__name__", repr(self._callback)
+        )
         text = f"<Finalize object, callback={name}"
         if obj is not None:
             text += f", obj={type(obj).__name__}"
@@ -309,11 +314,14 @@ def _run_finalizers(minpriority: int | None = None) -> None:
     if _finalizer_registry is None:  # pragma: no cover - interpreter teardown
         return
     if minpriority is None:
+
         def wanted(priority: int | None) -> bool:
             return priority is not None
     else:
+
         def wanted(priority: int | None) -> bool:
             return priority is not None and priority >= minpriority
+
     keys = sorted((k for k in list(_finalizer_registry) if wanted(k[0])), reverse=True)
     for key in keys:
         finalizer = _finalizer_registry.get(key)

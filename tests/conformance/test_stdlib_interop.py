@@ -14,10 +14,14 @@ import corral.connection as corral_connection
 KEY = b"shared-key"
 
 
-@pytest.mark.parametrize(("server", "client"), [
-    (corral_connection, stdlib_connection),
-    (stdlib_connection, corral_connection),
-], ids=["corral-listener-stdlib-client", "stdlib-listener-corral-client"])
+@pytest.mark.parametrize(
+    ("server", "client"),
+    [
+        (corral_connection, stdlib_connection),
+        (stdlib_connection, corral_connection),
+    ],
+    ids=["corral-listener-stdlib-client", "stdlib-listener-corral-client"],
+)
 @pytest.mark.parametrize("family", ["AF_UNIX", "AF_INET"])
 def test_authenticated_interop(server, client, family):
     with server.Listener(family=family, authkey=KEY) as listener:
@@ -39,10 +43,14 @@ def test_authenticated_interop(server, client, family):
         assert replies == [("ok", 2)]
 
 
-@pytest.mark.parametrize(("server", "client"), [
-    (corral_connection, stdlib_connection),
-    (stdlib_connection, corral_connection),
-], ids=["corral-listener", "stdlib-listener"])
+@pytest.mark.parametrize(
+    ("server", "client"),
+    [
+        (corral_connection, stdlib_connection),
+        (stdlib_connection, corral_connection),
+    ],
+    ids=["corral-listener", "stdlib-listener"],
+)
 def test_wrong_key_interop(server, client):
     with server.Listener(authkey=KEY) as listener:
         errors = []
@@ -103,8 +111,12 @@ def test_pipe_misuse_raises_like_the_stdlib():
     def collect(mp):
         out = []
         r, w = mp.Pipe(duplex=False)
-        for call in (lambda: r.send(1), lambda: w.recv(), lambda: w.send_bytes(b"x", -1),
-                     lambda: w.send_bytes(b"x", 0, 5)):
+        for call in (
+            lambda: r.send(1),
+            lambda: w.recv(),
+            lambda: w.send_bytes(b"x", -1),
+            lambda: w.send_bytes(b"x", 0, 5),
+        ):
             try:
                 call()
             except Exception as exc:

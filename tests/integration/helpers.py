@@ -13,12 +13,20 @@ import corral
 def report(conn, *args, **kwargs):
     me = corral.current_process()
     parent = corral.parent_process()
-    conn.send({
-        "args": args, "kwargs": kwargs, "pid": os.getpid(), "name": me.name,
-        "daemon": me.daemon, "authkey": bytes(me.authkey), "parent_pid": parent.pid,
-        "parent_name": parent.name, "start_method": corral.get_start_method(),
-        "identity": me._identity,
-    })
+    conn.send(
+        {
+            "args": args,
+            "kwargs": kwargs,
+            "pid": os.getpid(),
+            "name": me.name,
+            "daemon": me.daemon,
+            "authkey": bytes(me.authkey),
+            "parent_pid": parent.pid,
+            "parent_name": parent.name,
+            "start_method": corral.get_start_method(),
+            "identity": me._identity,
+        }
+    )
     conn.close()
 
 

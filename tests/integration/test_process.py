@@ -48,14 +48,18 @@ def test_default_names_count_up(ctx):
     assert b._identity[-1] == a._identity[-1] + 1
 
 
-@pytest.mark.parametrize(("target", "args", "code"), [
-    (helpers.exit_with, (7,), 7),
-    (helpers.exit_with, (None,), 0),
-    (helpers.exit_with, ("message",), 1),
-    (helpers.raise_error, (), 1),
-    (helpers.kill_self, (signal.SIGKILL,), -signal.SIGKILL),
-    (helpers.kill_self, (signal.SIGTERM,), -signal.SIGTERM),
-], ids=["exit-7", "exit-none", "exit-str", "exception", "sigkill", "sigterm"])
+@pytest.mark.parametrize(
+    ("target", "args", "code"),
+    [
+        (helpers.exit_with, (7,), 7),
+        (helpers.exit_with, (None,), 0),
+        (helpers.exit_with, ("message",), 1),
+        (helpers.raise_error, (), 1),
+        (helpers.kill_self, (signal.SIGKILL,), -signal.SIGKILL),
+        (helpers.kill_self, (signal.SIGTERM,), -signal.SIGTERM),
+    ],
+    ids=["exit-7", "exit-none", "exit-str", "exception", "sigkill", "sigterm"],
+)
 def test_exit_codes(ctx, target, args, code):
     p = start(ctx, target, *args)
     p.join(TIMEOUT)
@@ -313,8 +317,9 @@ def test_several_processes_share_one_reading_end(ctx, duplex):
     lock = ctx.Lock()
     results_r, results_w = ctx.Pipe(duplex=False)
     per_reader, readers = 300, 3
-    procs = [start(ctx, _locked_reader, reader, lock, results_w, per_reader)
-             for _ in range(readers)]
+    procs = [
+        start(ctx, _locked_reader, reader, lock, results_w, per_reader) for _ in range(readers)
+    ]
     sent = [("msg", i, b"x" * (i % 5000)) for i in range(per_reader * readers)]
     import threading
 

@@ -113,8 +113,9 @@ def test_interactive_main_functions_go_by_value(tmp_path, method):
         "p = ctx.Process(target=double, args=(w, 21)); p.start()\n"
         "print(r.recv()); p.join(30); print(p.exitcode)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert result.stdout.split() == ["42", "0"], result.stderr
 
 

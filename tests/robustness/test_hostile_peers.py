@@ -47,15 +47,20 @@ BAD_CLIENTS = [
     ("absurd-length", struct.pack("!i", 2**31 - 1) + b"x", False, "frame header of 2147483647"),
     ("negative-length", struct.pack("!i", -7), False, "frame header of -7"),
     # A client that is gone may be noticed while sending it the challenge.
-    ("truncated-frame", struct.pack("!i", 100) + b"short", True,
-     "closed the connection|could not send"),
+    (
+        "truncated-frame",
+        struct.pack("!i", 100) + b"short",
+        True,
+        "closed the connection|could not send",
+    ),
     ("pickle-instead-of-answer", frame(pickle.dumps(Boom())), False, "digest received was wrong"),
     ("closes-at-once", b"", True, "closed the connection|could not send"),
 ]
 
 
-@pytest.mark.parametrize(("payload", "close", "error"),
-                         [c[1:] for c in BAD_CLIENTS], ids=[c[0] for c in BAD_CLIENTS])
+@pytest.mark.parametrize(
+    ("payload", "close", "error"), [c[1:] for c in BAD_CLIENTS], ids=[c[0] for c in BAD_CLIENTS]
+)
 def test_bad_client_then_good_client(payload, close, error):
     UNPICKLED.clear()
     with Listener(("127.0.0.1", 0), authkey=KEY, handshake_timeout=5) as listener:
@@ -101,7 +106,7 @@ def test_silent_client_does_not_block_others_and_times_out():
         listener.accept().close()  # the good client, while the silent one waits
         assert time.monotonic() - started < 1.0
         t.join(timeout=10)
-        with pytest.raises(corral.AuthenticationError, match="within 1.5 s"):
+        with pytest.raises(corral.AuthenticationError, match=r"within 1\.5 s"):
             listener.accept()
         silent.close()
 

@@ -52,8 +52,12 @@ def test_send_bytes_with_offset_and_size(pipe):
 
 @pytest.mark.parametrize(
     ("offset", "size", "message"),
-    [(-1, None, "offset is negative"), (11, None, "buffer length < offset"),
-     (0, -1, "size is negative"), (5, 6, "buffer length < offset \\+ size")],
+    [
+        (-1, None, "offset is negative"),
+        (11, None, "buffer length < offset"),
+        (0, -1, "size is negative"),
+        (5, 6, "buffer length < offset \\+ size"),
+    ],
 )
 def test_send_bytes_bad_range(pipe, offset, size, message):
     sender, _ = pipe
@@ -216,7 +220,6 @@ def test_message_larger_than_2_gib():
     t.join(timeout=120)
     assert len(received) == size
     assert received[0] == 3 and received[-1] == 7
-    del received, payload
     a.close()
     b.close()
 

@@ -17,8 +17,16 @@ import corral
 
 NOT_YET = {
     "corral": {
-        "Array", "Barrier", "JoinableQueue", "Manager", "Pool", "Queue", "RawArray",
-        "RawValue", "SimpleQueue", "Value",
+        "Array",
+        "Barrier",
+        "JoinableQueue",
+        "Manager",
+        "Pool",
+        "Queue",
+        "RawArray",
+        "RawValue",
+        "SimpleQueue",
+        "Value",
     },
 }
 
@@ -48,8 +56,18 @@ def test_every_module_has_a_tuple_all():
             assert hasattr(module, attr), f"{name}.{attr}"
 
 
-@pytest.mark.parametrize("name", ["Process", "Pipe", "get_context", "set_start_method",
-                                  "get_start_method", "active_children", "cpu_count"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Process",
+        "Pipe",
+        "get_context",
+        "set_start_method",
+        "get_start_method",
+        "active_children",
+        "cpu_count",
+    ],
+)
 def test_signatures_match(name):
     ours = inspect.signature(getattr(corral, name))
     theirs = inspect.signature(getattr(multiprocessing, name))
@@ -62,15 +80,32 @@ def test_connection_signatures_match(name):
 
     from corral import connection
 
-    ours = [p for p in inspect.signature(getattr(connection, name)).parameters.values()
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    ours = [
+        p
+        for p in inspect.signature(getattr(connection, name)).parameters.values()
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY
+    ]
     theirs = inspect.signature(getattr(stdlib_connection, name)).parameters
     assert [p.name for p in ours] == list(theirs)
 
 
 def test_process_api():
-    for attr in ("start", "run", "join", "is_alive", "terminate", "kill", "close", "pid",
-                 "ident", "exitcode", "sentinel", "authkey", "name", "daemon"):
+    for attr in (
+        "start",
+        "run",
+        "join",
+        "is_alive",
+        "terminate",
+        "kill",
+        "close",
+        "pid",
+        "ident",
+        "exitcode",
+        "sentinel",
+        "authkey",
+        "name",
+        "daemon",
+    ):
         assert hasattr(corral.Process, attr), attr
 
 
@@ -78,10 +113,13 @@ def test_no_stdlib_multiprocessing_imported_by_corral():
     import subprocess
     import sys
 
-    code = ("import sys, corral, corral.connection, corral.reduction, corral.util; "
-            "bad = [m for m in sys.modules if m == 'multiprocessing' "
-            "or m.startswith('multiprocessing.') or m == 'concurrent.futures.process']; "
-            "print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
+    code = (
+        "import sys, corral, corral.connection, corral.reduction, corral.util; "
+        "bad = [m for m in sys.modules if m == 'multiprocessing' "
+        "or m.startswith('multiprocessing.') or m == 'concurrent.futures.process']; "
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
     assert out == "[]"

@@ -17,7 +17,7 @@ def test_modern_challenge_is_sha256():
     frame, wants_reply = next(steps)
     assert wants_reply
     assert frame.startswith(_handshake.CHALLENGE + b"{sha256}")
-    message = frame[len(_handshake.CHALLENGE):]
+    message = frame[len(_handshake.CHALLENGE) :]
     assert len(message) == len(b"{sha256}") + _handshake.MESSAGE_LENGTH
     response = _handshake.make_response(KEY, message)
     assert response.startswith(b"{sha256}")
@@ -33,9 +33,16 @@ def test_legacy_md5_both_ways():
     assert _handshake.verify_response(KEY, message, hmac.new(KEY, message, "md5").digest())
 
 
-@pytest.mark.parametrize("response", [
-    b"", b"{sha256}short", b"{nope}" + b"x" * 32, b"x" * 33, b"{sha256}" + b"\0" * 32,
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"",
+        b"{sha256}short",
+        b"{nope}" + b"x" * 32,
+        b"x" * 33,
+        b"{sha256}" + b"\0" * 32,
+    ],
+)
 def test_bad_responses_are_rejected(response):
     assert not _handshake.verify_response(KEY, b"{sha256}" + b"m" * 40, response)
 

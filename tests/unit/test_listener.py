@@ -30,6 +30,7 @@ def _in_thread(fn):
 @pytest.mark.parametrize("authkey", [None, b"secret"])
 def test_accept_and_talk(family, authkey):
     with Listener(family=family, authkey=authkey) as listener:
+
         def client():
             with Client(listener.address, family=family, authkey=authkey) as conn:
                 conn.send(["hello", 1])

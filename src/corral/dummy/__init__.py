@@ -17,9 +17,26 @@ from . import connection
 from .connection import Pipe
 
 __all__ = (
-    "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
-    "Manager", "Namespace", "Pipe", "Process", "Queue", "RLock", "Semaphore", "Value",
-    "active_children", "connection", "current_process", "freeze_support", "shutdown",
+    "Array",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Manager",
+    "Namespace",
+    "Pipe",
+    "Process",
+    "Queue",
+    "RLock",
+    "Semaphore",
+    "Value",
+    "active_children",
+    "connection",
+    "current_process",
+    "freeze_support",
+    "shutdown",
 )
 
 Lock = threading.Lock
@@ -35,12 +52,17 @@ JoinableQueue = Queue
 class DummyProcess(threading.Thread):
     """A thread with the ``Process`` API (``exitcode``, ``start``, ``join``, ...)."""
 
-    def __init__(self, group: None = None, target: Any = None, name: str | None = None,
-                 args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        group: None = None,
+        target: Any = None,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         threading.Thread.__init__(self, group, target, name, args, kwargs or {})
         self._pid = None
-        self._children: weakref.WeakKeyDictionary[DummyProcess, None] = (
-            weakref.WeakKeyDictionary())
+        self._children: weakref.WeakKeyDictionary[DummyProcess, None] = weakref.WeakKeyDictionary()
         self._start_called = False
         self._parent = current_process()
 
@@ -51,8 +73,7 @@ class DummyProcess(threading.Thread):
             AssertionError: called from a thread other than the one that created it.
         """
         if self._parent is not current_process():
-            msg = ("Parent is {!r} but current_process is {!r}"
-                   .format(self._parent, current_process()))
+            msg = f"Parent is {self._parent!r} but current_process is {current_process()!r}"
             raise RuntimeError(msg)
         self._start_called = True
         if hasattr(self._parent, "_children"):
@@ -96,11 +117,11 @@ class Namespace:
         return "Namespace(" + ", ".join(f"{k}={v!r}" for k, v in items) + ")"
 
 
-dict = dict  # noqa: A001, PLW0127 - the stdlib's dummy exports these names
-list = list  # noqa: A001, PLW0127
+dict = dict
+list = list
 
 
-def Array(typecode: str, sequence: Any, lock: bool = True) -> array.array:  # noqa: N802
+def Array(typecode: str, sequence: Any, lock: bool = True) -> array.array:
     """A plain ``array.array`` (threads share memory already)."""
     return array.array(typecode, sequence)
 
@@ -124,7 +145,7 @@ class Value:
         return f"<{type(self).__qualname__}({self._typecode!r}, {self._value!r})>"
 
 
-def Manager() -> Any:  # noqa: N802 - stdlib name
+def Manager() -> Any:
     """This module itself: its Queue, Lock, dict, ... are already shared by threads."""
     import sys
 

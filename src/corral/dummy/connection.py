@@ -37,14 +37,14 @@ class Listener:
         self.close()
 
 
-def Client(address: Queue[Any]) -> Connection:  # noqa: N802 - stdlib name
+def Client(address: Queue[Any]) -> Connection:
     """Connect to a ``Listener`` (whose ``address`` is its queue)."""
     _in, _out = Queue(), Queue()
     address.put((_out, _in))
     return Connection(_in, _out)
 
 
-def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """Two connected ends (both directions share one pair of queues)."""
     a, b = Queue(), Queue()
     return Connection(a, b), Connection(b, a)
