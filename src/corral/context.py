@@ -97,6 +97,24 @@ class BaseContext:
 
         return Event(ctx=self.get_context())
 
+    def Queue(self, maxsize: int = 0) -> Any:
+        """A FIFO queue shared with children (``corral.queues.Queue``)."""
+        from .queues import Queue
+
+        return Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize: int = 0) -> Any:
+        """A queue with ``task_done``/``join`` (``corral.queues.JoinableQueue``)."""
+        from .queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self.get_context())
+
+    def SimpleQueue(self) -> Any:
+        """A queue without a feeder thread (``corral.queues.SimpleQueue``)."""
+        from .queues import SimpleQueue
+
+        return SimpleQueue(ctx=self.get_context())
+
     def get_context(self, method: str | None = None) -> BaseContext:
         """Return the context of a start method ('fork', 'spawn', 'forkserver').
 

@@ -19,13 +19,10 @@ NOT_YET = {
     "corral": {
         "Array",
         "Barrier",
-        "JoinableQueue",
         "Manager",
         "Pool",
-        "Queue",
         "RawArray",
         "RawValue",
-        "SimpleQueue",
         "Value",
     },
 }
@@ -36,6 +33,8 @@ MODULES = {
     "corral.process": ("multiprocessing.process", None),
     "corral.reduction": ("multiprocessing.reduction", None),
     "corral.util": ("multiprocessing.util", None),
+    "corral.queues": ("multiprocessing.queues", None),
+    "corral.synchronize": ("multiprocessing.synchronize", None),
 }
 
 
