@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -52,10 +53,26 @@ def _helper_pids() -> set[int]:
 
 
 def _shm_entries() -> set[str]:
+    """/dev/shm entries, minus corral ones made by live processes outside this tree.
+
+    corral names carry the creator's pid (``sem.corral-<pid>-...``): an entry of
+    a live process that is neither this one nor a descendant belongs to some
+    other program running beside the tests.
+    """
     try:
-        return set(os.listdir("/dev/shm"))
+        names = set(os.listdir("/dev/shm"))
     except FileNotFoundError:
         return set()
+    mine = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    kept = set()
+    for name in names:
+        match = re.match(r"(?:sem\.)?corral-(\d+)-", name)
+        if match:
+            pid = int(match.group(1))
+            if pid not in mine and psutil.pid_exists(pid):
+                continue
+        kept.add(name)
+    return kept
 
 
 def _threads() -> set[threading.Thread]:
