@@ -26,6 +26,12 @@ from typing import Any, NoReturn
 from . import _buffers, _handshake, reduction, util
 from .errors import AuthenticationError, BufferTooShort
 
+# The handshake's constants, under the stdlib's names.
+CHALLENGE = _handshake.CHALLENGE
+WELCOME = _handshake.WELCOME
+FAILURE = _handshake.FAILURE
+MESSAGE_LENGTH = _handshake.MESSAGE_LENGTH
+
 __all__ = (
     "AuthenticationError",
     "BufferTooShort",
@@ -403,11 +409,15 @@ def _max_record(fd: int) -> int:
         return 0
     if not stat.S_ISSOCK(mode):
         return 0
+    # Wrapping the fd in a socket object applies socket.setdefaulttimeout(),
+    # which makes the fd non-blocking: restore its mode afterwards.
+    blocking = os.get_blocking(fd)
     sock = socket.socket(fileno=fd)
     try:
         is_packet = sock.type == getattr(socket, "SOCK_SEQPACKET", None)
     finally:
         sock.detach()
+        os.set_blocking(fd, blocking)
     return _SEQPACKET_RECORD if is_packet else 0
 
 

@@ -279,3 +279,21 @@ def test_pickled_connection_gets_the_unread_messages():
     from corral import _resource_sharer
 
     _resource_sharer.stop()
+
+
+def test_default_socket_timeout_does_not_leak_into_pipes():
+    import socket as socket_module
+
+    old = socket_module.getdefaulttimeout()
+    socket_module.setdefaulttimeout(0.05)
+    try:
+        a, b = Pipe()
+    finally:
+        socket_module.setdefaulttimeout(old)
+    assert os.get_blocking(a.fileno()) and os.get_blocking(b.fileno())
+    t = threading.Thread(target=lambda: a.send("late"))
+    t.start()
+    assert b.recv() == "late"  # blocks as long as needed, no timeout
+    t.join(timeout=10)
+    a.close()
+    b.close()
