@@ -67,6 +67,7 @@ class ForkServer:
             msg = "too many fds"
             raise ValueError(msg)
         self.ensure_running()
+        assert self._address is not None and self._authkey is not None
         child_r, parent_w = os.pipe()
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says
@@ -207,7 +208,7 @@ def main(listener_fd: int, alive_r: int, config_r: int) -> None:
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
     os.set_blocking(sig_w, False)
-    handlers = {signal.SIGCHLD: _noop, signal.SIGINT: signal.SIG_IGN}
+    handlers: dict[signal.Signals, Any] = {signal.SIGCHLD: _noop, signal.SIGINT: signal.SIG_IGN}
     old_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     signal.set_wakeup_fd(sig_w)
     pid_to_status: dict[int, socket.socket] = {}

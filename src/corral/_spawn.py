@@ -58,7 +58,7 @@ def is_forking(argv: list[str]) -> bool:
 def freeze_support() -> None:
     """In a frozen executable started as a spawn child: run the child, then exit."""
     if is_forking(sys.argv):
-        kwds = {}
+        kwds: dict[str, Any] = {}
         for arg in sys.argv[2:]:
             name, value = arg.split("=")
             kwds[name] = None if value == "None" else int(value)

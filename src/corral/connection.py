@@ -287,7 +287,8 @@ class Connection:
                 msg = "offset too large"
                 raise ValueError(msg)
             data = self._recv_bytes()
-            size = len(data)  # type: ignore[arg-type]
+            assert data is not None  # no maxsize: never None
+            size = len(data)
             if bytesize - offset < size:
                 raise BufferTooShort(bytes(data))  # type: ignore[arg-type]
             view.cast("B")[offset : offset + size] = data
@@ -311,7 +312,7 @@ class Connection:
                 (size,) = _unpack_from_i(record)
                 if size == len(record) - 4:
                     return _loads(memoryview(record)[4:])
-            return _loads(self._recv_bytes(first=record))
+            return _loads(self._recv_message(record))
         header = os.read(fd, 4)  # type: ignore[arg-type]
         if len(header) == 4:
             (size,) = _unpack_i(header)
@@ -320,7 +321,12 @@ class Connection:
                 if len(data) == size:
                     return _loads(data)
                 return _loads(self._read_body(data, size))
-        return _loads(self._recv_bytes(first=header))
+        return _loads(self._recv_message(header))
+
+    def _recv_message(self, first: bytes) -> bytes | bytearray:
+        data = self._recv_bytes(first=first)
+        assert data is not None  # no maxsize: never None
+        return data
 
     def _recv_bytes(
         self, maxsize: int | None = None, first: bytes | None = None
@@ -355,7 +361,7 @@ class Connection:
         data = data if data is not None else b""
         while len(data) < count:
             more = os.read(
-                self._handle,
+                self._handle,  # type: ignore[arg-type]
                 _READ_SIZE
                 if self._max_record  # type: ignore[arg-type]
                 else count - len(data),

@@ -64,6 +64,9 @@ class BaseProcess:
     """
 
     _start_method: str | None = None
+    _identity: tuple[int, ...]
+    _config: dict[str, Any]
+    _parent_pid: int | None
 
     @staticmethod
     def _Popen(process_obj: BaseProcess) -> Any:
@@ -365,6 +368,8 @@ class _MainProcess(BaseProcess):
 
 class _ParentProcess(BaseProcess):
     """The parent, as seen from a child: only name, pid, sentinel, is_alive and join."""
+
+    _sentinel_fd: int | None
 
     def __init__(self, name: str, pid: int | None, sentinel: int | None) -> None:
         self._identity = ()

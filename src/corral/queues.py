@@ -37,6 +37,8 @@ class Queue:
     stdlib's; both raise ``ValueError`` after ``close()``.
     """
 
+    _notempty: threading.Condition
+
     def __init__(self, maxsize: int = 0, *, ctx: Any) -> None:
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
@@ -82,7 +84,7 @@ class Queue:
 
     def _reset(self, after_fork: bool = False) -> None:
         if after_fork:
-            self._notempty._at_fork_reinit()  # type: ignore[attr-defined]
+            self._notempty._at_fork_reinit()  # type: ignore[attr-defined,unused-ignore]
         else:
             self._notempty = threading.Condition(threading.Lock())
         self._buffer: collections.deque[Any] = collections.deque()
@@ -265,7 +267,7 @@ class Queue:
 
         traceback.print_exc()
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 class JoinableQueue(Queue):
@@ -358,4 +360,4 @@ class SimpleQueue:
         with self._wlock:
             self._writer.send_bytes(data)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)

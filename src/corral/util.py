@@ -399,7 +399,7 @@ class ForkAwareThreadLock:
     def __enter__(self) -> bool:
         return self._lock.__enter__()
 
-    def __exit__(self, *args: object) -> None:
+    def __exit__(self, *args: Any) -> None:
         self._lock.__exit__(*args)
 
 

@@ -39,14 +39,16 @@ class Listener:
 
 def Client(address: Queue[Any]) -> Connection:
     """Connect to a ``Listener`` (whose ``address`` is its queue)."""
-    _in, _out = Queue(), Queue()
+    _in: Queue[Any] = Queue()
+    _out: Queue[Any] = Queue()
     address.put((_out, _in))
     return Connection(_in, _out)
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """Two connected ends (both directions share one pair of queues)."""
-    a, b = Queue(), Queue()
+    a: Queue[Any] = Queue()
+    b: Queue[Any] = Queue()
     return Connection(a, b), Connection(b, a)
 
 
