@@ -139,7 +139,7 @@ class _ResourceSharer:
                 if not util.is_exiting():
                     import sys
 
-                    sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
+                    sys.excepthook(*sys.exc_info())
 
 
 _resource_sharer = _ResourceSharer()

@@ -290,7 +290,7 @@ class Connection:
             assert data is not None  # no maxsize: never None
             size = len(data)
             if bytesize - offset < size:
-                raise BufferTooShort(bytes(data))  # type: ignore[arg-type]
+                raise BufferTooShort(bytes(data))
             view.cast("B")[offset : offset + size] = data
             return size
 
@@ -362,9 +362,7 @@ class Connection:
         while len(data) < count:
             more = os.read(
                 self._handle,  # type: ignore[arg-type]
-                _READ_SIZE
-                if self._max_record  # type: ignore[arg-type]
-                else count - len(data),
+                _READ_SIZE if self._max_record else count - len(data),
             )
             if not more:
                 _raise_eof(at_start and not data)

@@ -382,7 +382,7 @@ class _ParentProcess(BaseProcess):
         self._sentinel_fd = sentinel
 
     @property
-    def sentinel(self) -> int:  # type: ignore[override]
+    def sentinel(self) -> int:
         if self._sentinel_fd is None:
             self._sentinel_fd = _open_parent_sentinel(self._pid)
         return self._sentinel_fd
@@ -393,7 +393,7 @@ class _ParentProcess(BaseProcess):
         return not wait([self.sentinel], timeout=0)
 
     @property
-    def ident(self) -> int | None:  # type: ignore[override]
+    def ident(self) -> int | None:
         return self._pid
 
     pid = ident

@@ -369,7 +369,7 @@ def _exit_function() -> None:
         for child in process.active_children():
             if child.daemon:
                 info("calling terminate() for daemon %s", child.name)
-                child._popen.terminate()  # type: ignore[union-attr]
+                child._popen.terminate()
         for child in process.active_children():
             info("calling join() for process %s", child.name)
             child.join()
