@@ -184,24 +184,25 @@ class RLock(SemLock):
 class Condition:
     """A condition variable shared between processes.
 
-    Waiters count themselves in ``_sleeping``; ``notify(n)`` releases up to n
-    of them through ``_wakeup`` and waits (on ``_woken``) until each has taken
-    its wake-up, so a notification is never given to a later waiter.
+    Waiters count themselves in ``_sleeping_count``; ``notify(n)`` releases up
+    to n of them through ``_wait_semaphore`` and waits (on ``_woken_count``)
+    until each has taken its wake-up, so a notification is never given to a
+    later waiter. (The names are the stdlib's: its tests inspect them.)
     """
 
     def __init__(self, lock: Any = None, *, ctx: Any) -> None:
         self._lock = lock or ctx.RLock()
-        self._sleeping = ctx.Semaphore(0)
-        self._woken = ctx.Semaphore(0)
-        self._wakeup = ctx.Semaphore(0)
+        self._sleeping_count = ctx.Semaphore(0)
+        self._woken_count = ctx.Semaphore(0)
+        self._wait_semaphore = ctx.Semaphore(0)
         self._make_methods()
 
     def __getstate__(self) -> tuple[Any, ...]:
         context.assert_spawning(self)
-        return (self._lock, self._sleeping, self._woken, self._wakeup)
+        return (self._lock, self._sleeping_count, self._woken_count, self._wait_semaphore)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self._lock, self._sleeping, self._woken, self._wakeup = state
+        self._lock, self._sleeping_count, self._woken_count, self._wait_semaphore = state
         self._make_methods()
 
     def __enter__(self) -> bool:
@@ -216,7 +217,8 @@ class Condition:
 
     def __repr__(self) -> str:
         try:
-            waiters = self._sleeping._semlock._get_value() - self._woken._semlock._get_value()
+            sleeping = self._sleeping_count._semlock._get_value()
+            waiters = sleeping - self._woken_count._semlock._get_value()
         except Exception:
             waiters = "unknown"
         return f"<{type(self).__name__}({self._lock}, {waiters})>"
@@ -233,15 +235,15 @@ class Condition:
         if not self._lock._semlock._is_mine():
             msg = "must acquire() condition before using wait()"
             raise AssertionError(msg)
-        self._sleeping.release()
+        self._sleeping_count.release()
         # Release the (possibly recursive) lock completely, remembering how deep.
         depth = self._lock._semlock._count()
         for _ in range(depth):
             self._lock.release()
         try:
-            return self._wakeup.acquire(True, timeout)
+            return self._wait_semaphore.acquire(True, timeout)
         finally:
-            self._woken.release()
+            self._woken_count.release()
             for _ in range(depth):
                 self._lock.acquire()
 
@@ -250,24 +252,24 @@ class Condition:
         if not self._lock._semlock._is_mine():
             msg = "lock is not owned"
             raise AssertionError(msg)
-        if self._wakeup.acquire(False):
+        if self._wait_semaphore.acquire(False):
             msg = "notify: Maybe wait semaphore was not released"
             raise AssertionError(msg)
         # Forget waiters that timed out: each left a token in _woken and _sleeping.
-        while self._woken.acquire(False):
-            taken = self._sleeping.acquire(False)
+        while self._woken_count.acquire(False):
+            taken = self._sleeping_count.acquire(False)
             if not taken:
                 msg = "notify: Bug in sleeping_count.acquire - res should not be False"
                 raise AssertionError(msg)
         woken = 0
-        while woken < n and self._sleeping.acquire(False):
-            self._wakeup.release()
+        while woken < n and self._sleeping_count.acquire(False):
+            self._wait_semaphore.release()
             woken += 1
         if woken:
             for _ in range(woken):
-                self._woken.acquire()
+                self._woken_count.acquire()
             # Drop wake-ups nobody took (waiters that timed out meanwhile).
-            while self._wakeup.acquire(False):
+            while self._wait_semaphore.acquire(False):
                 pass
 
     def notify_all(self) -> None:

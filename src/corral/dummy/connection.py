@@ -68,7 +68,8 @@ class Connection:
         if timeout is not None and timeout <= 0.0:
             return False
         with self._in.not_empty:
-            self._in.not_empty.wait_for(lambda: self._in.qsize() > 0, timeout)
+            # The predicate runs with the queue's lock held: qsize() would take it again.
+            self._in.not_empty.wait_for(lambda: len(self._in.queue) > 0, timeout)
         return self._in.qsize() > 0
 
     def close(self) -> None:
