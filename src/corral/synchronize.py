@@ -74,9 +74,11 @@ class SemLock:
         context.assert_spawning(self)
         sl = self._semlock
         if self._is_fork_ctx:
+            # The message starts as the stdlib's, which programs and tests match.
             msg = (
-                "a lock created in a 'fork' context cannot be shared with a spawn or "
-                "forkserver child: create it from the same context as the Process"
+                "A SemLock created in a fork context cannot be shared with a process "
+                "started by spawn or forkserver: create the lock from the same context "
+                "as the Process"
             )
             raise RuntimeError(msg)
         keepalive = getattr(context.get_spawning_popen(), "keepalive", None)
