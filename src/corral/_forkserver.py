@@ -237,6 +237,9 @@ def main(listener_fd: int, alive_r: int, config_r: int) -> None:
                         listener.close()
                         selector.close()
                         status_sock.close()
+                        # Siblings' status sockets: a child must hold none of them.
+                        for sibling in pid_to_status.values():
+                            sibling.close()
                         util.close_fds(alive_r, sig_r, sig_w)
                         signal.set_wakeup_fd(-1)
                         for sig, handler in old_handlers.items():

@@ -248,14 +248,22 @@ class Finalize:
         self._pid = os.getpid()
         _finalizer_registry[self._key] = self
 
-    def __call__(self, wr: Any = None) -> Any:
+    def __call__(
+        self,
+        wr: Any = None,
+        # Bound at definition: a finalizer may run during interpreter teardown,
+        # after this module's globals have been set to None.
+        _registry: dict[tuple[int | None, int], Finalize] = _finalizer_registry,
+        sub_debug: Callable[..., None] = sub_debug,
+        getpid: Callable[[], int] = os.getpid,
+    ) -> Any:
         """Run the callback if it has not run yet, and return its result."""
         try:
-            del _finalizer_registry[self._key]  # type: ignore[arg-type]
-        except (KeyError, TypeError):  # TypeError: module torn down at interpreter exit
+            del _registry[self._key]  # type: ignore[arg-type]
+        except KeyError:
             sub_debug("finalizer no longer registered")
             return None
-        if self._pid != os.getpid():
+        if self._pid != getpid():
             sub_debug("finalizer ignored because different process")
             res = None
         else:
