@@ -234,6 +234,7 @@ def main(listener_fd: int, alive_r: int, config_r: int) -> None:
                 if pid == 0:
                     code = 1
                     try:
+                        util._after_fork_in_child()
                         listener.close()
                         selector.close()
                         status_sock.close()

@@ -56,6 +56,7 @@ class Popen:
         if pid == 0:
             code = 1
             try:
+                util._after_fork_in_child()
                 parent_sentinel = None
                 if pipes is not None:
                     (exit_r, _exit_w), (parent_r, parent_w) = pipes

@@ -294,8 +294,10 @@ class BaseProcess:
             _parent_process = _ParentProcess(self._parent_name, self._parent_pid, parent_sentinel)
             if threading._HAVE_THREAD_NATIVE_ID:  # type: ignore[attr-defined]
                 threading.main_thread()._set_native_id()  # type: ignore[attr-defined]
+            # Finalizers inherited through fork were dropped right after the
+            # fork (see util._after_fork_in_child); the ones registered here,
+            # while preparing a spawned child, are the child's own and stay.
             try:
-                util._finalizer_registry.clear()
                 util._run_after_forkers()
             finally:
                 del old_process

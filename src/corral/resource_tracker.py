@@ -69,10 +69,12 @@ def _cleanup() -> None:
 
 
 def _forget_after_fork() -> None:
-    # Resources of the parent are the parent's to clean up.
+    # Resources of the parent are the parent's to clean up; the child cleans
+    # up its own (fork also dropped the parent's finalizer, see util).
     global _lock
     _lock = threading.Lock()
     _registered.clear()
+    util.Finalize(None, _cleanup, exitpriority=0)
 
 
 util.Finalize(None, _cleanup, exitpriority=0)

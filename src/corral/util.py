@@ -313,6 +313,18 @@ class Finalize:
         return text + ">"
 
 
+def _after_fork_in_child() -> None:
+    """Drop the finalizers inherited through fork: they belong to the parent.
+
+    Finalizers registered by ``os.register_at_fork`` hooks, which run in the
+    child before this, are the child's own and stay.
+    """
+    pid = os.getpid()
+    for key, finalizer in list(_finalizer_registry.items()):
+        if finalizer._pid != pid:
+            del _finalizer_registry[key]
+
+
 def _run_finalizers(minpriority: int | None = None) -> None:
     """Run registered finalizers, highest priority first.
 

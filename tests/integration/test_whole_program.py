@@ -149,3 +149,30 @@ def test_interpreter_flags_reach_spawned_children(tmp_path, method):
     """
     result = run_script(tmp_path, code, timeout=60, flags=("-O", "-B"))
     assert result.stdout.strip() == "(1, True)", result.stderr
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_semaphores_created_in_children_are_unlinked(tmp_path, method):
+    """A semaphore made by a child (e.g. at import of __main__) is gone after it exits."""
+    import os
+
+    code = f"""
+    import corral
+    ctx = corral.get_context({method!r})
+    made_at_import = ctx.Semaphore()
+    def child():
+        made_in_child = ctx.Lock()
+        with made_in_child:
+            pass
+    if __name__ == "__main__":
+        p = ctx.Process(target=child)
+        p.start()
+        p.join(30)
+        print(p.exitcode)
+    """
+    before = set(os.listdir("/dev/shm"))
+    result = run_script(tmp_path, code, timeout=60)
+    assert result.stdout.strip() == "0", result.stderr
+    assert result.stderr == ""
+    leaked = {name for name in set(os.listdir("/dev/shm")) - before if "corral" in name}
+    assert leaked == set()
