@@ -101,25 +101,23 @@ def dump(obj: Any, file: Any, protocol: int | None = None) -> None:
     file.write(ForkingPickler.dumps(obj, protocol))
 
 
-# The last __main__ module found re-importable by children (it has a file or a
-# module spec); checking identity is cheaper than re-checking attributes.
-_reimportable_main: Any = None
-
-
 # Objects whose pickle cannot refer to __main__: no need to scan it.
 _PLAIN_TYPES = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
 
+# Whether children can re-import __main__ (it has a file or a module spec),
+# cached per module object: a failed getattr on a module costs a formatted
+# AttributeError (about 1 us), too much to pay on every send.
+_main_module: Any = None
+_main_reimportable = True
 
-def _main_is_reimportable(main: Any) -> bool:
-    global _reimportable_main
-    if (
-        main is None
-        or getattr(main, "__file__", None) is not None
-        or getattr(main, "__spec__", None) is not None
-    ):
-        _reimportable_main = main
-        return True
-    return False
+
+def _check_main(main: Any) -> bool:
+    global _main_module, _main_reimportable
+    _main_module = main
+    _main_reimportable = main is None or bool(
+        getattr(main, "__file__", None) or getattr(main, "__spec__", None)
+    )
+    return _main_reimportable
 
 
 def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
@@ -130,12 +128,8 @@ def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
             pass
         else:
             main = _modules.get("__main__")
-            if (
-                main is _reimportable_main
-                or _main_is_reimportable(main)
-                or type(obj) in _PLAIN_TYPES
-                or b"__main__" not in data
-            ):
+            reimportable = _main_reimportable if main is _main_module else _check_main(main)
+            if reimportable or type(obj) in _PLAIN_TYPES or b"__main__" not in data:
                 return data
     return _slow_dumps(obj, PROTOCOL)
 
