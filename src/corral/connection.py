@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import stat
 import struct
 import sys
 import time
@@ -47,11 +46,8 @@ __all__ = (
 BUFSIZE = 8192
 #: Seconds a client may take to complete the authentication handshake in accept().
 HANDSHAKE_TIMEOUT = 20.0
-# A record-preserving read asks for this much; a small message arrives whole.
-_READ_SIZE = 1 << 16
-# A SOCK_SEQPACKET record must fit the socket buffer: larger messages are
-# sent as several records (never mixed with another message's).
-_SEQPACKET_RECORD = 1 << 16
+# From this size on, a message is received straight into the object returned.
+_LARGE = 1 << 16
 # Messages this small are sent with their header in one write().
 _SMALL = 1 << 14
 # os.read/os.write move at most this much per call on Linux.
@@ -93,15 +89,13 @@ class Connection:
         self._handle = handle
         self._readable = readable
         self._writable = writable
-        # Record-preserving fds (SOCK_SEQPACKET): one read returns
-        # exactly one record, so a small message costs one syscall and a read
-        # never takes bytes of the next message (which may be another reader's).
-        self._max_record = _max_record(handle)
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Any = os.close) -> None:
+        # os.close is bound at definition: this may run during interpreter
+        # teardown, after the module's globals have been set to None.
         if self._handle is not None:
             try:
-                os.close(self._handle)
+                _close(self._handle)
             except OSError:
                 pass
             self._handle = None
@@ -217,16 +211,7 @@ class Connection:
                 self._write_all(memoryview(data)[written:])
             return
         header = _pack_i(-1) + _header_q.pack(n) if n > 0x7FFFFFFF else _pack_i(n)
-        if self._max_record:
-            # A record may not exceed the socket buffer: send the message in
-            # records; the reader reassembles it (records never span messages).
-            view = memoryview(buf).cast("B")
-            first = self._max_record - len(header)
-            os.write(self._handle, header + view[:first])  # type: ignore[arg-type]
-            for start in range(first, n, self._max_record):
-                os.write(self._handle, view[start : start + self._max_record])  # type: ignore[arg-type]
-        else:
-            self._write_all(memoryview(header), memoryview(buf).cast("B"))
+        self._write_all(memoryview(header), memoryview(buf).cast("B"))
 
     def _write_all(self, *views: memoryview) -> None:
         fd = self._handle
@@ -305,69 +290,51 @@ class Connection:
             self._check_closed()
         if not self._readable:
             self._check_readable()
-        if self._max_record:
-            # Fast path: a small message is one record, read in one syscall.
-            record = os.read(fd, _READ_SIZE)  # type: ignore[arg-type]
-            if len(record) >= 4:
-                (size,) = _unpack_from_i(record)
-                if size == len(record) - 4:
-                    return _loads(memoryview(record)[4:])
-            return _loads(self._recv_message(record))
+        # Fast path: the header, then the body, each in one read.
         header = os.read(fd, 4)  # type: ignore[arg-type]
         if len(header) == 4:
             (size,) = _unpack_i(header)
-            if 0 <= size < _READ_SIZE:
+            if 0 <= size < _LARGE:
                 data = os.read(fd, size)  # type: ignore[arg-type]
                 if len(data) == size:
                     return _loads(data)
                 return _loads(self._read_body(data, size))
-        return _loads(self._recv_message(header))
-
-    def _recv_message(self, first: bytes) -> bytes | bytearray:
-        data = self._recv_bytes(first=first)
-        assert data is not None  # no maxsize: never None
-        return data
+        message = self._recv_bytes(header=header)
+        assert message is not None  # no maxsize: never None
+        return _loads(message)
 
     def _recv_bytes(
-        self, maxsize: int | None = None, first: bytes | None = None
+        self, maxsize: int | None = None, header: bytes = b""
     ) -> bytes | bytearray | None:
         """Receive one message; None if it is longer than maxsize.
 
-        ``first`` holds bytes of the message already read (a record, or part
-        of the header).
+        Reads exactly the message's bytes and no more: several processes may
+        share one end (as a queue's readers do), and bytes past this message
+        belong to whoever reads next.
         """
-        data = self._read_at_least(4, first, at_start=True)
-        (size,) = _unpack_from_i(data)
-        offset = 4
+        header = self._read_exactly(4, header, at_start=True)
+        (size,) = _unpack_i(header)
         if size < 0:
             if size != -1:
                 self._bad_message_length()
-            data = self._read_at_least(12, data)
-            (size,) = _header_q.unpack_from(data, 4)
-            offset = 12
+            (size,) = _header_q.unpack(self._read_exactly(8))
         if maxsize is not None and size > maxsize:
             return None
-        have = data[offset:]
-        if len(have) == size:
-            return have
-        if len(have) > size:
-            # Only a peer that breaks the framing (e.g. two writers on one
-            # record stream without a lock) can cause this.
-            self._bad_message_length()
-        return self._read_body(have, size)
+        if size < _LARGE:
+            data = os.read(self._handle, size)  # type: ignore[arg-type]
+            if len(data) == size:
+                return data
+            return self._read_body(data, size)
+        return self._read_body(b"", size)
 
-    def _read_at_least(self, count: int, data: bytes | None, at_start: bool = False) -> bytes:
-        """Return data extended (record by record, or exactly) to at least count bytes."""
-        data = data if data is not None else b""
-        while len(data) < count:
-            more = os.read(
-                self._handle,  # type: ignore[arg-type]
-                _READ_SIZE if self._max_record else count - len(data),
-            )
+    def _read_exactly(self, count: int, have: bytes = b"", at_start: bool = False) -> bytes:
+        """Return ``have`` completed to ``count`` bytes."""
+        while len(have) < count:
+            more = os.read(self._handle, count - len(have))  # type: ignore[arg-type]
             if not more:
-                _raise_eof(at_start and not data)
-            data += more
-        return data
+                _raise_eof(at_start and not have)
+            have += more
+        return have
 
     def _read_body(self, have: bytes, size: int) -> bytes | bytearray:
         """Read the rest of a message whose first bytes are ``have``.
@@ -405,26 +372,6 @@ class Connection:
         return f"<{type(self).__name__} {state} {mode}>"
 
 
-def _max_record(fd: int) -> int:
-    """The largest record to write on a record-preserving fd; 0 for a byte stream."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return 0
-    if not stat.S_ISSOCK(mode):
-        return 0
-    # Wrapping the fd in a socket object applies socket.setdefaulttimeout(),
-    # which makes the fd non-blocking: restore its mode afterwards.
-    blocking = os.get_blocking(fd)
-    sock = socket.socket(fileno=fd)
-    try:
-        is_packet = sock.type == getattr(socket, "SOCK_SEQPACKET", None)
-    finally:
-        sock.detach()
-        os.set_blocking(fd, blocking)
-    return _SEQPACKET_RECORD if is_packet else 0
-
-
 def _raise_eof(clean: bool) -> NoReturn:
     if clean:
         raise EOFError
@@ -451,21 +398,14 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     With ``duplex`` (the default) both ends can send and receive (a Unix
     socket pair, which can also carry file descriptors); otherwise the first
     end only receives and the second only sends (an OS pipe). Reads never take
-    bytes beyond the message they return (SOCK_SEQPACKET records on the duplex
-    pair, exact reads on the pipe), so several processes may share one end,
-    as with the stdlib.
+    bytes beyond the message they return, so several processes may share one
+    end, as with the stdlib.
     """
     if duplex:
-        kind = getattr(socket, "SOCK_SEQPACKET", socket.SOCK_STREAM)
-        try:
-            s1, s2 = socket.socketpair(socket.AF_UNIX, kind)
-        except OSError:
-            s1, s2 = socket.socketpair()
+        s1, s2 = socket.socketpair()
         s1.settimeout(None)
         s2.settimeout(None)
         return Connection(s1.detach()), Connection(s2.detach())
-    # A byte-stream pipe, read exactly: a packet-mode pipe would keep records
-    # too, but holds only 16 messages (one page each) where this holds 64 KiB.
     r, w = os.pipe()
     reader = Connection(r, writable=False)
     return reader, Connection(w, readable=False)

@@ -14,15 +14,6 @@ import corral
 from corral.connection import Connection, Pipe, wait
 
 
-def test_pipes_keep_records():
-    a, b = Pipe()
-    r, w = Pipe(duplex=False)
-    assert a._max_record and b._max_record  # SOCK_SEQPACKET
-    assert not r._max_record and not w._max_record  # a byte stream, read exactly
-    for conn in (a, b, r, w):
-        conn.close()
-
-
 @pytest.fixture(params=[True, False], ids=["duplex", "oneway"])
 def pipe(request):
     a, b = Pipe(duplex=request.param)
