@@ -168,6 +168,9 @@ class Connection:
         """
         self._check_closed()
         self._check_writable()
+        if offset == 0 and size is None and type(buf) is bytes:
+            self._send_bytes(buf)  # the common case, without a memoryview
+            return
         view = memoryview(buf)
         if view.itemsize > 1:
             view = view.cast("B")
@@ -240,12 +243,24 @@ class Connection:
             OSError: the message is longer than maxlength (the connection can
                 no longer be read), or the peer closed it mid-message.
         """
-        self._check_closed()
-        self._check_readable()
+        fd = self._handle
+        if fd is None:
+            self._check_closed()
+        if not self._readable:
+            self._check_readable()
         if maxlength is not None and maxlength < 0:
             msg = "negative maxlength"
             raise ValueError(msg)
-        buf = self._recv_bytes(maxlength)
+        # Fast path: the header, then the body, each in one read.
+        header = os.read(fd, 4)  # type: ignore[arg-type]
+        if len(header) == 4:
+            (size,) = _unpack_i(header)
+            if 0 <= size < _LARGE and (maxlength is None or size <= maxlength):
+                data = os.read(fd, size)  # type: ignore[arg-type]
+                if len(data) == size:
+                    return data
+                return bytes(self._read_body(data, size))
+        buf = self._recv_bytes(maxlength, header=header)
         if buf is None:
             self._bad_message_length()
         return bytes(buf)  # type: ignore[arg-type]
