@@ -20,13 +20,13 @@ import weakref
 from queue import Empty, Full
 from typing import Any
 
-from . import connection, context, util
+from . import connection, context, reduction, util
 from .reduction import _dumps
 from .synchronize import SEM_VALUE_MAX
 
 __all__ = ("JoinableQueue", "Queue", "SimpleQueue")
 
-_loads = connection._loads
+_loads = reduction._loads
 _CLOSE = object()  # tells the feeder thread to finish
 
 
