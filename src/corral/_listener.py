@@ -141,17 +141,17 @@ class Listener:
             msg = "listener is closed"
             raise OSError(msg)
         if self._authkey is None:
-            sock, self._last_accepted = self._accept_socket(None)
+            sock, self._last_accepted = self._accept_socket()
             return _connection_from_socket(sock)
         return self._accept_authenticated()
 
-    def _accept_socket(self, timeout: float | None) -> tuple[socket.socket, Any]:
+    def _accept_socket(self) -> tuple[socket.socket, Any]:
+        # The listening socket is non-blocking (for _accept_authenticated): wait here.
         while True:
             try:
                 sock, addr = self._socket.accept()  # type: ignore[union-attr]
             except BlockingIOError:
-                if not _poll_fd(self._socket.fileno(), timeout):  # type: ignore[union-attr]
-                    raise
+                _poll_fd(self._socket.fileno(), None)  # type: ignore[union-attr]
                 continue
             sock.setblocking(True)
             return sock, addr

@@ -114,8 +114,12 @@ class Queue:
         with self._notempty:
             if self._thread is None:
                 self._start_thread()
-            self._buffer.append(data)
+            self._enqueue(data)
             self._notempty.notify()
+
+    def _enqueue(self, data: bytes) -> None:
+        """Hand pickled data to the feeder (called with ``_notempty`` held)."""
+        self._buffer.append(data)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item, waiting up to timeout seconds if block.
@@ -285,20 +289,11 @@ class JoinableQueue(Queue):
         super().__setstate__(state[:-2])
         self._cond, self._unfinished_tasks = state[-2:]
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        """As ``Queue.put``; each item must later be marked with ``task_done()``."""
-        if self._closed:
-            msg = f"Queue {self!r} is closed"
-            raise ValueError(msg)
-        data = _dumps(obj)
-        if not self._sem.acquire(block, timeout):
-            raise Full
-        with self._notempty, self._cond:
-            if self._thread is None:
-                self._start_thread()
-            self._buffer.append(data)
+    def _enqueue(self, data: bytes) -> None:
+        # Counted under _cond, so join() never sees an item queued but not counted.
+        with self._cond:
+            super()._enqueue(data)
             self._unfinished_tasks.release()
-            self._notempty.notify()
 
     def task_done(self) -> None:
         """Mark one item as processed.

@@ -112,12 +112,14 @@ class Semaphore(SemLock):
         """The current count (not available on macOS, where it raises NotImplementedError)."""
         return self._semlock._get_value()
 
-    def __repr__(self) -> str:
+    def _value_text(self) -> str:
         try:
-            value: Any = self._semlock._get_value()
-        except Exception:
-            value = "unknown"
-        return f"<{type(self).__name__}(value={value})>"
+            return str(self._semlock._get_value())
+        except Exception:  # NotImplementedError on macOS
+            return "unknown"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}(value={self._value_text()})>"
 
 
 class BoundedSemaphore(Semaphore):
@@ -127,11 +129,8 @@ class BoundedSemaphore(Semaphore):
         SemLock.__init__(self, SEMAPHORE, value, value, ctx=ctx)
 
     def __repr__(self) -> str:
-        try:
-            value: Any = self._semlock._get_value()
-        except Exception:
-            value = "unknown"
-        return f"<{type(self).__name__}(value={value}, maxvalue={self._semlock.maxvalue})>"
+        maxvalue = self._semlock.maxvalue
+        return f"<{type(self).__name__}(value={self._value_text()}, maxvalue={maxvalue})>"
 
 
 def _owner_name() -> str:
@@ -141,6 +140,20 @@ def _owner_name() -> str:
     return name
 
 
+def _owner_and_count(semlock: Any) -> tuple[str, Any]:
+    """Who holds a lock, as the stdlib's reprs show it, and its recursion count."""
+    try:
+        if semlock._is_mine():
+            return _owner_name(), semlock._count()
+        if semlock._get_value() == 1:
+            return "None", 0
+        if semlock._count() > 0:
+            return "SomeOtherThread", "nonzero"
+        return "SomeOtherProcess", "nonzero"
+    except Exception:
+        return "unknown", "unknown"
+
+
 class Lock(SemLock):
     """A non-recursive lock shared between processes."""
 
@@ -148,18 +161,7 @@ class Lock(SemLock):
         super().__init__(SEMAPHORE, 1, 1, ctx=ctx)
 
     def __repr__(self) -> str:
-        try:
-            if self._semlock._is_mine():
-                owner = _owner_name()
-            elif self._semlock._get_value() == 1:
-                owner = "None"
-            elif self._semlock._count() > 0:
-                owner = "SomeOtherThread"
-            else:
-                owner = "SomeOtherProcess"
-        except Exception:
-            owner = "unknown"
-        return f"<{type(self).__name__}(owner={owner})>"
+        return f"<{type(self).__name__}(owner={_owner_and_count(self._semlock)[0]})>"
 
 
 class RLock(SemLock):
@@ -169,17 +171,7 @@ class RLock(SemLock):
         super().__init__(RECURSIVE_MUTEX, 1, 1, ctx=ctx)
 
     def __repr__(self) -> str:
-        try:
-            if self._semlock._is_mine():
-                owner, count = _owner_name(), self._semlock._count()
-            elif self._semlock._get_value() == 1:
-                owner, count = "None", 0
-            elif self._semlock._count() > 0:
-                owner, count = "SomeOtherThread", "nonzero"
-            else:
-                owner, count = "SomeOtherProcess", "nonzero"
-        except Exception:
-            owner, count = "unknown", "unknown"
+        owner, count = _owner_and_count(self._semlock)
         return f"<{type(self).__name__}({owner}, {count})>"
 
 
