@@ -17,6 +17,30 @@ __all__ = tuple(name for name in dir(_context._default_context) if not name.star
 
 globals().update((name, getattr(_context._default_context, name)) for name in __all__)
 
+from .errors import (  # noqa: E402  corral's own errors, beside the stdlib names
+    BrokenProcessPool as BrokenProcessPool,
+)
+from .errors import (
+    InitializerError as InitializerError,
+)
+from .errors import (
+    TaskTimeoutError as TaskTimeoutError,
+)
+from .errors import (
+    WorkerLostError as WorkerLostError,
+)
+
+
+def __getattr__(name: str) -> object:
+    # The executor is imported on first use: it pulls in concurrent.futures.
+    if name == "ProcessPoolExecutor":
+        from .futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor
+    msg = f"module 'corral' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
 SUBDEBUG = 5
 SUBWARNING = 25
 

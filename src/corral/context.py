@@ -115,6 +115,18 @@ class BaseContext:
 
         return SimpleQueue(ctx=self.get_context())
 
+    def Pool(
+        self,
+        processes: int | None = None,
+        initializer: Any = None,
+        initargs: Any = (),
+        maxtasksperchild: int | None = None,
+    ) -> Any:
+        """A pool of worker processes of this context (``corral.pool.Pool``)."""
+        from .pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
+
     def get_context(self, method: str | None = None) -> BaseContext:
         """Return the context of a start method ('fork', 'spawn', 'forkserver').
 

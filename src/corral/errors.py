@@ -13,21 +13,55 @@ Hierarchy::
     │   │                             .args[0] holds the whole message
     │   ├── TimeoutError              a timed wait on a result ran out
     │   └── AuthenticationError       the HMAC handshake failed or was malformed
-    └── pickle.PicklingError
-        └── SerializationError        (also a TypeError) an object cannot be sent
-                                      to another process; names the object
+    ├── pickle.PicklingError
+    │   └── SerializationError        (also a TypeError) an object cannot be sent
+    │       │                         to another process; names the object
+    │       └── MaybeEncodingError    a task's result or exception could not be
+    │                                 pickled in the worker (only that task fails)
+    ├── RemoteTraceback               the worker-side traceback, attached as the
+    │                                 ``__cause__`` of a task's re-raised exception
+    └── RuntimeError
+        └── concurrent.futures.BrokenExecutor
+            └── BrokenProcessPool     a pool cannot run a task (stdlib name)
+                ├── WorkerLostError   the worker holding the task died; names pid,
+                │   │                 exit code and signal; the pool lives on
+                │   └── TaskExitError (also SystemExit) the task called sys.exit()
+                ├── InitializerError  the pool's initializer raised; the pool is
+                │                     broken for good, every call fails at once
+                ├── TaskUnpicklingError   the worker could not unpickle the task
+                └── ResultUnpicklingError the parent could not unpickle a result
+
+    TaskTimeoutError                  (ProcessError's TimeoutError and the builtin
+                                      TimeoutError) a task ran past ``task_timeout``;
+                                      its worker was stopped and replaced
+
+The pool errors that are not "the pool is broken" still derive from
+``BrokenProcessPool`` because the stdlib's executor raises that type in the same
+situations (it breaks the whole pool there), so code catching it keeps working.
 """
 
 from __future__ import annotations
 
+import builtins
 import pickle
+import signal
+from concurrent.futures import BrokenExecutor
 
 __all__ = (
     "AuthenticationError",
+    "BrokenProcessPool",
     "BufferTooShort",
+    "InitializerError",
+    "MaybeEncodingError",
     "ProcessError",
+    "RemoteTraceback",
+    "ResultUnpicklingError",
     "SerializationError",
+    "TaskExitError",
+    "TaskTimeoutError",
+    "TaskUnpicklingError",
     "TimeoutError",
+    "WorkerLostError",
 )
 
 
@@ -59,4 +93,138 @@ class SerializationError(pickle.PicklingError, TypeError):
     ``TypeError`` so that code written against either stdlib behaviour catches it.
     Fix: pass a picklable object (plain data, a module-level function), or
     create the resource inside the worker.
+    """
+
+
+class MaybeEncodingError(SerializationError):
+    """A task's result (or the exception it raised) could not be pickled in the worker.
+
+    Only that task fails; the worker and the pool keep running. ``exc`` is the
+    repr of the pickling error and ``value`` the repr of the object, as in the
+    stdlib's ``multiprocessing.pool.MaybeEncodingError``; the worker-side
+    traceback, when there is one, is chained as ``__cause__``.
+    Fix: return plain data (or make the type picklable).
+    """
+
+    def __init__(self, exc: object, value: object) -> None:
+        self.exc = exc if isinstance(exc, str) else repr(exc)
+        self.value = value if isinstance(value, str) else repr(value)
+        super().__init__(self.exc, self.value)
+
+    def __str__(self) -> str:
+        return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self}>"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text.
+
+    Attached as ``__cause__`` of the re-raised exception so that printing the
+    error shows where it happened in the worker.
+    """
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class BrokenProcessPool(BrokenExecutor):
+    """A process pool could not run a task (the stdlib's name and base class).
+
+    corral raises its subclasses below; ``BrokenProcessPool`` itself is raised
+    only when a pool was shut down by force (``terminate``/``kill_workers``)
+    with the task still pending, or, with ``isolate_failures=False``, when any
+    worker died.
+    """
+
+
+def describe_exitcode(exitcode: int | None) -> str:
+    """Render an exit code as ``"exit code 3"`` or ``"signal SIGKILL(-9)"``."""
+    if exitcode is None:
+        return "an unknown exit status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"signal {name}({exitcode})"
+    return f"exit code {exitcode}"
+
+
+class WorkerLostError(BrokenProcessPool):
+    """The worker process that held this task died before returning its result.
+
+    Only the task(s) the worker was running fail; tasks it had been sent but had
+    not started are run by other workers, a replacement worker starts, and the
+    pool keeps accepting work. Attributes: ``pid``, ``exitcode`` (negative for a
+    signal, as ``Process.exitcode``).
+    Likely causes: a crash in C code (segfault), ``os._exit()``, the out-of-memory
+    killer, or someone sending the worker a signal.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    @classmethod
+    def for_worker(cls, pid: int | None, exitcode: int | None, what: str) -> WorkerLostError:
+        """Build the error for a worker ``pid`` that ended with ``exitcode``."""
+        msg = (
+            f"worker process {pid} died with {describe_exitcode(exitcode)} while {what}; "
+            "the pool replaced it and runs the other tasks. A crash in native code, "
+            "os._exit(), the out-of-memory killer or an outside kill can cause this."
+        )
+        return cls(msg, pid, exitcode)
+
+
+class TaskExitError(WorkerLostError, SystemExit):
+    """The task called ``sys.exit()`` (or raised ``SystemExit``); its worker exited.
+
+    It is also a ``SystemExit``, which is what the stdlib's executor re-raises in
+    this case; ``code`` holds the exit status the task asked for.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None) -> None:
+        super().__init__(message, pid, exitcode)
+        self.code = exitcode
+
+
+class InitializerError(BrokenProcessPool):
+    """The pool's ``initializer`` raised in a worker.
+
+    The pool is then broken for good: every pending and later call fails at once
+    with this error (no respawn loop). The initializer's traceback is chained as
+    ``__cause__``. Fix the initializer, then create a new pool.
+    """
+
+
+class TaskUnpicklingError(BrokenProcessPool):
+    """The worker could not unpickle the task's function or arguments.
+
+    Only this task fails. The worker-side traceback is chained as ``__cause__``.
+    Likely cause: an object whose ``__reduce__`` fails or whose class is not
+    importable in the worker (with spawn/forkserver, define it in a module).
+    """
+
+
+class ResultUnpicklingError(BrokenProcessPool):
+    """The parent could not unpickle a task's result (or its exception).
+
+    Only this task fails. The message carries the pickled object's type name and
+    the error raised while unpickling it.
+    """
+
+
+class TaskTimeoutError(TimeoutError, builtins.TimeoutError):
+    """A task ran longer than its ``task_timeout``.
+
+    Its worker was stopped (SIGTERM, then SIGKILL), the task failed with this
+    error, a replacement worker started, and the other tasks continue. It is both
+    ``corral.TimeoutError`` and the builtin ``TimeoutError``.
     """

@@ -20,7 +20,6 @@ NOT_YET = {
         "Array",
         "Barrier",
         "Manager",
-        "Pool",
         "RawArray",
         "RawValue",
         "Value",
@@ -35,6 +34,7 @@ MODULES = {
     "corral.util": ("multiprocessing.util", None),
     "corral.queues": ("multiprocessing.queues", None),
     "corral.synchronize": ("multiprocessing.synchronize", None),
+    "corral.pool": ("multiprocessing.pool", None),
 }
 
 

@@ -1,0 +1,677 @@
+"""The pool engine: one thread that owns every task and every worker.
+
+How a task travels (``Pool.apply_async``, ``ProcessPoolExecutor.submit``)::
+
+    caller thread                     engine thread                      worker process
+    -------------                     -------------                      --------------
+    front end pickles fn+args
+    (errors raise here, at once)
+    Task(payload, on_done) ──append──▶ incoming deque
+    wake byte ───────────────────────▶ wake pipe ─┐
+                                                  ▼
+                                      selector.select() on: wake pipe,
+                                      every worker's channel, every
+                                      worker's death fd (pidfd), timers
+                                                  │
+                                      queue ──▶ dispatch: each worker gets
+                                      at most `prefetch` tasks; the engine
+                                      records them in worker.held (FIFO)
+                                                  │  [(id, kind, payload), ...]
+                                                  └──────── private socket ──────▶ run in order,
+                                                                                  one record per task
+                                      read records ◀──────── private socket ────── [(OK, id, blob)]
+                                      held.popleft() is that task;
+                                      unpickle result (errors fail
+                                      only this task)
+    AsyncResult / Future ◀─on_done────┘
+    (caller wakes up)
+
+    worker death (pidfd readable): drain its channel, fail held[0] with
+        WorkerLostError (held[0] is the task it was running), put held[1:]
+        (sent, never started) back at the front of the queue, start a
+        replacement.
+    deadline (timer heap): held[0] of a worker ran past its task_timeout:
+        fail it with TaskTimeoutError, requeue the rest, SIGTERM the worker,
+        SIGKILL it 0.5 s later if it is still there.
+    recycling: the worker stops itself after max_tasks or above max_memory
+        (RETIRING record); whatever it still held is requeued.
+
+Only the engine thread touches the queue, the workers and the timers; callers
+talk to it through ``submit`` (an append and a wake-up) and ``_call_soon``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import (
+    BrokenProcessPool,
+    InitializerError,
+    MaybeEncodingError,
+    RemoteTraceback,
+    ResultUnpicklingError,
+    TaskExitError,
+    TaskTimeoutError,
+    TaskUnpicklingError,
+    WorkerLostError,
+)
+from .handles import WorkerHandle
+from .protocol import EXITING, INIT_FAIL, OK, RAISED, RETIRING, UNREADABLE, UNSENDABLE
+
+_log = logging.getLogger("multiprocessing")
+
+_WAKE = 0
+_CHANNEL = 1
+_DEATH = 2
+
+_KILL_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
+_PREFETCH_TARGET = 0.002  # hand a worker about this many seconds of work at once
+_PREFETCH_MAX = 64
+
+# Engine states.
+RUNNING = "running"
+CLOSING = "closing"  # finish the queued work, then stop the workers
+STOPPING = "stopping"  # stop the workers now
+STOPPED = "stopped"
+
+
+def _with_cause(exc: BaseException, tb_text: str | None) -> BaseException:
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
+    return exc
+
+
+class Task:
+    """One unit of work: a call, or a chunk of a map."""
+
+    __slots__ = ("claim", "kind", "on_done", "payload", "tag", "task_id", "timeout")
+
+    def __init__(
+        self,
+        kind: int,
+        payload: Any,
+        on_done: Callable[[bool, Any], None],
+        timeout: float | None = None,
+        claim: Callable[[], bool] | None = None,
+        tag: Any = None,
+    ) -> None:
+        self.task_id = 0
+        self.kind = kind
+        self.payload = payload
+        self.on_done = on_done  # called once, in the engine thread, with (ok, value)
+        self.timeout = timeout
+        self.claim = claim  # called as the task goes to a worker; False drops it
+        self.tag = tag  # the front end's own reference (its Future)
+
+
+class Engine:
+    """Runs tasks on a set of workers; see the module docstring for the flow.
+
+    Args:
+        spawner: starts one worker (``ProcessSpawner`` or ``ThreadSpawner``).
+        size: how many workers to keep.
+        isolate_failures: if False, the first worker death breaks the whole
+            pool (the stdlib's executor behaviour); by default only the task
+            the worker held fails.
+        name: used for the engine thread's name.
+        claim: optional ``claim(task) -> bool`` called as a task is handed to a
+            worker; False drops it (used for cancelled futures).
+    """
+
+    def __init__(
+        self,
+        spawner: Any,
+        size: int,
+        *,
+        isolate_failures: bool = True,
+        name: str = "corral-engine",
+    ) -> None:
+        self.spawner = spawner
+        self.size = size
+        self.isolate_failures = isolate_failures
+        self.state = RUNNING
+        self.broken: BaseException | None = None
+        self._incoming: deque[Task] = deque()
+        self._requests: deque[Callable[[], None]] = deque()
+        self._queue: deque[Task] = deque()
+        self._workers: dict[int, WorkerHandle] = {}
+        self._worker_ids = itertools.count()
+        self._task_ids = itertools.count(1)
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self._holds = 0  # front-end feeders still submitting after close()
+        self._avg_task_time = 0.0
+        self._stop_error: BaseException | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.stopped = threading.Event()
+
+    # ----------------------------------------------------------- caller side
+
+    def start(self) -> None:
+        """Start the engine thread and the first workers; raise if a worker cannot start."""
+        self.thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            self.thread.join()
+            raise self._start_error
+
+    def submit(self, task: Task) -> None:
+        """Queue ``task`` (thread-safe). A broken engine fails it at once."""
+        if self.broken is not None:
+            task.on_done(False, self.broken)
+            return
+        self._incoming.append(task)
+        if not self._wake_pending:
+            self._wake()
+        if self.stopped.is_set():
+            self._fail_leftovers()
+
+    def submit_many(self, tasks: list[Task]) -> None:
+        """Queue several tasks with one wake-up."""
+        if self.broken is not None:
+            for task in tasks:
+                task.on_done(False, self.broken)
+            return
+        self._incoming.extend(tasks)
+        self._wake()
+        if self.stopped.is_set():
+            self._fail_leftovers()
+
+    def close(self) -> None:
+        """Run what is queued, then stop the workers and the engine thread."""
+        self._call_soon(self._begin_close)
+
+    def stop(self, error: BaseException | None, *, hard: bool = False) -> None:
+        """Stop now: stop the workers; fail queued and running tasks with ``error``.
+
+        Workers get SIGTERM, then SIGKILL after a grace period (at once with
+        ``hard``). With ``error=None`` tasks are dropped without a callback.
+        """
+        self._call_soon(lambda: self._begin_stop(error, hard))
+
+    def hold(self) -> None:
+        """Keep the engine running after ``close()`` until ``release()``."""
+        self._call_soon(self._add_hold)
+
+    def release(self) -> None:
+        self._call_soon(self._drop_hold)
+
+    def processes(self) -> list[Any]:
+        """The live workers' process (or thread) objects, a snapshot."""
+        return [w.process for w in list(self._workers.values())]
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the engine thread to finish; return True if it has."""
+        if not self.thread.is_alive() and not self.thread.ident:
+            return True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def drop_queued(self) -> list[Task]:
+        """Take back every task not yet handed to a worker (for cancel_futures)."""
+        taken: list[Task] = []
+        done = threading.Event()
+
+        def take() -> None:
+            self._absorb_incoming()
+            taken.extend(self._queue)
+            self._queue.clear()
+            done.set()
+
+        self._call_soon(take)
+        while not done.wait(0.1):
+            if not self.thread.is_alive():
+                break
+        return taken
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        self._requests.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wake_pending = True
+        with self._wake_lock:  # the engine closes the pipe when it finishes
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except BlockingIOError:
+                    pass  # a wake-up is pending already
+
+    def _fail_leftovers(self) -> None:
+        error = self.broken or self._stop_error or BrokenProcessPool("the pool has shut down")
+        while True:
+            try:
+                task = self._incoming.popleft()
+            except IndexError:
+                return
+            self._settle(task, False, error)
+
+    # ----------------------------------------------------------- engine thread
+
+    def _run(self) -> None:
+        try:
+            try:
+                self._start_first_workers()
+            except BaseException as exc:
+                self._start_error = exc
+                self.state = STOPPED
+                return
+            finally:
+                self._started.set()
+            while self.state != STOPPED:
+                self._step()
+        except BaseException as exc:  # a bug in the engine: fail loudly, leave nothing behind
+            _log.critical("corral pool engine failed", exc_info=exc)
+            error = BrokenProcessPool(f"the pool's engine thread failed: {exc!r}")
+            self.broken = error
+            self._kill_all_now(error)
+        finally:
+            self._finish()
+
+    def _start_first_workers(self) -> None:
+        started: list[tuple[Any, Callable[[], WorkerHandle]]] = []
+        try:
+            for _ in range(self.size):
+                started.append(self.spawner.start(next(self._worker_ids)))
+        except BaseException:
+            for proc, _make in started:
+                proc.terminate()
+            for proc, _make in started:
+                proc.join()
+            raise
+        for _proc, make in started:
+            self._adopt(make())
+
+    def _adopt(self, worker: WorkerHandle) -> None:
+        self._workers[worker.worker_id] = worker
+        self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))
+        self._selector.register(worker.death_fd, selectors.EVENT_READ, (_DEATH, worker))
+
+    def _step(self) -> None:
+        timeout = None
+        if self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        for key, mask in self._selector.select(timeout):
+            what, worker = key.data
+            if what == _WAKE:
+                self._on_wake()
+            elif what == _CHANNEL:
+                if worker.worker_id not in self._workers:
+                    continue
+                if mask & selectors.EVENT_WRITE and worker.flush():
+                    self._selector.modify(worker.channel_fd, selectors.EVENT_READ, key.data)
+                if mask & selectors.EVENT_READ:
+                    records, closed = worker.read_records()
+                    self._on_records(worker, records)
+                    if closed:
+                        self._unwatch_channel(worker)
+            elif worker.worker_id in self._workers:
+                self._on_death(worker)
+        self._run_timers()
+        self._absorb_incoming()
+        if self.state != STOPPED:
+            self._dispatch()
+            self._top_up()
+            self._maybe_finish()
+
+    def _on_wake(self) -> None:
+        self._wake_pending = False
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._requests:
+            self._requests.popleft()()
+
+    def _absorb_incoming(self) -> None:
+        incoming = self._incoming
+        if not incoming:
+            return
+        if self.broken is not None or self.state == STOPPING or self.state == STOPPED:
+            error = self.broken or self._stop_error
+            while incoming:
+                task = incoming.popleft()
+                if error is not None:
+                    self._settle(task, False, error)
+            return
+        queue = self._queue
+        ids = self._task_ids
+        while incoming:
+            task = incoming.popleft()
+            task.task_id = next(ids)
+            queue.append(task)
+
+    # ----------------------------------------------------------- dispatch
+
+    def _prefetch(self) -> int:
+        avg = self._avg_task_time
+        if avg <= 0.0:
+            return 2
+        if avg >= _PREFETCH_TARGET:
+            return 1
+        return min(_PREFETCH_MAX, max(2, int(_PREFETCH_TARGET / avg)))
+
+    def _dispatch(self) -> None:
+        queue = self._queue
+        if not queue:
+            return
+        limit = self._prefetch()
+        quota = self.spawner.max_tasks
+        ready = [w for w in self._workers.values() if not w.stopping and len(w.held) < limit]
+        if not ready:
+            return
+        ready.sort(key=lambda w: len(w.held))
+        share = max(1, -(-len(queue) // len(ready)))
+        now = time.monotonic()
+        for worker in ready:
+            room = min(limit - len(worker.held), share)
+            if quota:
+                room = min(room, quota - worker.tasks_sent)
+            if room <= 0:
+                continue
+            batch = []
+            while queue and room:
+                task = queue.popleft()
+                if task.claim is not None:
+                    if not task.claim():
+                        continue  # cancelled while it waited
+                    task.claim = None  # a requeued task is not claimed twice
+                batch.append(task)
+                room -= 1
+            if not batch:
+                break
+            was_idle = not worker.held
+            worker.held.extend(batch)
+            worker.tasks_sent += len(batch)
+            if was_idle:
+                worker.running_since = now
+                self._arm_deadline(worker, batch[0], now)
+            self._send(worker, [(t.task_id, t.kind, t.payload) for t in batch])
+            if quota and worker.tasks_sent >= quota:
+                worker.stopping = True  # it retires after these; send it nothing more
+            if not queue:
+                break
+
+    def _arm_deadline(self, worker: WorkerHandle, task: Task, now: float) -> None:
+        if task.timeout is not None:
+            self._add_timer(now + task.timeout, lambda: self._check_deadline(worker, task))
+
+    def _check_deadline(self, worker: WorkerHandle, task: Task) -> None:
+        if (
+            self._workers.get(worker.worker_id) is not worker
+            or not worker.held
+            or worker.held[0] is not task
+        ):
+            return  # finished in time, or its worker is already gone
+        error = TaskTimeoutError(
+            f"task ran longer than its task_timeout of {task.timeout} s; worker process "
+            f"{worker.pid} was stopped and replaced, the other tasks continue"
+        )
+        self._doom(worker, error)
+
+    def _doom(self, worker: WorkerHandle, error: BaseException) -> None:
+        """Fail the worker's running task with ``error``, requeue the rest, stop the worker."""
+        self._settle(worker.held.popleft(), False, error)
+        self._requeue(worker)
+        worker.stopping = True
+        worker.kill(hard=False)
+        self._add_timer(time.monotonic() + _KILL_GRACE, lambda: self._kill_if_alive(worker))
+
+    # ----------------------------------------------------------- records
+
+    def _on_records(self, worker: WorkerHandle, records: list[Any]) -> None:
+        if not records:
+            return
+        codec = worker.codec
+        now = time.monotonic()
+        for status, task_id, a, b in records:
+            if status == INIT_FAIL:
+                self._on_initializer_failure(a, b)
+                return
+            if status == RETIRING:
+                worker.stopping = True
+                self._requeue(worker)
+                continue
+            held = worker.held
+            if not held or held[0].task_id != task_id:
+                continue  # a task the engine already failed (timeout) or requeued
+            task = held.popleft()
+            elapsed = now - worker.running_since
+            self._avg_task_time = (
+                elapsed if not self._avg_task_time else 0.8 * self._avg_task_time + 0.2 * elapsed
+            )
+            worker.running_since = now
+            if held:
+                self._arm_deadline(worker, held[0], now)
+            if status == OK:
+                try:
+                    value = codec.decode_value(a)
+                except BaseException as exc:  # includes SystemExit from a __reduce__
+                    self._settle(task, False, self._unreadable_result(exc))
+                else:
+                    self._settle(task, True, value)
+            elif status == RAISED:
+                try:
+                    exc = codec.decode_value(a)
+                except BaseException as why:
+                    self._settle(task, False, _with_cause(self._unreadable_result(why), b))
+                else:
+                    self._settle(task, False, _with_cause(exc, b))
+            elif status == UNSENDABLE:
+                type_name, value_repr, reason = a
+                error = MaybeEncodingError(reason, value_repr)
+                self._settle(task, False, _with_cause(error, b))
+            elif status == UNREADABLE:
+                type_name, message = a
+                msg = f"the worker could not unpickle this task's function or arguments: {type_name}: {message}"
+                self._settle(task, False, _with_cause(TaskUnpicklingError(msg), b))
+            elif status == EXITING:
+                worker.exit_status = a
+                worker.stopping = True
+                error = TaskExitError(
+                    f"the task called sys.exit({a!r}); its worker process {worker.pid} exited "
+                    "and was replaced, the other tasks continue",
+                    worker.pid,
+                    a,
+                )
+                self._settle(task, False, error)
+                self._requeue(worker)
+
+    @staticmethod
+    def _unreadable_result(exc: BaseException) -> BaseException:
+        msg = f"could not unpickle a task's result in the parent: {type(exc).__name__}: {exc}"
+        error = ResultUnpicklingError(msg)
+        error.__cause__ = exc if isinstance(exc, Exception) else None
+        return error
+
+    def _settle(self, task: Task, ok: bool, value: Any) -> None:
+        try:
+            task.on_done(ok, value)
+        except BaseException:  # a user callback failed: report it, keep the pool alive
+            _log.exception("a result callback raised")
+
+    def _requeue(self, worker: WorkerHandle) -> None:
+        """Put the tasks a worker holds but never started back at the front of the queue."""
+        if worker.held:
+            self._queue.extendleft(reversed(worker.held))
+            worker.held.clear()
+
+    def _on_initializer_failure(self, info: Any, tb_text: str) -> None:
+        type_name, message = info
+        error = InitializerError(
+            f"the pool's initializer raised {type_name}: {message}; the pool cannot run "
+            "tasks. Fix the initializer and create a new pool."
+        )
+        error.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
+        self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        """The pool can run nothing more: fail everything with ``error`` and stop."""
+        if self.broken is None:
+            self.broken = error
+        self._begin_stop(error)
+
+    # ----------------------------------------------------------- deaths
+
+    def _unwatch_channel(self, worker: WorkerHandle) -> None:
+        try:
+            self._selector.unregister(worker.channel_fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_death(self, worker: WorkerHandle) -> None:
+        self._on_records(worker, worker.drain())
+        exitcode = worker.exitcode()
+        self._unwatch_channel(worker)
+        self._selector.unregister(worker.death_fd)
+        del self._workers[worker.worker_id]
+        worker.close()
+        if worker.held:
+            task = worker.held.popleft()
+            error = WorkerLostError.for_worker(worker.pid, exitcode, "running this task")
+            self._settle(task, False, error)
+            self._requeue(worker)
+            if not self.isolate_failures:
+                self._break(BrokenProcessPool(f"the pool is broken because a {error}"))
+        elif not worker.stopping and self.state == RUNNING and not self.isolate_failures:
+            self._break(
+                BrokenProcessPool(
+                    f"the pool is broken because a {WorkerLostError.for_worker(worker.pid, exitcode, 'idle')}"
+                )
+            )
+
+    def _top_up(self) -> None:
+        if self.state != RUNNING and not (self.state == CLOSING and self._queue):
+            return
+        if self.broken is not None:
+            return
+        live = sum(1 for w in self._workers.values() if not w.stopping)
+        while live < self.size:
+            try:
+                _proc, make = self.spawner.start(next(self._worker_ids))
+            except Exception as exc:
+                if not self._workers:
+                    self._break(BrokenProcessPool(f"could not start a worker process: {exc!r}"))
+                else:
+                    _log.warning("could not start a worker process: %r; retrying in 1 s", exc)
+                    self._add_timer(time.monotonic() + 1.0, lambda: None)
+                return
+            self._adopt(make())
+            live += 1
+
+    # ----------------------------------------------------------- timers
+
+    def _add_timer(self, when: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_seq), fn))
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        if not timers:
+            return
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            heapq.heappop(timers)[2]()
+
+    # ----------------------------------------------------------- stopping
+
+    def _add_hold(self) -> None:
+        self._holds += 1
+
+    def _drop_hold(self) -> None:
+        self._holds -= 1
+
+    def _begin_close(self) -> None:
+        if self.state == RUNNING:
+            self.state = CLOSING
+
+    def _begin_stop(self, error: BaseException | None, hard: bool = False) -> None:
+        if self.state in (STOPPING, STOPPED):
+            return
+        self.state = STOPPING
+        self._stop_error = error
+        self._absorb_incoming()
+        queued = list(self._queue)
+        self._queue.clear()
+        for worker in self._workers.values():
+            self._stop_worker(worker, error, hard)
+        if error is not None:
+            for task in queued:
+                self._settle(task, False, error)
+        self._maybe_finish()
+
+    def _stop_worker(self, worker: WorkerHandle, error: BaseException | None, hard: bool) -> None:
+        held = list(worker.held)
+        worker.held.clear()
+        worker.stopping = True
+        if error is not None:
+            for task in held:
+                self._settle(task, False, error)
+        worker.kill(hard=hard)
+        self._add_timer(time.monotonic() + _KILL_GRACE, lambda: self._kill_if_alive(worker))
+
+    def _kill_if_alive(self, worker: WorkerHandle) -> None:
+        if self._workers.get(worker.worker_id) is worker:
+            worker.kill(hard=True)
+
+    def _maybe_finish(self) -> None:
+        if self.state == CLOSING:
+            if self._queue or self._incoming or self._holds > 0:
+                return
+            for worker in self._workers.values():
+                if not worker.held and not worker.stopping:
+                    worker.stopping = True
+                    self._send(worker, None)
+        if self.state in (CLOSING, STOPPING) and not self._workers:
+            self.state = STOPPED
+
+    def _send(self, worker: WorkerHandle, message: Any) -> None:
+        if not worker.send(message):
+            self._selector.modify(
+                worker.channel_fd, selectors.EVENT_READ | selectors.EVENT_WRITE, (_CHANNEL, worker)
+            )
+
+    def _kill_all_now(self, error: BaseException) -> None:
+        for worker in list(self._workers.values()):
+            for task in worker.held:
+                self._settle(task, False, error)
+            worker.held.clear()
+            worker.kill(hard=True)
+        for task in self._queue:
+            self._settle(task, False, error)
+        self._queue.clear()
+        for worker in list(self._workers.values()):
+            try:
+                worker.exitcode()
+            finally:
+                worker.close()
+        self._workers.clear()
+
+    def _finish(self) -> None:
+        self.state = STOPPED
+        # Tasks submitted while the engine was going away still get an answer.
+        self.stopped.set()
+        self._fail_leftovers()
+        self._selector.close()
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1

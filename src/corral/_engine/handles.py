@@ -1,0 +1,320 @@
+"""The engine's side of each worker: how to start it, feed it and hear from it.
+
+A handle owns one worker and its private channel. The engine only ever calls
+``send``, ``flush``, ``read_records`` and looks at ``channel_fd`` / ``death_fd``
+(both go into its selector), so process and thread workers look the same to it.
+
+Process channel framing is the one ``Connection`` uses (a 4-byte big-endian
+length, or -1 and an 8-byte length for messages over 2 GiB), so the worker side
+is a plain ``Connection``; the engine side reads and writes the socket without
+blocking, so a worker that is slow to read never stalls the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .. import connection
+from .protocol import ObjectCodec, PickleCodec
+from .worker import process_worker_main, thread_worker_main
+
+_HEADER = struct.Struct("!i")
+_BIG_HEADER = struct.Struct("!Q")
+_READ_SIZE = 1 << 18
+
+
+class WorkerHandle:
+    """State the engine keeps per worker (shared by both kinds)."""
+
+    codec: Any
+    process: Any
+    channel_fd: int
+    death_fd: int
+
+    def __init__(self, worker_id: int) -> None:
+        self.worker_id = worker_id
+        self.pid: int | None = None
+        self.held: deque[Any] = deque()  # tasks sent and not yet reported, in order
+        self.running_since = 0.0  # when the first held task started
+        self.tasks_sent = 0
+        self.stopping = False  # told to exit, or about to: send it nothing more
+        self.exit_status: int | None = None  # a task asked the worker to exit
+
+    def exitcode(self) -> int | None:
+        """Reap the worker (it has died) and return its exit code."""
+        raise NotImplementedError
+
+    def kill(self, hard: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class ProcessWorkerHandle(WorkerHandle):
+    """A worker process and the engine's end of its socket pair."""
+
+    codec = PickleCodec
+
+    def __init__(self, worker_id: int, process: Any, conn: Any) -> None:
+        super().__init__(worker_id)
+        self.process = process
+        self.pid = process.pid
+        self.conn = conn
+        self.channel_fd = conn.fileno()
+        os.set_blocking(self.channel_fd, False)
+        self.death_fd = process.sentinel
+        self._inbuf = bytearray()
+        self._outbuf: deque[memoryview] = deque()
+
+    def send(self, message: Any) -> bool:
+        """Queue ``message`` for the worker; return True if all of it left at once."""
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        n = len(data)
+        header = _HEADER.pack(n) if n < 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(n)
+        if self._outbuf:
+            self._outbuf.append(memoryview(header + data))
+            return False
+        frame = header + data
+        try:
+            sent = os.write(self.channel_fd, frame)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(frame):
+            self._outbuf.append(memoryview(frame)[sent:])
+            return False
+        return True
+
+    def flush(self) -> bool:
+        """Write what is pending; return True when nothing is left."""
+        while self._outbuf:
+            chunk = self._outbuf[0]
+            try:
+                sent = os.write(self.channel_fd, chunk)
+            except BlockingIOError:
+                return False
+            if sent < len(chunk):
+                self._outbuf[0] = chunk[sent:]
+                return False
+            self._outbuf.popleft()
+        return True
+
+    def read_records(self) -> tuple[list[Any], bool]:
+        """Read what has arrived; return (records, channel_closed)."""
+        try:
+            data = os.read(self.channel_fd, _READ_SIZE)
+        except BlockingIOError:
+            return [], False
+        except OSError:
+            return [], True
+        if not data:
+            return [], True
+        buf = self._inbuf
+        if buf:
+            buf += data
+            view: Any = buf
+        else:
+            view = data
+        records: list[Any] = []
+        pos = 0
+        end = len(view)
+        while end - pos >= 4:
+            (size,) = _HEADER.unpack_from(view, pos)
+            start = pos + 4
+            if size == -1:
+                if end - start < 8:
+                    break
+                (size,) = _BIG_HEADER.unpack_from(view, start)
+                start += 8
+            if end - start < size:
+                break
+            records.extend(pickle.loads(view[start : start + size]))
+            pos = start + size
+        if pos < end:
+            self._inbuf = bytearray(view[pos:])
+        elif buf:
+            self._inbuf = bytearray()
+        return records, False
+
+    def drain(self) -> list[Any]:
+        """Everything the worker wrote before it died."""
+        records: list[Any] = []
+        while True:
+            more, closed = self.read_records()
+            records.extend(more)
+            if closed or not more:
+                return records
+
+    def exitcode(self) -> int | None:
+        self.process.join(0)
+        code: int | None = self.process.exitcode
+        return code
+
+    def kill(self, hard: bool) -> None:
+        try:
+            if hard:
+                self.process.kill()
+            else:
+                self.process.terminate()
+        except (OSError, ValueError):
+            pass  # already gone or closed
+
+    def close(self) -> None:
+        self.conn.close()
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # still running after a kill (cannot happen after reaping)
+
+
+class ThreadWorkerHandle(WorkerHandle):
+    """A ``ThreadPool`` worker thread; objects travel through in-process queues."""
+
+    codec = ObjectCodec
+
+    def __init__(self, worker_id: int, spawner: ThreadSpawner) -> None:
+        super().__init__(worker_id)
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._results: deque[list[Any]] = deque()
+        self.channel_fd, self._wake_w = os.pipe()
+        self.death_fd, self._death_w = os.pipe()
+        os.set_blocking(self.channel_fd, False)
+        os.set_blocking(self._wake_w, False)
+        self.process = threading.Thread(
+            target=self._run,
+            args=(spawner.initializer, spawner.initargs, spawner.max_tasks, spawner.logger_name),
+            name=f"{spawner.name_prefix}-{worker_id}",
+            daemon=True,
+        )
+
+    def _run(self, *args: Any) -> None:
+        try:
+            thread_worker_main(self._inbox, self._post, *args)
+        finally:
+            os.close(self._death_w)
+
+    def _post(self, records: list[Any]) -> None:
+        self._results.append(records)
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the engine has a wake-up pending already
+
+    def send(self, message: Any) -> bool:
+        self._inbox.put(message)
+        return True
+
+    def flush(self) -> bool:
+        return True
+
+    def read_records(self) -> tuple[list[Any], bool]:
+        try:
+            os.read(self.channel_fd, 4096)
+        except BlockingIOError:
+            pass
+        records: list[Any] = []
+        while self._results:
+            records.extend(self._results.popleft())
+        return records, False
+
+    def drain(self) -> list[Any]:
+        return self.read_records()[0]
+
+    def exitcode(self) -> int | None:
+        self.process.join()
+        return 0 if self.exit_status is None else self.exit_status
+
+    def kill(self, hard: bool) -> None:
+        self._inbox.put(None)  # threads cannot be killed; ask, and stop waiting
+
+    def close(self) -> None:
+        os.close(self.channel_fd)
+        os.close(self._wake_w)
+        os.close(self.death_fd)
+
+
+class ProcessSpawner:
+    """Starts worker processes with a context's ``Process``."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        ctx: Any,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks: int | None,
+        max_memory: int | None,
+        logger_name: str,
+        name_prefix: str,
+    ) -> None:
+        self.ctx = ctx
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
+        self.logger_name = logger_name
+        self.name_prefix = name_prefix
+
+    def start(self, worker_id: int) -> tuple[Any, Callable[[], WorkerHandle]]:
+        """Start one worker; return its process and a function making its handle.
+
+        The handle is made in a second step so that a pool can start all its
+        first workers and clean up cleanly if one start fails.
+        """
+        parent_end, child_end = connection.Pipe(duplex=True)
+        try:
+            proc = self.ctx.Process(
+                target=process_worker_main,
+                args=(
+                    child_end,
+                    os.getpid(),
+                    self.initializer,
+                    self.initargs,
+                    self.max_tasks,
+                    self.max_memory,
+                    self.logger_name,
+                ),
+                name=f"{self.name_prefix}-{worker_id}",
+                daemon=True,
+            )
+            proc.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return proc, lambda: ProcessWorkerHandle(worker_id, proc, parent_end)
+
+
+class ThreadSpawner:
+    """Starts ``ThreadPool`` worker threads."""
+
+    kind = "thread"
+
+    def __init__(
+        self,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks: int | None,
+        logger_name: str,
+        name_prefix: str,
+    ) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.max_memory = None
+        self.logger_name = logger_name
+        self.name_prefix = name_prefix
+
+    def start(self, worker_id: int) -> tuple[Any, Callable[[], WorkerHandle]]:
+        handle = ThreadWorkerHandle(worker_id, self)
+        handle.process.start()
+        return handle.process, lambda: handle

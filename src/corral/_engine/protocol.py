@@ -1,0 +1,133 @@
+"""What the engine and its workers say to each other.
+
+Engine -> worker: one message is a list of task tuples ``(task_id, kind, payload)``
+(``kind`` is CALL, MAP or STARMAP), or ``None`` meaning "finish and exit".
+
+Worker -> engine: one message is a list of records ``(status, task_id, a, b)``:
+
+========== ======================================= ==========================
+status     a                                       b
+========== ======================================= ==========================
+OK         the result (pickled for processes)      --
+RAISED     the exception (pickled for processes)   worker traceback text
+UNSENDABLE (type name, repr, reason)               worker traceback text
+UNREADABLE (type name, message)                    worker traceback text
+EXITING    exit code the task asked for            --
+INIT_FAIL  (type name, message)                    initializer traceback text
+RETIRING   --                                      --
+========== ======================================= ==========================
+
+For process workers each result and exception is pickled on its own inside the
+record, so that one object the parent cannot unpickle fails only its own task;
+the record list itself holds only builtins and is unpickled safely.
+Thread workers (``ThreadPool``) pass objects as they are.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+from .. import reduction
+
+# Task kinds.
+CALL = 0
+MAP = 1
+STARMAP = 2
+
+# Record statuses.
+OK = 0
+RAISED = 1
+UNSENDABLE = 2
+UNREADABLE = 3
+EXITING = 4
+INIT_FAIL = 5
+RETIRING = 6
+
+_REPR_LIMIT = 300
+
+
+def short_repr(obj: object) -> str:
+    """``repr(obj)`` cut to a readable length; never raises."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<{type(obj).__name__} object (repr failed: {exc!r})>"
+    if len(text) > _REPR_LIMIT:
+        text = text[: _REPR_LIMIT - 3] + "..."
+    return text
+
+
+def format_exception_text(exc: BaseException) -> str:
+    """The full traceback of ``exc`` as the worker saw it."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def encode_call(fn: Any, args: Any, kwargs: Any) -> bytes:
+    """Pickle one task's function and arguments (in the caller, so errors surface there)."""
+    return reduction.ForkingPickler.dumps((fn, args, kwargs))
+
+
+class PickleCodec:
+    """How process workers encode results: each object pickled on its own."""
+
+    @staticmethod
+    def decode_task(payload: bytes) -> Any:
+        return pickle.loads(payload)
+
+    @staticmethod
+    def encode_result(task_id: int, value: Any) -> tuple[Any, ...]:
+        # Results use plain pickle, as the stdlib's pools do: a returned lambda
+        # is an error (MaybeEncodingError), not something to rebuild by value.
+        try:
+            return (OK, task_id, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), None)
+        except SystemExit:
+            raise
+        except BaseException as exc:
+            return (
+                UNSENDABLE,
+                task_id,
+                (type(value).__name__, short_repr(value), short_repr(exc)),
+                format_exception_text(exc),
+            )
+
+    @staticmethod
+    def encode_exception(task_id: int, exc: BaseException) -> tuple[Any, ...]:
+        text = format_exception_text(exc)
+        exc.__traceback__ = None  # frames may hold unpicklable locals
+        try:
+            return (RAISED, task_id, pickle.dumps(exc, pickle.HIGHEST_PROTOCOL), text)
+        except SystemExit:
+            raise
+        except BaseException as why:
+            return (
+                UNSENDABLE,
+                task_id,
+                (type(exc).__name__, short_repr(exc), short_repr(why)),
+                text,
+            )
+
+    @staticmethod
+    def decode_value(blob: Any) -> Any:
+        return pickle.loads(blob)
+
+
+class ObjectCodec:
+    """How thread workers encode results: the objects themselves."""
+
+    @staticmethod
+    def decode_task(payload: Any) -> Any:
+        return payload
+
+    @staticmethod
+    def encode_result(task_id: int, value: Any) -> tuple[Any, ...]:
+        return (OK, task_id, value, None)
+
+    @staticmethod
+    def encode_exception(task_id: int, exc: BaseException) -> tuple[Any, ...]:
+        return (RAISED, task_id, exc, None)
+
+    @staticmethod
+    def decode_value(blob: Any) -> Any:
+        return blob

@@ -1,0 +1,230 @@
+"""The loop a pool worker runs: take tasks, run them, report each outcome.
+
+The same loop serves process workers (``process_worker_main``, messages pickled
+over the worker's private pipe) and thread workers (``thread_worker_main``,
+objects passed through in-process queues for ``ThreadPool``). It runs tasks in
+the order the engine sent them and reports every task exactly once, which is
+what lets the engine know, from the records alone, which task a worker is
+running at any moment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from itertools import starmap
+from typing import Any
+
+from .. import process
+from .protocol import (
+    CALL,
+    EXITING,
+    INIT_FAIL,
+    MAP,
+    RETIRING,
+    UNREADABLE,
+    ObjectCodec,
+    PickleCodec,
+    format_exception_text,
+    short_repr,
+)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The process exit status ``sys.exit(code)`` would give."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    return 1
+
+
+def run_one(
+    codec: Any, task_id: int, kind: int, payload: Any
+) -> tuple[tuple[Any, ...], int | None]:
+    """Run one task; return its record and, if the task asked to exit, the exit status."""
+    try:
+        fn, args, kwargs = codec.decode_task(payload)
+    except BaseException as exc:  # includes SystemExit raised by a __reduce__
+        info = (type(exc).__name__, short_repr(exc))
+        return (UNREADABLE, task_id, info, format_exception_text(exc)), None
+    try:
+        if kind == CALL:
+            value = fn(*args, **kwargs)
+        elif kind == MAP:
+            value = list(map(fn, args))
+        else:
+            value = list(starmap(fn, args))
+    except SystemExit as exc:
+        status = _exit_status(exc)
+        return (EXITING, task_id, status, None), status
+    except BaseException as exc:
+        return codec.encode_exception(task_id, exc), None
+    finally:
+        del fn, args, kwargs  # release the arguments before the next task
+    try:
+        return codec.encode_result(task_id, value), None
+    except SystemExit as exc:  # a result whose __reduce__ calls sys.exit()
+        status = _exit_status(exc)
+        return (EXITING, task_id, status, None), status
+
+
+def resident_memory() -> int:
+    """This process's resident set size in bytes (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def serve(
+    receive: Callable[[], list[Any] | None],
+    send: Callable[[list[Any]], None],
+    codec: Any,
+    max_tasks: int | None,
+    max_memory: int | None,
+) -> int | None:
+    """Run tasks until told to stop or recycled; return an exit status a task asked for."""
+    held: deque[Any] = deque()
+    done = 0
+    while True:
+        if not held:
+            batch = receive()
+            if batch is None:
+                return None
+            held.extend(batch)
+            continue
+        task_id, kind, payload = held.popleft()
+        record, exit_status = run_one(codec, task_id, kind, payload)
+        del payload
+        send([record])
+        if exit_status is not None:
+            return exit_status
+        done += 1
+        if (max_tasks and done >= max_tasks) or (max_memory and resident_memory() > max_memory):
+            send([(RETIRING, 0, None, None)])
+            return None
+
+
+def _report_initializer_failure(exc: BaseException, logger_name: str) -> tuple[Any, ...]:
+    # Logged in the worker as well, like the stdlib's executor, so a logging
+    # setup made by the initializer itself (a QueueHandler...) sees it.
+    logging.getLogger(logger_name).critical("Exception in initializer:", exc_info=exc)
+    return (INIT_FAIL, 0, (type(exc).__name__, short_repr(exc)), format_exception_text(exc))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit as soon as the parent dies, even in the middle of a long task.
+
+    Two mechanisms: ``PR_SET_PDEATHSIG`` makes the kernel SIGKILL this worker
+    when its parent goes (fork and spawn; it works even while a task holds the
+    GIL in C code), and a watcher thread waits on a pidfd of the parent (covers
+    forkserver, whose workers are the server's children).
+    """
+    if sys.platform.startswith("linux") and os.getppid() == parent_pid:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        pidfd = os.pidfd_open(parent_pid)  # type: ignore[attr-defined,unused-ignore]
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        pidfd = None
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid, pidfd), name="corral-parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(parent_pid: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    else:  # no pidfd (macOS, old kernels): poll
+        while os.getppid() == parent_pid or _alive(parent_pid):
+            threading.Event().wait(0.5)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_worker_main(
+    conn: Any,
+    parent_pid: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    max_tasks: int | None,
+    max_memory: int | None,
+    logger_name: str,
+) -> None:
+    """Entry point of a pool worker process (the ``target`` of its Process)."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A pool worker may run tasks that start their own processes or pools.
+    process.current_process()._config["daemon"] = False
+
+    def send(records: list[Any]) -> None:
+        conn.send_bytes(pickle.dumps(records, pickle.HIGHEST_PROTOCOL))
+
+    def receive() -> list[Any] | None:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return None  # the parent closed the channel or died
+        batch: list[Any] | None = pickle.loads(data)
+        return batch
+
+    try:
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:
+                send([_report_initializer_failure(exc, logger_name)])
+                return
+        exit_status = serve(receive, send, PickleCodec, max_tasks, max_memory)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent went away while we were reporting
+    finally:
+        conn.close()
+    if exit_status is not None:
+        sys.exit(exit_status)
+
+
+def thread_worker_main(
+    inbox: Any,
+    post: Callable[[list[Any]], None],
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    max_tasks: int | None,
+    logger_name: str,
+) -> None:
+    """Entry point of a ``ThreadPool`` worker thread."""
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            post([_report_initializer_failure(exc, logger_name)])
+            return
+    serve(inbox.get, post, ObjectCodec, max_tasks, None)

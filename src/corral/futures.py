@@ -1,0 +1,361 @@
+"""``ProcessPoolExecutor`` on corral's engine (``concurrent.futures`` API).
+
+Futures are ``concurrent.futures.Future``, so ``concurrent.futures.wait`` and
+``as_completed`` work. Differences from the stdlib's executor, on purpose:
+
+* A worker that dies fails only the future it was running, with
+  ``WorkerLostError`` (a ``BrokenProcessPool``); the others still complete and
+  the executor keeps working. ``isolate_failures=False`` restores the stdlib's
+  "whole pool breaks" behaviour.
+* ``task_timeout=`` fails a future that runs too long with ``TaskTimeoutError``
+  and replaces its worker; ``max_memory_per_child=`` recycles big workers.
+* ``max_tasks_per_child`` works with every start method (the default context
+  is still spawn when it is given, as in the stdlib).
+* ``map`` reads its input lazily with a bounded window of chunks in flight;
+  ``shutdown()`` lifts the bound so that all of its work still runs.
+* ``terminate_workers()`` and ``kill_workers()`` as in Python 3.14; leaving a
+  ``with`` block by ``KeyboardInterrupt`` stops the workers at once instead of
+  waiting for running tasks.
+* At interpreter exit, work already submitted still runs to completion, as in
+  the stdlib (use ``task_timeout`` to bound a task that may hang).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
+from . import context as _context
+from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
+from ._engine.feed import Feed, FeedTimeout
+from .errors import BrokenProcessPool as BrokenProcessPool
+from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
+
+__all__ = ("BrokenProcessPool", "ProcessPoolExecutor")
+
+_live_executors: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+_interpreter_exiting = False
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _on_interpreter_exit() -> None:
+    """Finish submitted work of every executor still open, as the stdlib does."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for executor in list(_live_executors):
+        executor.shutdown(wait=True)
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            # Runs before non-daemon threads are joined, like the stdlib's hook,
+            # so submitted work finishes before the interpreter tears down.
+            threading._register_atexit(_on_interpreter_exit)  # type: ignore[attr-defined]
+            _exit_hook_registered = True
+
+
+def _settle_future(future: Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class ProcessPoolExecutor(Executor):
+    """Run calls in worker processes; see the module docstring.
+
+    Args:
+        max_workers: number of workers; default ``os.cpu_count()``.
+        mp_context: the context whose ``Process`` starts workers.
+        initializer, initargs: each worker calls ``initializer(*initargs)`` first;
+            if it raises, the executor breaks with ``InitializerError``.
+        max_tasks_per_child: replace a worker after this many tasks.
+        task_timeout: per-task deadline in seconds.
+        max_memory_per_child: replace a worker whose RSS exceeds this many bytes.
+        isolate_failures: False makes any worker death break the executor.
+
+    Raises:
+        ValueError: ``max_workers`` < 1 or bad limits.
+        TypeError: ``initializer`` is not callable, or a limit is not an int.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+        isolate_failures: bool = True,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            msg = "max_workers must be greater than 0"
+            raise ValueError(msg)
+        if mp_context is None:
+            mp_context = _context._default_context.get_context(
+                "spawn" if max_tasks_per_child else None
+            )
+        if initializer is not None and not callable(initializer):
+            msg = "initializer must be a callable"
+            raise TypeError(msg)
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                msg = "max_tasks_per_child must be an integer"
+                raise TypeError(msg)
+            if max_tasks_per_child <= 0:
+                msg = "max_tasks_per_child must be >= 1"
+                raise ValueError(msg)
+        if task_timeout is not None and not task_timeout > 0:
+            msg = f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
+            raise ValueError(msg)
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._task_timeout = task_timeout
+        self._spawner = ProcessSpawner(
+            mp_context,
+            initializer,
+            tuple(initargs),
+            max_tasks_per_child,
+            max_memory_per_child,
+            "concurrent.futures",
+            "CorralExecutorWorker",
+        )
+        self._isolate_failures = isolate_failures
+        self._engine: Engine | None = None
+        self._feeds: set[Feed] = set()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self._finalizer: weakref.finalize | None = None
+
+    # ----------------------------------------------------------- introspection
+
+    @property
+    def _broken(self) -> BaseException | bool:
+        """The error that broke the executor, or False (the stdlib's private attribute)."""
+        engine = self._engine
+        return engine.broken if engine is not None and engine.broken is not None else False
+
+    @property
+    def _processes(self) -> dict[int, Any]:
+        """pid -> Process of the live workers (the stdlib's private attribute)."""
+        engine = self._engine
+        return {p.pid: p for p in engine.processes()} if engine is not None else {}
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:
+        return self._engine.thread if self._engine is not None else None
+
+    # ----------------------------------------------------------- submitting
+
+    def _start_engine(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            _register_exit_hook()
+            engine = Engine(
+                self._spawner,
+                self._max_workers,
+                isolate_failures=self._isolate_failures,
+                name=f"corral-executor-engine-{id(self):x}",
+            )
+            engine.start()
+            self._engine = engine
+            self._finalizer = weakref.finalize(self, _close_engine, engine, self._feeds)
+            _live_executors.add(self)
+        return engine
+
+    def _check_open(self) -> Engine:
+        if self._shutdown_thread:
+            msg = "cannot schedule new futures after shutdown"
+            raise RuntimeError(msg)
+        if _interpreter_exiting:
+            msg = "cannot schedule new futures after interpreter shutdown"
+            raise RuntimeError(msg)
+        engine = self._start_engine()
+        if engine.broken is not None:
+            msg = f"the executor is broken and cannot run new tasks: {engine.broken}"
+            raise BrokenProcessPool(msg) from engine.broken
+        return engine
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return its ``Future``.
+
+        An object that cannot be pickled fails the returned future at once
+        (with ``SerializationError``, a ``pickle.PicklingError``).
+
+        Raises:
+            RuntimeError: after ``shutdown()`` or during interpreter exit.
+            BrokenProcessPool: the executor is broken (its initializer failed).
+        """
+        with self._shutdown_lock:
+            engine = self._check_open()
+        future: Future[Any] = Future()
+        try:
+            payload = encode_call(fn, args, kwargs)
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        engine.submit(
+            Task(
+                CALL,
+                payload,
+                _FutureSetter(future),
+                self._task_timeout,
+                future.set_running_or_notify_cancel,
+                future,
+            )
+        )
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Lazy ``map(fn, *iterables)`` in the workers, results in input order.
+
+        Raises:
+            ValueError: ``chunksize`` < 1.
+            TimeoutError: (while iterating) ``timeout`` seconds after the call.
+        """
+        if chunksize < 1:
+            msg = "chunksize must be >= 1."
+            raise ValueError(msg)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._shutdown_lock:
+            engine = self._check_open()
+            window = max(64, 16 * self._max_workers)
+            feed = Feed(
+                engine,
+                encode_call,
+                fn,
+                zip(*iterables),
+                chunksize,
+                STARMAP,
+                self._task_timeout,
+                window,
+                True,
+            )
+            self._feeds.add(feed)
+            feed.start()
+        return _map_results(feed, deadline, self._feeds)
+
+    # ----------------------------------------------------------- stopping
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more work; free the workers once the submitted work is done.
+
+        Args:
+            wait: block until all submitted work has run and workers exited.
+            cancel_futures: cancel the futures that have not started.
+        """
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            engine = self._engine
+        if engine is None:
+            return
+        if cancel_futures:
+            for feed in list(self._feeds):
+                feed.stop()
+            for task in engine.drop_queued():
+                if task.tag is not None:
+                    task.tag.cancel()
+        for feed in list(self._feeds):
+            feed.lift_window()
+        engine.close()
+        if wait:
+            for feed in list(self._feeds):
+                feed.thread.join()
+            engine.join()
+        _live_executors.discard(self)
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now (SIGTERM, then SIGKILL) and shut down.
+
+        Futures not finished fail with ``BrokenProcessPool``.
+        """
+        self._stop_workers(hard=False)
+
+    def kill_workers(self) -> None:
+        """Kill every worker now (SIGKILL) and shut down.
+
+        Futures not finished fail with ``BrokenProcessPool``.
+        """
+        self._stop_workers(hard=True)
+
+    def _stop_workers(self, hard: bool) -> None:
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            engine = self._engine
+        if engine is None:
+            return
+        for feed in list(self._feeds):
+            feed.stop()
+        engine.stop(
+            BrokenProcessPool("the executor's workers were stopped before this task finished"),
+            hard=hard,
+        )
+        engine.join()
+        _live_executors.discard(self)
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.terminate_workers()  # Ctrl-C: do not wait for running tasks
+        else:
+            self.shutdown(wait=True)
+        return False
+
+
+class _FutureSetter:
+    """``on_done`` for a future (a class so the engine holds no closure cells)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Future[Any]) -> None:
+        self.future = future
+
+    def __call__(self, ok: bool, value: Any) -> None:
+        _settle_future(self.future, ok, value)
+
+
+def _close_engine(engine: Engine, feeds: set[Feed]) -> None:
+    for feed in list(feeds):
+        feed.lift_window()
+    engine.close()
+
+
+def _map_results(feed: Feed, deadline: float | None, feeds: set[Feed]) -> Iterator[Any]:
+    try:
+        while True:
+            try:
+                ok, value = feed.take(deadline)
+            except StopIteration:
+                return
+            except FeedTimeout:
+                raise TimeoutError from None
+            if not ok:
+                raise value
+            # Pop the items so that this generator keeps no reference to a
+            # result it has handed out (stdlib bpo-14406).
+            value.reverse()
+            while value:
+                yield value.pop()
+    finally:
+        feed.stop()
+        feeds.discard(feed)

@@ -1,0 +1,573 @@
+"""``multiprocessing.pool``: ``Pool`` and ``ThreadPool`` on corral's engine.
+
+Same API and errors as the stdlib's, with these differences, all on purpose:
+
+* A worker that dies (signal, segfault, ``os._exit``, ``sys.exit`` in a task)
+  fails only the task it was running, with ``WorkerLostError``; the stdlib's
+  ``map`` waits forever instead. A replacement worker starts.
+* An ``initializer`` that raises breaks the pool once, with ``InitializerError``
+  for every pending and later call, instead of respawning workers forever.
+* ``task_timeout=`` (seconds, on the constructor and on every call) stops a
+  worker whose task runs too long and fails that task with ``TaskTimeoutError``.
+  For ``map``-style calls the deadline of a chunk is ``task_timeout`` times its
+  length. A ``ThreadPool`` cannot stop a thread: the task fails on time, the
+  thread finishes it in the background and is replaced.
+* ``max_memory_per_child=`` recycles a worker whose resident memory is above
+  that many bytes after a task.
+* Arguments that cannot be pickled raise at the call (``apply_async``,
+  ``map_async`` ...), not later from ``get()``.
+* ``imap``/``imap_unordered`` read their input lazily, keeping a bounded number
+  of chunks in flight; ``close()`` lifts that bound so ``close(); join()`` still
+  runs all of the input, as with the stdlib.
+* ``terminate()`` fails the results still pending with ``BrokenProcessPool``
+  instead of leaving their ``get()`` waiting forever.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import types
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from itertools import islice
+from typing import Any
+
+from . import context as _context
+from . import util
+from ._engine import CALL, MAP, STARMAP, Engine, ProcessSpawner, Task, ThreadSpawner, encode_call
+from ._engine.feed import Feed, FeedTimeout
+from .errors import BrokenProcessPool, TimeoutError
+from .errors import MaybeEncodingError as MaybeEncodingError
+from .errors import RemoteTraceback as RemoteTraceback
+
+__all__ = ("Pool", "ThreadPool")
+
+# Pool states, with the stdlib's names and values.
+INIT = "INIT"
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+_DEFAULT: Any = object()
+
+
+def _check_positive_timeout(task_timeout: float | None) -> None:
+    if task_timeout is not None and not task_timeout > 0:
+        msg = f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
+        raise ValueError(msg)
+
+
+class ApplyResult:
+    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(
+        self,
+        pool: Pool | None,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._pool = pool  # keeps the pool alive while the result is pending
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success: bool | None = None
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self.ready():
+            msg = f"{self!r} not ready"
+            raise ValueError(msg)
+        return bool(self._success)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is available or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result; re-raise the task's exception.
+
+        Raises:
+            corral.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, ok: bool, value: Any) -> None:
+        self._success = ok
+        self._value = value
+        try:
+            if ok and self._callback is not None:
+                self._callback(value)
+            elif not ok and self._error_callback is not None:
+                self._error_callback(value)
+        finally:
+            self._event.set()
+            self._pool = None
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``/``starmap_async``: one list, filled chunk by chunk."""
+
+    def __init__(
+        self,
+        pool: Pool | None,
+        chunk_lengths: list[int],
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        super().__init__(pool, callback, error_callback)
+        self._success = True
+        self._value = [None] * sum(chunk_lengths)
+        self._starts = [0] * len(chunk_lengths)
+        position = 0
+        for i, n in enumerate(chunk_lengths):
+            self._starts[i] = position
+            position += n
+        self._number_left = len(chunk_lengths)
+        if not chunk_lengths:
+            self._event.set()
+            self._pool = None
+
+    def _set_chunk(self, index: int, ok: bool, value: Any) -> None:
+        self._number_left -= 1
+        if ok and self._success:
+            start = self._starts[index]
+            self._value[start : start + len(value)] = value
+        elif not ok and self._success:
+            self._success = False  # keep the first error only
+            self._value = value
+        if self._number_left == 0:
+            ApplyResult._set(self, self._success, self._value)
+
+
+class IMapIterator:
+    """The iterator ``imap`` returns; ``next(timeout)`` raises ``corral.TimeoutError``."""
+
+    def __init__(self, feed: Feed) -> None:
+        self._feed = feed
+        self._items: list[Any] = []  # the current chunk's results, reversed
+        self._finalizer = util.Finalize(self, feed.stop)
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result; re-raise a task's exception at its place.
+
+        Raises:
+            StopIteration: all results were returned.
+            corral.TimeoutError: none arrived within ``timeout`` seconds.
+        """
+        if self._items:
+            return self._items.pop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                ok, value = self._feed.take(deadline)
+            except FeedTimeout:
+                raise TimeoutError from None
+            if not ok:
+                raise value
+            if value:
+                value.reverse()
+                item = value.pop()
+                self._items = value
+                return item
+
+    __next__ = next
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator ``imap_unordered`` returns: results in completion order."""
+
+
+class Pool:
+    """A pool of worker processes (the stdlib's ``multiprocessing.pool.Pool``).
+
+    Args:
+        processes: number of workers; default ``os.cpu_count()``.
+        initializer, initargs: each worker calls ``initializer(*initargs)`` first.
+        maxtasksperchild: replace a worker after this many tasks (chunks).
+        context: the context whose ``Process`` starts workers.
+        task_timeout: default per-task deadline in seconds (see the module doc).
+        max_memory_per_child: replace a worker whose RSS exceeds this many bytes.
+        isolate_failures: False makes any worker death break the whole pool,
+            like the stdlib's executor; by default only its task fails.
+
+    Raises:
+        ValueError: ``processes`` < 1, bad ``maxtasksperchild`` or ``task_timeout``.
+        TypeError: ``initializer`` is not callable.
+        OSError: a worker could not be started (none is left running).
+    """
+
+    _state = INIT
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+        isolate_failures: bool = True,
+    ) -> None:
+        self._ctx = context or _context._default_context
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            msg = "Number of processes must be at least 1"
+            raise ValueError(msg)
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            msg = "maxtasksperchild must be a positive int or None"
+            raise ValueError(msg)
+        if initializer is not None and not callable(initializer):
+            msg = "initializer must be a callable"
+            raise TypeError(msg)
+        _check_positive_timeout(task_timeout)
+        self._processes = processes
+        self._maxtasksperchild = maxtasksperchild
+        self._task_timeout = task_timeout
+        self._feeds: set[Feed] = set()
+        self._engine = Engine(
+            self._make_spawner(
+                initializer, tuple(initargs), maxtasksperchild, max_memory_per_child
+            ),
+            processes,
+            isolate_failures=isolate_failures,
+            name=f"corral-pool-engine-{id(self):x}",
+        )
+        self._engine.start()
+        self._state = RUN
+        self._terminate = util.Finalize(
+            self, _terminate_pool, args=(self._engine, self._feeds), exitpriority=15
+        )
+
+    def _make_spawner(
+        self,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks: int | None,
+        max_memory: int | None,
+    ) -> Any:
+        return ProcessSpawner(
+            self._ctx,
+            initializer,
+            initargs,
+            max_tasks,
+            max_memory,
+            "multiprocessing",
+            "CorralPoolWorker",
+        )
+
+    @staticmethod
+    def _encode(func: Any, args: Any, kwds: Any) -> Any:
+        return encode_call(func, args, kwds)
+
+    # ----------------------------------------------------------- introspection
+
+    @property
+    def _pool(self) -> list[Any]:
+        """The live workers' Process objects (the stdlib's private attribute)."""
+        return self._engine.processes()
+
+    def _repopulate_pool(self) -> None:
+        """Workers are replaced as they exit; kept for code that calls the stdlib's method."""
+        self._engine._call_soon(lambda: None)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+
+    def __reduce__(self) -> Any:
+        msg = "pool objects cannot be passed between processes or pickled"
+        raise NotImplementedError(msg)
+
+    def __del__(self, _warn: Any = warnings.warn, RUN: str = RUN) -> None:
+        if self._state == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+
+    # ----------------------------------------------------------- calls
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            msg = "Pool not running"
+            raise ValueError(msg)
+
+    def _timeout(self, task_timeout: Any) -> float | None:
+        if task_timeout is _DEFAULT:
+            return self._task_timeout
+        _check_positive_timeout(task_timeout)
+        result: float | None = task_timeout
+        return result
+
+    def apply(
+        self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+    ) -> Any:
+        """Call ``func(*args, **kwds)`` in a worker and return its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> ApplyResult:
+        """Start ``func(*args, **kwds)`` in a worker; return an ``AsyncResult``.
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            SerializationError: ``func`` or an argument cannot be pickled.
+        """
+        self._check_running()
+        timeout = self._timeout(task_timeout)
+        payload = self._encode(func, tuple(args), kwds or {})
+        result = ApplyResult(self, callback, error_callback)
+        self._engine.submit(Task(CALL, payload, result._set, timeout))
+        return result
+
+    def _map_async(
+        self,
+        kind: int,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        task_timeout: Any,
+    ) -> MapResult:
+        self._check_running()
+        timeout = self._timeout(task_timeout)
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        length = len(iterable)  # type: ignore[arg-type]
+        if chunksize is None:
+            chunksize, extra = divmod(length, self._processes * 4)
+            if extra:
+                chunksize += 1
+        if length == 0:
+            chunksize = 1
+        if chunksize < 1:
+            msg = f"Chunksize must be 1+, not {chunksize}"
+            raise ValueError(msg)
+        items = iter(iterable)
+        chunks = []
+        while True:
+            chunk = list(islice(items, chunksize))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        payloads = [self._encode(func, chunk, None) for chunk in chunks]
+        result = MapResult(self, [len(c) for c in chunks], callback, error_callback)
+        tasks = [
+            Task(
+                kind,
+                payload,
+                partial(result._set_chunk, i),
+                None if timeout is None else timeout * len(chunks[i]),
+            )
+            for i, payload in enumerate(payloads)
+        ]
+        if tasks:
+            self._engine.submit_many(tasks)
+        return result
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> list[Any]:
+        """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error."""
+        return self._map_async(MAP, func, iterable, chunksize, None, None, task_timeout).get()
+
+    def map_async(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> MapResult:
+        """Start ``map``; return a ``MapResult``."""
+        return self._map_async(
+            MAP, func, iterable, chunksize, callback, error_callback, task_timeout
+        )
+
+    def starmap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> list[Any]:
+        """Like ``map`` with ``func(*args)`` for each ``args`` in ``iterable``."""
+        return self._map_async(STARMAP, func, iterable, chunksize, None, None, task_timeout).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> MapResult:
+        """Start ``starmap``; return a ``MapResult``."""
+        return self._map_async(
+            STARMAP, func, iterable, chunksize, callback, error_callback, task_timeout
+        )
+
+    def _imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int,
+        ordered: bool,
+        task_timeout: Any,
+    ) -> IMapIterator:
+        self._check_running()
+        timeout = self._timeout(task_timeout)
+        if chunksize < 1:
+            msg = f"Chunksize must be 1+, not {chunksize:n}"
+            raise ValueError(msg)
+        window = max(64, 16 * self._processes)
+        feed = Feed(
+            self._engine, self._encode, func, iterable, chunksize, MAP, timeout, window, ordered
+        )
+        self._feeds.add(feed)
+        feed.thread.name = f"corral-imap-feed-{id(feed):x}"
+        feed.start()
+        return IMapIterator(feed) if ordered else IMapUnorderedIterator(feed)
+
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> Iterator[Any]:
+        """Lazy ``map``: results in input order as they arrive."""
+        return self._imap(func, iterable, chunksize, True, task_timeout)
+
+    def imap_unordered(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        task_timeout: float | None = _DEFAULT,
+    ) -> Iterator[Any]:
+        """Lazy ``map``: results in completion order."""
+        return self._imap(func, iterable, chunksize, False, task_timeout)
+
+    # ----------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Accept no more work; workers exit once the submitted work is done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            for feed in list(self._feeds):
+                feed.lift_window()
+            self._engine.close()
+
+    def terminate(self) -> None:
+        """Stop the workers now; pending results fail with ``BrokenProcessPool``."""
+        self._state = TERMINATE
+        self._terminate()
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after ``close()`` or ``terminate()``).
+
+        Raises:
+            ValueError: the pool is still running.
+        """
+        if self._state == RUN:
+            msg = "Pool is still running"
+            raise ValueError(msg)
+        if self._state not in (CLOSE, TERMINATE):
+            msg = "In unknown state"
+            raise ValueError(msg)
+        for feed in list(self._feeds):
+            feed.thread.join()
+        self._feeds.clear()
+        self._engine.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+
+def _terminate_pool(engine: Engine, feeds: set[Feed]) -> None:
+    for feed in list(feeds):
+        feed.stop()
+    engine.stop(BrokenProcessPool("the pool was terminated before this task finished"))
+    engine.join()
+    for feed in list(feeds):
+        feed.thread.join()
+
+
+class ThreadPool(Pool):
+    """``Pool`` on threads: same API, objects are passed without pickling."""
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        task_timeout: float | None = None,
+    ) -> None:
+        super().__init__(processes, initializer, initargs, task_timeout=task_timeout)
+
+    def _make_spawner(
+        self,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks: int | None,
+        max_memory: int | None,
+    ) -> Any:
+        return ThreadSpawner(
+            initializer, initargs, max_tasks, "multiprocessing", "CorralThreadPoolWorker"
+        )
+
+    @staticmethod
+    def _encode(func: Any, args: Any, kwds: Any) -> Any:
+        return (func, args, kwds)
