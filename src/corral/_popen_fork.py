@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
+import warnings
 from typing import Any
 
 from . import util
@@ -52,6 +55,7 @@ class Popen:
         # Without pidfds, two pipes: the child holds exit_w until it exits (our
         # sentinel) and we hold parent_w until we exit (the child's view of us).
         pipes = None if HAVE_PIDFD else (os.pipe(), os.pipe())
+        _warn_if_threaded()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -122,3 +126,41 @@ class Popen:
         self.keepalive.clear()
         if self.finalizer is not None:
             self.finalizer()
+
+
+def _thread_count() -> int:
+    """Threads of this process at the OS level (Python and native ones)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+class _PoolThreadMarker(threading.local):
+    is_pool_engine = False
+
+
+# Set in a pool's engine thread: a pool always forks with its engine thread
+# running, so a warning on every worker start would say nothing new (the docs
+# explain when to prefer forkserver or spawn for pools).
+pool_engine_thread = _PoolThreadMarker()
+
+
+def _warn_if_threaded() -> None:
+    """Python 3.12+ warns in ``os.fork()`` when other threads run; do the same before 3.12.
+
+    The child gets a copy of every lock as it was at the fork, held or not, but
+    only the forking thread: a lock another thread held stays held forever in
+    the child. spawn and forkserver children start from a fresh interpreter.
+    """
+    if sys.version_info >= (3, 12) or pool_engine_thread.is_pool_engine:
+        return  # os.fork() warns by itself
+    count = _thread_count()
+    if count > 1:
+        warnings.warn(
+            f"This process (pid={os.getpid()}) is multi-threaded ({count} threads), use of "
+            "fork() may lead to deadlocks in the child. Use the spawn or forkserver start "
+            "method when threads are running.",
+            DeprecationWarning,
+            stacklevel=4,
+        )

@@ -121,11 +121,23 @@ class BaseContext:
         initializer: Any = None,
         initargs: Any = (),
         maxtasksperchild: int | None = None,
+        **options: Any,
     ) -> Any:
-        """A pool of worker processes of this context (``corral.pool.Pool``)."""
+        """A pool of worker processes of this context (``corral.pool.Pool``).
+
+        ``options`` are corral's extra keywords: ``task_timeout``,
+        ``max_memory_per_child``, ``isolate_failures``.
+        """
         from .pool import Pool
 
-        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
+        return Pool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context=self.get_context(),
+            **options,
+        )
 
     def get_context(self, method: str | None = None) -> BaseContext:
         """Return the context of a start method ('fork', 'spawn', 'forkserver').

@@ -49,7 +49,10 @@ def _on_interpreter_exit() -> None:
     global _interpreter_exiting
     _interpreter_exiting = True
     for executor in list(_live_executors):
-        executor.shutdown(wait=True)
+        # A forked child inherits this hook and copies of its parent's
+        # executors: those are not its own to shut down.
+        if executor._owner_pid == os.getpid():
+            executor.shutdown(wait=True)
 
 
 def _register_exit_hook() -> None:
@@ -123,6 +126,7 @@ class ProcessPoolExecutor(Executor):
         if task_timeout is not None and not task_timeout > 0:
             msg = f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
             raise ValueError(msg)
+        self._owner_pid = os.getpid()
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._task_timeout = task_timeout

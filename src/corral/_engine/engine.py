@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import _popen_fork
 from ..errors import (
     BrokenProcessPool,
     InitializerError,
@@ -63,9 +64,11 @@ from ..errors import (
     TaskTimeoutError,
     TaskUnpicklingError,
     WorkerLostError,
+    describe_exitcode,
 )
 from .handles import WorkerHandle
-from .protocol import EXITING, INIT_FAIL, OK, RAISED, RETIRING, UNREADABLE, UNSENDABLE
+from .protocol import PickleCodec
+from .protocol import EXITING, INIT_FAIL, OK, RAISED, RECEIVED, RETIRING, UNREADABLE, UNSENDABLE
 
 _log = logging.getLogger("multiprocessing")
 
@@ -232,6 +235,7 @@ class Engine:
 
         def take() -> None:
             self._absorb_incoming()
+            self._dispatch()  # what workers can take now runs; the rest is returned
             taken.extend(self._queue)
             self._queue.clear()
             done.set()
@@ -267,6 +271,7 @@ class Engine:
     # ----------------------------------------------------------- engine thread
 
     def _run(self) -> None:
+        _popen_fork.pool_engine_thread.is_pool_engine = True
         try:
             try:
                 self._start_first_workers()
@@ -447,6 +452,9 @@ class Engine:
             if status == INIT_FAIL:
                 self._on_initializer_failure(a, b)
                 return
+            if status == RECEIVED:
+                worker.received_upto = task_id
+                continue
             if status == RETIRING:
                 worker.stopping = True
                 self._requeue(worker)
@@ -488,8 +496,8 @@ class Engine:
                 worker.exit_status = a
                 worker.stopping = True
                 error = TaskExitError(
-                    f"the task called sys.exit({a!r}); its worker process {worker.pid} exited "
-                    "and was replaced, the other tasks continue",
+                    f"the task called sys.exit({a!r}); its worker process {worker.pid} exited with "
+                    f"{describe_exitcode(a)} and was replaced, the other tasks continue",
                     worker.pid,
                     a,
                 )
@@ -545,6 +553,12 @@ class Engine:
         self._selector.unregister(worker.death_fd)
         del self._workers[worker.worker_id]
         worker.close()
+        if (
+            worker.held
+            and worker.held[0].task_id > worker.received_upto
+            and worker.codec is PickleCodec
+        ):
+            self._requeue(worker)  # it died before reading them: nothing was started
         if worker.held:
             task = worker.held.popleft()
             error = WorkerLostError.for_worker(worker.pid, exitcode, "running this task")

@@ -43,6 +43,7 @@ class WorkerHandle:
         self.pid: int | None = None
         self.held: deque[Any] = deque()  # tasks sent and not yet reported, in order
         self.running_since = 0.0  # when the first held task started
+        self.received_upto = 0  # the worker has read every task with an id up to this
         self.tasks_sent = 0
         self.stopping = False  # told to exit, or about to: send it nothing more
         self.exit_status: int | None = None  # a task asked the worker to exit
@@ -87,6 +88,8 @@ class ProcessWorkerHandle(WorkerHandle):
             sent = os.write(self.channel_fd, frame)
         except BlockingIOError:
             sent = 0
+        except (BrokenPipeError, ConnectionResetError):
+            return True  # the worker is gone; its death returns what it held
         if sent < len(frame):
             self._outbuf.append(memoryview(frame)[sent:])
             return False
@@ -100,6 +103,9 @@ class ProcessWorkerHandle(WorkerHandle):
                 sent = os.write(self.channel_fd, chunk)
             except BlockingIOError:
                 return False
+            except (BrokenPipeError, ConnectionResetError):
+                self._outbuf.clear()
+                return True
             if sent < len(chunk):
                 self._outbuf[0] = chunk[sent:]
                 return False

@@ -15,11 +15,14 @@ UNREADABLE (type name, message)                    worker traceback text
 EXITING    exit code the task asked for            --
 INIT_FAIL  (type name, message)                    initializer traceback text
 RETIRING   --                                      --
+RECEIVED   --  (task_id = the last task of a batch the worker has just read)
 ========== ======================================= ==========================
 
 For process workers each result and exception is pickled on its own inside the
 record, so that one object the parent cannot unpickle fails only its own task;
 the record list itself holds only builtins and is unpickled safely.
+RECEIVED lets the engine tell a task the worker was running when it died
+(fails) from one still sitting unread in a dead worker's socket (requeued).
 Thread workers (``ThreadPool``) pass objects as they are.
 """
 
@@ -44,6 +47,7 @@ UNREADABLE = 3
 EXITING = 4
 INIT_FAIL = 5
 RETIRING = 6
+RECEIVED = 7
 
 _REPR_LIMIT = 300
 

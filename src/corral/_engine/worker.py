@@ -30,6 +30,7 @@ from .protocol import (
     EXITING,
     INIT_FAIL,
     MAP,
+    RECEIVED,
     RETIRING,
     UNREADABLE,
     ObjectCodec,
@@ -98,6 +99,7 @@ def serve(
     codec: Any,
     max_tasks: int | None,
     max_memory: int | None,
+    acknowledge: bool = True,
 ) -> int | None:
     """Run tasks until told to stop or recycled; return an exit status a task asked for."""
     held: deque[Any] = deque()
@@ -108,6 +110,8 @@ def serve(
             if batch is None:
                 return None
             held.extend(batch)
+            if acknowledge:
+                send([(RECEIVED, batch[-1][0], None, None)])
             continue
         task_id, kind, payload = held.popleft()
         record, exit_status = run_one(codec, task_id, kind, payload)
@@ -227,4 +231,4 @@ def thread_worker_main(
         except BaseException as exc:
             post([_report_initializer_failure(exc, logger_name)])
             return
-    serve(inbox.get, post, ObjectCodec, max_tasks, None)
+    serve(inbox.get, post, ObjectCodec, max_tasks, None, acknowledge=False)

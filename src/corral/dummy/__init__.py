@@ -27,6 +27,7 @@ __all__ = (
     "Manager",
     "Namespace",
     "Pipe",
+    "Pool",
     "Process",
     "Queue",
     "RLock",
@@ -150,6 +151,13 @@ def Manager() -> Any:
     import sys
 
     return sys.modules[__name__]
+
+
+def Pool(processes: int | None = None, initializer: Any = None, initargs: Any = ()) -> Any:
+    """A ``ThreadPool``: the ``Pool`` API on worker threads (``corral.pool.ThreadPool``)."""
+    from ..pool import ThreadPool
+
+    return ThreadPool(processes, initializer, initargs)
 
 
 def shutdown() -> None:

@@ -1,0 +1,142 @@
+"""Pool, ThreadPool and ProcessPoolExecutor: the stdlib API, under every start method."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import threading
+import time
+
+import pytest
+
+import corral
+import corral.dummy
+from corral.futures import ProcessPoolExecutor
+from corral.pool import ThreadPool
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def test_pool_calls(ctx):
+    with ctx.Pool(2) as pool:
+        assert pool.apply(square, (7,)) == 49
+        assert pool.map(square, range(20)) == [i * i for i in range(20)]
+        assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+        assert list(pool.imap(square, range(10), chunksize=3)) == [i * i for i in range(10)]
+        assert sorted(pool.imap_unordered(square, range(10))) == [i * i for i in range(10)]
+        got = []
+        r = pool.map_async(square, range(5), callback=got.append)
+        assert r.get(30) == [0, 1, 4, 9, 16] and r.successful()
+        r.wait(30)
+        assert got == [[0, 1, 4, 9, 16]]
+        closure_base = 10
+        assert pool.map(lambda x: x + closure_base, [1, 2]) == [11, 12]
+
+
+def test_pool_errors(ctx):
+    pool = ctx.Pool(1)
+    errors = []
+    r = pool.apply_async(fail, (1,), error_callback=errors.append)
+    with pytest.raises(ValueError, match="bad 1") as info:
+        r.get(30)
+    assert isinstance(info.value.__cause__, corral.pool.RemoteTraceback)
+    assert isinstance(errors[0], ValueError) and not r.successful()
+    with pytest.raises(ValueError, match="bad 3"):
+        pool.map(fail, [3])
+    it = pool.imap(fail, [4, 5])
+    with pytest.raises(ValueError, match="bad 4"):
+        next(it)
+    with pytest.raises(ValueError, match="bad 5"):
+        next(it)
+    assert pool.apply_async(square, (2,)).get(30) == 4  # the pool lives on
+    pool.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply_async(square, (1,))
+    pool.join()
+
+
+def test_pool_validation():
+    with pytest.raises(ValueError):
+        corral.Pool(0)
+    with pytest.raises(TypeError):
+        corral.Pool(1, initializer=3)
+    with pytest.raises(ValueError):
+        corral.Pool(1, maxtasksperchild=0)
+
+
+def test_get_timeout_and_terminate_fails_pending(ctx):
+    pool = ctx.Pool(1)
+    r = pool.apply_async(time.sleep, (30,))
+    with pytest.raises(corral.TimeoutError):
+        r.get(0.05)
+    pool.terminate()
+    pool.join()
+    with pytest.raises(corral.BrokenProcessPool):
+        r.get(10)
+
+
+def test_imap_reads_an_endless_input_lazily(ctx):
+    with ctx.Pool(2) as pool:
+        results = pool.imap(square, itertools.count(), chunksize=1)
+        assert [next(results) for _ in range(100)] == [i * i for i in range(100)]
+
+
+def test_thread_pool_passes_objects_by_reference():
+    lock = threading.Lock()
+    with ThreadPool(2) as pool:
+        assert pool.map(lambda obj: obj is lock, [lock, lock]) == [True, True]
+    with corral.dummy.Pool(2) as pool:
+        assert pool.map(square, [3]) == [9]
+
+
+def test_executor_api(ctx):
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        futures = [ex.submit(square, i) for i in range(50)]
+        assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == [
+            i * i for i in range(50)
+        ]
+        done, _ = cf.wait([ex.submit(add, 1, b=2)], timeout=30)
+        assert done.pop().result() == 3
+        assert list(ex.map(add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
+        with pytest.raises(ValueError):
+            ex.submit(fail, 9).result(30)
+        assert ex.submit(lambda: 5).result(30) == 5
+        bad = ex.submit(square, threading.Lock())
+        with pytest.raises(corral.errors.SerializationError):
+            bad.result(0)
+    with pytest.raises(RuntimeError):
+        ex.submit(square, 1)
+
+
+def test_executor_shutdown_cancel_and_kill(ctx):
+    ex = ProcessPoolExecutor(1, mp_context=ctx)
+    running = ex.submit(time.sleep, 30)
+    queued = [ex.submit(square, i) for i in range(5)]
+    ex.kill_workers()
+    with pytest.raises(corral.BrokenProcessPool):
+        running.result(10)
+    for f in queued:
+        assert f.cancelled() or isinstance(f.exception(10), corral.BrokenProcessPool)
+
+
+def test_executor_validation():
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        ProcessPoolExecutor(0)
+    with pytest.raises(TypeError):
+        ProcessPoolExecutor(1, initializer=5)
+    with pytest.raises(ValueError, match="chunksize"):
+        ProcessPoolExecutor(1).map(square, [1], chunksize=0)
+    assert issubclass(corral.futures.BrokenProcessPool, cf.BrokenExecutor)
+    assert issubclass(corral.WorkerLostError, corral.BrokenProcessPool)

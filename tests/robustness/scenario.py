@@ -1,0 +1,121 @@
+"""Run a pool scenario in a fresh interpreter and check that nothing survives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+PRELUDE = """
+import os, sys, signal, time, ctypes, threading
+import corral
+from corral.futures import ProcessPoolExecutor
+
+def square(x):
+    return x * x
+
+def suicide(sig):
+    os.kill(os.getpid(), sig)
+
+def segfault():
+    ctypes.string_at(0)
+
+def hard_exit(code):
+    os._exit(code)
+
+def soft_exit(code):
+    sys.exit(code)
+
+def hang(seconds=60):
+    threading.Event().wait(seconds)
+    return "woke"
+
+def pid_of_worker(_=None):
+    return os.getpid()
+"""
+
+
+def session_members(sid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def assert_no_survivors(sid: int, within: float = 3.0) -> None:
+    """Every process of the scenario's session is gone within ``within`` seconds."""
+    members = session_members(sid)
+    _gone, alive = psutil.wait_procs(members, timeout=within)
+    if alive:
+        for proc in alive:
+            proc.kill()
+        pytest.fail(f"processes left behind: {[p.pid for p in alive]}")
+
+
+class Scenario:
+    """A script started in its own session (so its whole process tree can be found)."""
+
+    def __init__(self, tmp_path: Path, body: str, *args: str) -> None:
+        script = tmp_path / "scenario.py"
+        script.write_text(PRELUDE + textwrap.dedent(body))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.sid = self.proc.pid
+
+    def wait_for_line(self, expected: str, timeout: float = 30) -> str:
+        """Read stdout lines until one starts with ``expected`` (hard deadline)."""
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                self.kill()
+                pytest.fail(f"no line starting with {expected!r} within {timeout}s")
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                self.kill()
+                pytest.fail(f"script ended before printing {expected!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            if line.startswith(expected):
+                return line.strip()
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"scenario timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+        assert_no_survivors(self.sid)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        for proc in session_members(self.sid):
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                continue
+
+
+def run(tmp_path: Path, body: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the scenario to the end; return (exit status, stdout, stderr)."""
+    return Scenario(tmp_path, body, *args).finish(timeout)
