@@ -17,18 +17,11 @@ __all__ = tuple(name for name in dir(_context._default_context) if not name.star
 
 globals().update((name, getattr(_context._default_context, name)) for name in __all__)
 
-from .errors import (  # noqa: E402  corral's own errors, beside the stdlib names
-    BrokenProcessPool as BrokenProcessPool,
-)
-from .errors import (
-    InitializerError as InitializerError,
-)
-from .errors import (
-    TaskTimeoutError as TaskTimeoutError,
-)
-from .errors import (
-    WorkerLostError as WorkerLostError,
-)
+# corral's own errors, beside the stdlib names.
+from .errors import BrokenProcessPool as BrokenProcessPool  # noqa: E402
+from .errors import InitializerError as InitializerError  # noqa: E402
+from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
+from .errors import WorkerLostError as WorkerLostError  # noqa: E402
 
 
 def __getattr__(name: str) -> object:

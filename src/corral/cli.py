@@ -26,7 +26,7 @@ _functions: dict[str, Callable[[Any], Any]] = {}
 
 
 def _resolve(spec: str) -> Callable[[Any], Any]:
-    fn = _functions.get(spec)
+    fn: Any = _functions.get(spec)
     if fn is None:
         module_name, _, attr = spec.partition(":")
         obj: Any = importlib.import_module(module_name)
@@ -72,7 +72,7 @@ def _progress(total: int | None) -> Any:
 
 def run_map(args: argparse.Namespace) -> int:
     """``corral map``: returns the exit status."""
-    from . import get_context
+    from .context import _default_context
     from .pool import Pool
 
     sys.path.insert(0, os.getcwd())
@@ -89,7 +89,7 @@ def run_map(args: argparse.Namespace) -> int:
     written = 0
     progress = _progress(None)
     out = sys.stdout
-    ctx = get_context(args.start_method)
+    ctx = _default_context.get_context(args.start_method)
     try:
         with Pool(args.workers, context=ctx, task_timeout=args.task_timeout) as pool:
             results = pool.imap(

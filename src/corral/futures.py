@@ -249,7 +249,7 @@ class ProcessPoolExecutor(Executor):
                 engine,
                 encode_call,
                 fn,
-                zip(*iterables),
+                zip(*iterables),  # noqa: B905  (map stops at the shortest, as the stdlib's)
                 chunksize,
                 STARMAP,
                 self._task_timeout,
@@ -318,12 +318,11 @@ class ProcessPoolExecutor(Executor):
         engine.join()
         _live_executors.discard(self)
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is not None and not issubclass(exc_type, Exception):
             self.terminate_workers()  # Ctrl-C: do not wait for running tasks
         else:
             self.shutdown(wait=True)
-        return False
 
 
 class _FutureSetter:

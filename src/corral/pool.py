@@ -119,7 +119,7 @@ class ApplyResult:
             self._event.set()
             self._pool = None
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 AsyncResult = ApplyResult
@@ -157,7 +157,7 @@ class MapResult(ApplyResult):
             self._success = False  # keep the first error only
             self._value = value
         if self._number_left == 0:
-            ApplyResult._set(self, self._success, self._value)
+            ApplyResult._set(self, bool(self._success), self._value)
 
 
 class IMapIterator:
@@ -300,7 +300,8 @@ class Pool:
         self._engine._call_soon(lambda: None)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} state={self._state} pool_size={self._processes}>"
 
     def __reduce__(self) -> Any:
         msg = "pool objects cannot be passed between processes or pickled"

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (scenario scripts and their expected lines read best unwrapped)
 """The robustness promises of issue 3, each in a fresh interpreter with a hard timeout.
 
 Every scenario ends with a check that no process of its session survives.
@@ -287,7 +288,7 @@ def test_ctrl_c_stops_everything(tmp_path, where, target):
         os.killpg(scenario.sid, signal.SIGINT)
     else:
         scenario.proc.send_signal(signal.SIGINT)
-    code, out, err = scenario.finish(timeout=30)
+    _code, out, err = scenario.finish(timeout=30)
     assert "interrupted" in out, err
     stamp = float(out.split("interrupted")[1].split()[0])
     assert stamp - sent < 2.0

@@ -16,10 +16,10 @@ How a task travels (``Pool.apply_async``, ``ProcessPoolExecutor.submit``)::
                                       queue ──▶ dispatch: each worker gets
                                       at most `prefetch` tasks; the engine
                                       records them in worker.held (FIFO)
-                                                  │  [(id, kind, payload), ...]
-                                                  └──────── private socket ──────▶ run in order,
-                                                                                  one record per task
-                                      read records ◀──────── private socket ────── [(OK, id, blob)]
+                                                  │ [(id, kind, payload)...]
+                                                  └──── private socket ────▶ run in order,
+                                                                          one record per task
+                                      read records ◀──── private socket ──── [(OK, id, blob)]
                                       held.popleft() is that task;
                                       unpickle result (errors fail
                                       only this task)
@@ -67,8 +67,17 @@ from ..errors import (
     describe_exitcode,
 )
 from .handles import WorkerHandle
-from .protocol import PickleCodec
-from .protocol import EXITING, INIT_FAIL, OK, RAISED, RECEIVED, RETIRING, UNREADABLE, UNSENDABLE
+from .protocol import (
+    EXITING,
+    INIT_FAIL,
+    OK,
+    RAISED,
+    RECEIVED,
+    RETIRING,
+    UNREADABLE,
+    UNSENDABLE,
+    PickleCodec,
+)
 
 _log = logging.getLogger("multiprocessing")
 
@@ -295,7 +304,7 @@ class Engine:
         started: list[tuple[Any, Callable[[], WorkerHandle]]] = []
         try:
             for _ in range(self.size):
-                started.append(self.spawner.start(next(self._worker_ids)))
+                started.append(self.spawner.start(next(self._worker_ids)))  # noqa: PERF401
         except BaseException:
             for proc, _make in started:
                 proc.terminate()
@@ -479,29 +488,31 @@ class Engine:
                     self._settle(task, True, value)
             elif status == RAISED:
                 try:
-                    exc = codec.decode_value(a)
+                    raised = codec.decode_value(a)
                 except BaseException as why:
                     self._settle(task, False, _with_cause(self._unreadable_result(why), b))
                 else:
-                    self._settle(task, False, _with_cause(exc, b))
+                    self._settle(task, False, _with_cause(raised, b))
             elif status == UNSENDABLE:
-                type_name, value_repr, reason = a
-                error = MaybeEncodingError(reason, value_repr)
-                self._settle(task, False, _with_cause(error, b))
+                _type_name, value_repr, reason = a
+                self._settle(task, False, _with_cause(MaybeEncodingError(reason, value_repr), b))
             elif status == UNREADABLE:
                 type_name, message = a
-                msg = f"the worker could not unpickle this task's function or arguments: {type_name}: {message}"
+                msg = (
+                    "the worker could not unpickle this task's function or arguments: "
+                    f"{type_name}: {message}"
+                )
                 self._settle(task, False, _with_cause(TaskUnpicklingError(msg), b))
             elif status == EXITING:
                 worker.exit_status = a
                 worker.stopping = True
-                error = TaskExitError(
+                exit_error = TaskExitError(
                     f"the task called sys.exit({a!r}); its worker process {worker.pid} exited with "
                     f"{describe_exitcode(a)} and was replaced, the other tasks continue",
                     worker.pid,
                     a,
                 )
-                self._settle(task, False, error)
+                self._settle(task, False, exit_error)
                 self._requeue(worker)
 
     @staticmethod
@@ -569,7 +580,7 @@ class Engine:
         elif not worker.stopping and self.state == RUNNING and not self.isolate_failures:
             self._break(
                 BrokenProcessPool(
-                    f"the pool is broken because a {WorkerLostError.for_worker(worker.pid, exitcode, 'idle')}"
+                    f"the pool is broken because a {WorkerLostError.for_worker(worker.pid, exitcode, 'idle')}"  # noqa: E501
                 )
             )
 

@@ -48,6 +48,19 @@ class WorkerHandle:
         self.stopping = False  # told to exit, or about to: send it nothing more
         self.exit_status: int | None = None  # a task asked the worker to exit
 
+    def send(self, message: Any) -> bool:
+        """Queue ``message`` for the worker; return True if nothing is left to write."""
+        raise NotImplementedError
+
+    def flush(self) -> bool:
+        raise NotImplementedError
+
+    def read_records(self) -> tuple[list[Any], bool]:
+        raise NotImplementedError
+
+    def drain(self) -> list[Any]:
+        raise NotImplementedError
+
     def exitcode(self) -> int | None:
         """Reap the worker (it has died) and return its exit code."""
         raise NotImplementedError
