@@ -9,6 +9,7 @@ corral and the stdlib alternately; medians and ratios are printed.
 from __future__ import annotations
 
 import concurrent.futures
+import faulthandler
 import multiprocessing
 import os
 import sys
@@ -20,6 +21,7 @@ from _harness import compare
 from corral.futures import ProcessPoolExecutor as CorralExecutor
 
 QUICK = "--quick" in sys.argv
+faulthandler.dump_traceback_later(600, exit=True)  # a benchmark must never hang
 
 
 def noop(x=None):
