@@ -65,15 +65,6 @@ def _register_exit_hook() -> None:
             _exit_hook_registered = True
 
 
-def _settle_future(future: Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
 class ProcessPoolExecutor(Executor):
     """Run calls in worker processes; see the module docstring.
 
@@ -334,7 +325,13 @@ class _FutureSetter:
         self.future = future
 
     def __call__(self, ok: bool, value: Any) -> None:
-        _settle_future(self.future, ok, value)
+        future = self.future
+        if future.done():  # cancelled, or already failed by a shutdown
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _close_engine(engine: Engine, feeds: set[Feed]) -> None:

@@ -76,7 +76,6 @@ from .protocol import (
     RETIRING,
     UNREADABLE,
     UNSENDABLE,
-    PickleCodec,
 )
 
 _log = logging.getLogger("multiprocessing")
@@ -135,8 +134,6 @@ class Engine:
             pool (the stdlib's executor behaviour); by default only the task
             the worker held fails.
         name: used for the engine thread's name.
-        claim: optional ``claim(task) -> bool`` called as a task is handed to a
-            worker; False drops it (used for cancelled futures).
     """
 
     def __init__(
@@ -540,8 +537,7 @@ class Engine:
             f"the pool's initializer raised {type_name}: {message}; the pool cannot run "
             "tasks. Fix the initializer and create a new pool."
         )
-        error.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
-        self._break(error)
+        self._break(_with_cause(error, tb_text))
 
     def _break(self, error: BaseException) -> None:
         """The pool can run nothing more: fail everything with ``error`` and stop."""
@@ -564,11 +560,7 @@ class Engine:
         self._selector.unregister(worker.death_fd)
         del self._workers[worker.worker_id]
         worker.close()
-        if (
-            worker.held
-            and worker.held[0].task_id > worker.received_upto
-            and worker.codec is PickleCodec
-        ):
+        if worker.held and worker.held[0].task_id > worker.received_upto:
             self._requeue(worker)  # it died before reading them: nothing was started
         if worker.held:
             task = worker.held.popleft()

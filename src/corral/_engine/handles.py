@@ -227,6 +227,8 @@ class ThreadWorkerHandle(WorkerHandle):
             pass  # the engine has a wake-up pending already
 
     def send(self, message: Any) -> bool:
+        if message:  # an in-process queue cannot lose a batch: it counts as read
+            self.received_upto = message[-1][0]
         self._inbox.put(message)
         return True
 
@@ -261,8 +263,6 @@ class ThreadWorkerHandle(WorkerHandle):
 
 class ProcessSpawner:
     """Starts worker processes with a context's ``Process``."""
-
-    kind = "process"
 
     def __init__(
         self,
@@ -315,8 +315,6 @@ class ProcessSpawner:
 
 class ThreadSpawner:
     """Starts ``ThreadPool`` worker threads."""
-
-    kind = "thread"
 
     def __init__(
         self,
