@@ -93,6 +93,16 @@ def test_imap_reads_an_endless_input_lazily(ctx):
         assert [next(results) for _ in range(100)] == [i * i for i in range(100)]
 
 
+def test_many_single_item_submissions_from_a_feed_thread_all_arrive():
+    # Regression: a lost engine wake-up left imap(chunksize=1) waiting forever
+    # after a few hundred items when the feed thread raced the engine thread.
+    with corral.get_context("fork").Pool(2) as pool:
+        for _ in range(3):
+            assert sum(pool.imap(square, range(5000), chunksize=1)) == sum(
+                i * i for i in range(5000)
+            )
+
+
 def test_thread_pool_passes_objects_by_reference():
     lock = threading.Lock()
     with ThreadPool(2) as pool:

@@ -344,12 +344,15 @@ class Engine:
             self._maybe_finish()
 
     def _on_wake(self) -> None:
-        self._wake_pending = False
+        # Drain first, then clear the flag: a submitter that sets the flag after
+        # this point also writes a byte, so the flag is never left set while the
+        # pipe is empty (which would make later submit() calls skip the wake-up).
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._wake_pending = False
         while self._requests:
             self._requests.popleft()()
 
