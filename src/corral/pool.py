@@ -38,6 +38,7 @@ from typing import Any
 from . import context as _context
 from . import util
 from ._engine import CALL, MAP, STARMAP, Engine, ProcessSpawner, Task, ThreadSpawner, encode_call
+from ._engine.direct import run_direct
 from ._engine.feed import Feed, FeedTimeout
 from .errors import BrokenProcessPool, TimeoutError
 from .errors import MaybeEncodingError as MaybeEncodingError
@@ -326,10 +327,31 @@ class Pool:
         return result
 
     def apply(
-        self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        *,
+        task_timeout: float | None = _DEFAULT,
     ) -> Any:
-        """Call ``func(*args, **kwds)`` in a worker and return its result."""
-        return self.apply_async(func, args, kwds).get()
+        """Call ``func(*args, **kwds)`` in a worker and return its result.
+
+        With an idle worker and no ``task_timeout`` the caller talks to the
+        worker itself, without the engine thread in between (``_engine.direct``).
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            SerializationError: ``func`` or an argument cannot be pickled.
+            Exception: whatever the call raised, with the remote traceback as cause.
+        """
+        self._check_running()
+        timeout = self._timeout(task_timeout)
+        payload = self._encode(func, tuple(args), kwds or {})
+        result = ApplyResult(self, None, None)
+        task = Task(CALL, payload, result._set, timeout)
+        if timeout is not None or not run_direct(self._engine, task):
+            self._engine.submit(task)
+        return result.get()
 
     def apply_async(
         self,

@@ -103,6 +103,61 @@ def test_many_single_item_submissions_from_a_feed_thread_all_arrive():
             )
 
 
+def _engine_settled(engine):
+    # Two requests in a row: the engine has finished the step in which it
+    # handled the first (and parked its idle workers) when the second runs.
+    for _ in range(2):
+        done = threading.Event()
+        engine._call_soon(done.set)
+        assert done.wait(10)
+
+
+def test_apply_on_an_idle_pool_bypasses_the_engine_thread(ctx):
+    with ctx.Pool(2) as pool:
+        assert pool.apply(square, (3,)) == 9
+        engine = pool._engine
+        _engine_settled(engine)
+        assert len(engine._parked) == 2
+
+        def no_engine(task):
+            raise AssertionError("apply went through the engine thread")
+
+        engine.submit = no_engine
+        assert [pool.apply(square, (i,)) for i in range(50)] == [i * i for i in range(50)]
+        with pytest.raises(ValueError, match="bad 2") as info:
+            pool.apply(fail, (2,))
+        assert isinstance(info.value.__cause__, corral.pool.RemoteTraceback)
+        del engine.submit
+        # Queued work takes the parked workers back; apply then queues as usual.
+        results = [pool.apply_async(square, (i,)) for i in range(100)]
+        assert pool.apply(square, (12,)) == 144
+        assert [r.get(30) for r in results] == [i * i for i in range(100)]
+
+
+def test_apply_with_a_task_timeout_is_still_enforced(ctx):
+    with ctx.Pool(1) as pool:
+        assert pool.apply(square, (2,)) == 4
+        with pytest.raises(corral.TaskTimeoutError):
+            pool.apply(time.sleep, (30,), task_timeout=0.2)
+        assert pool.apply(square, (5,)) == 25
+
+
+def test_thread_pool_terminate_does_not_wait_for_busy_threads():
+    release = threading.Event()
+    pool = ThreadPool(2)
+    threads = list(pool._pool)
+    result = pool.map_async(lambda _: release.wait(60), range(100), chunksize=1)
+    pool.terminate()
+    pool.join()  # returns although both threads are still inside a task
+    assert not release.is_set()
+    with pytest.raises(corral.BrokenProcessPool):
+        result.get(10)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()  # the abandoned threads ran nothing more
+
+
 def test_thread_pool_passes_objects_by_reference():
     lock = threading.Lock()
     with ThreadPool(2) as pool:

@@ -36,6 +36,12 @@ if __name__ == "__main__":
             print("lost", type(exc).__name__, expected in str(exc), exc.pid is not None)
         print("others", [r.get(30) for r in good + more] == [i * i for i in range(40)])
         print("after", pool.map(square, range(10)) == [i * i for i in range(10)])
+        # The pool is idle now: apply() talks to a parked worker directly.
+        try:
+            pool.apply(fn, args)
+        except corral.WorkerLostError as exc:
+            print("direct lost", expected in str(exc))
+        print("direct after", [pool.apply(square, (i,)) for i in range(3)])
     with ProcessPoolExecutor(2, mp_context=ctx) as ex:
         futures = [ex.submit(square, i) for i in range(10)]
         bad = ex.submit(fn, *args)
@@ -56,6 +62,7 @@ def test_worker_death_fails_only_its_task(tmp_path, kind):
         "TaskExitError", "WorkerLostError"
     )
     assert "others True" in out and "after True" in out
+    assert "direct lost True" in out and "direct after [0, 1, 4]" in out
     assert (
         "executor lost True" in out and "executor others True" in out and "executor after 9" in out
     )
@@ -266,6 +273,12 @@ if __name__ == "__main__":
                 fs = [ex.submit(hang) for _ in range(4)]
                 print("ready", flush=True)
                 fs[0].result()
+        elif where == "apply":
+            with ctx.Pool(2) as pool:
+                for i in range(20):
+                    pool.apply(square, (i,))  # idle workers are parked: apply goes direct
+                print("ready", flush=True)
+                pool.apply(hang)
         else:
             with ctx.Pool(2) as pool:
                 print("ready", flush=True)
@@ -275,7 +288,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("where", ["pool", "executor"])
+@pytest.mark.parametrize("where", ["pool", "apply", "executor"])
 @pytest.mark.parametrize("target", ["parent", "group"])
 def test_ctrl_c_stops_everything(tmp_path, where, target):
     import os

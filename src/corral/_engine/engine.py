@@ -57,12 +57,8 @@ from .. import _popen_fork
 from ..errors import (
     BrokenProcessPool,
     InitializerError,
-    MaybeEncodingError,
-    RemoteTraceback,
-    ResultUnpicklingError,
     TaskExitError,
     TaskTimeoutError,
-    TaskUnpicklingError,
     WorkerLostError,
     describe_exitcode,
 )
@@ -70,12 +66,10 @@ from .handles import WorkerHandle
 from .protocol import (
     EXITING,
     INIT_FAIL,
-    OK,
-    RAISED,
     RECEIVED,
     RETIRING,
-    UNREADABLE,
-    UNSENDABLE,
+    outcome_of,
+    with_cause,
 )
 
 _log = logging.getLogger("multiprocessing")
@@ -93,12 +87,6 @@ RUNNING = "running"
 CLOSING = "closing"  # finish the queued work, then stop the workers
 STOPPING = "stopping"  # stop the workers now
 STOPPED = "stopped"
-
-
-def _with_cause(exc: BaseException, tb_text: str | None) -> BaseException:
-    if tb_text:
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
-    return exc
 
 
 class Task:
@@ -158,6 +146,14 @@ class Engine:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self._holds = 0  # front-end feeders still submitting after close()
+        # Parked workers: idle process workers whose channel the engine does not
+        # watch, so that a synchronous caller may borrow one (see direct.py).
+        # Guarded by _lend_lock, the one piece of state callers touch.
+        self._lend_lock = threading.Lock()
+        self._parked: list[WorkerHandle] = []
+        self._lent = 0  # workers a caller is using right now
+        self._want_back = False  # the engine needs lent workers back (work queued, closing)
+        self._lending = spawner.lendable and not spawner.max_tasks
         self._avg_task_time = 0.0
         self._stop_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -272,7 +268,7 @@ class Engine:
                 task = self._incoming.popleft()
             except IndexError:
                 return
-            self._settle(task, False, error)
+            self.settle(task, False, error)
 
     # ----------------------------------------------------------- engine thread
 
@@ -342,6 +338,8 @@ class Engine:
             self._dispatch()
             self._top_up()
             self._maybe_finish()
+            if self._lending and self.state == RUNNING and not self._queue:
+                self._park_idle()
 
     def _on_wake(self) -> None:
         # Drain first, then clear the flag: a submitter that sets the flag after
@@ -365,7 +363,7 @@ class Engine:
             while incoming:
                 task = incoming.popleft()
                 if error is not None:
-                    self._settle(task, False, error)
+                    self.settle(task, False, error)
             return
         queue = self._queue
         ids = self._task_ids
@@ -388,6 +386,8 @@ class Engine:
         queue = self._queue
         if not queue:
             return
+        if self._parked:
+            self._unpark_all()
         limit = self._prefetch()
         quota = self.spawner.max_tasks
         ready = [w for w in self._workers.values() if not w.stopping and len(w.held) < limit]
@@ -424,6 +424,8 @@ class Engine:
                 worker.stopping = True  # it retires after these; send it nothing more
             if not queue:
                 break
+        if queue and self._lent:
+            self._want_back = True
 
     def _arm_deadline(self, worker: WorkerHandle, task: Task, now: float) -> None:
         if task.timeout is not None:
@@ -444,7 +446,7 @@ class Engine:
 
     def _doom(self, worker: WorkerHandle, error: BaseException) -> None:
         """Fail the worker's running task with ``error``, requeue the rest, stop the worker."""
-        self._settle(worker.held.popleft(), False, error)
+        self.settle(worker.held.popleft(), False, error)
         self._requeue(worker)
         worker.stopping = True
         worker.kill(hard=False)
@@ -479,31 +481,10 @@ class Engine:
             worker.running_since = now
             if held:
                 self._arm_deadline(worker, held[0], now)
-            if status == OK:
-                try:
-                    value = codec.decode_value(a)
-                except BaseException as exc:  # includes SystemExit from a __reduce__
-                    self._settle(task, False, self._unreadable_result(exc))
-                else:
-                    self._settle(task, True, value)
-            elif status == RAISED:
-                try:
-                    raised = codec.decode_value(a)
-                except BaseException as why:
-                    self._settle(task, False, _with_cause(self._unreadable_result(why), b))
-                else:
-                    self._settle(task, False, _with_cause(raised, b))
-            elif status == UNSENDABLE:
-                _type_name, value_repr, reason = a
-                self._settle(task, False, _with_cause(MaybeEncodingError(reason, value_repr), b))
-            elif status == UNREADABLE:
-                type_name, message = a
-                msg = (
-                    "the worker could not unpickle this task's function or arguments: "
-                    f"{type_name}: {message}"
-                )
-                self._settle(task, False, _with_cause(TaskUnpicklingError(msg), b))
-            elif status == EXITING:
+            if status != EXITING:
+                ok, value = outcome_of(codec, status, a, b)
+                self.settle(task, ok, value)
+            else:
                 worker.exit_status = a
                 worker.stopping = True
                 exit_error = TaskExitError(
@@ -512,17 +493,11 @@ class Engine:
                     worker.pid,
                     a,
                 )
-                self._settle(task, False, exit_error)
+                self.settle(task, False, exit_error)
                 self._requeue(worker)
 
-    @staticmethod
-    def _unreadable_result(exc: BaseException) -> BaseException:
-        msg = f"could not unpickle a task's result in the parent: {type(exc).__name__}: {exc}"
-        error = ResultUnpicklingError(msg)
-        error.__cause__ = exc if isinstance(exc, Exception) else None
-        return error
-
-    def _settle(self, task: Task, ok: bool, value: Any) -> None:
+    def settle(self, task: Task, ok: bool, value: Any) -> None:
+        """Deliver a task's outcome (any thread); a failing user callback is logged."""
         try:
             task.on_done(ok, value)
         except BaseException:  # a user callback failed: report it, keep the pool alive
@@ -540,7 +515,7 @@ class Engine:
             f"the pool's initializer raised {type_name}: {message}; the pool cannot run "
             "tasks. Fix the initializer and create a new pool."
         )
-        self._break(_with_cause(error, tb_text))
+        self._break(with_cause(error, tb_text))
 
     def _break(self, error: BaseException) -> None:
         """The pool can run nothing more: fail everything with ``error`` and stop."""
@@ -557,6 +532,14 @@ class Engine:
             pass
 
     def _on_death(self, worker: WorkerHandle) -> None:
+        with self._lend_lock:
+            if worker.lent:  # its borrower sees the death too and hands it back
+                worker.death_seen = True
+                self._selector.unregister(worker.death_fd)
+                return
+            if worker.parked:
+                self._parked.remove(worker)
+                worker.parked = False
         self._on_records(worker, worker.drain())
         exitcode = worker.exitcode()
         self._unwatch_channel(worker)
@@ -568,7 +551,7 @@ class Engine:
         if worker.held:
             task = worker.held.popleft()
             error = WorkerLostError.for_worker(worker.pid, exitcode, "running this task")
-            self._settle(task, False, error)
+            self.settle(task, False, error)
             self._requeue(worker)
             if not self.isolate_failures:
                 self._break(BrokenProcessPool(f"the pool is broken because a {error}"))
@@ -597,6 +580,111 @@ class Engine:
                 return
             self._adopt(make())
             live += 1
+
+    # ----------------------------------------------------------- lending
+
+    def _park_idle(self) -> None:
+        for worker in self._workers.values():
+            if (
+                not worker.held
+                and not worker.stopping
+                and not worker.parked
+                and not worker.lent
+                and worker.flush()
+            ):
+                self._selector.unregister(worker.channel_fd)
+                with self._lend_lock:
+                    worker.parked = True
+                    self._parked.append(worker)
+
+    def _unpark_all(self) -> None:
+        with self._lend_lock:
+            parked = self._parked
+            self._parked = []
+            self._want_back = False
+            for worker in parked:
+                worker.parked = False
+        for worker in parked:
+            self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))
+
+    def borrow(self) -> WorkerHandle | None:
+        """(Caller thread) Take a parked worker for one direct call, or None."""
+        if not self._parked:
+            return None
+        with self._lend_lock:
+            if not self._parked or self.state != RUNNING or self._want_back:
+                return None
+            worker = self._parked.pop()
+            worker.parked = False
+            worker.lent = True
+            self._lent += 1
+            return worker
+
+    def give_back(self, worker: WorkerHandle) -> None:
+        """(Caller thread) Return a borrowed worker after a clean call."""
+        with self._lend_lock:
+            if not worker.death_seen:
+                worker.lent = False
+                self._lent -= 1
+                worker.parked = True
+                self._parked.append(worker)
+                if self._want_back or self.state != RUNNING:
+                    self._wake()
+                return
+        self.hand_back(worker, None, [], closed=False)  # it died: the engine must see to it
+
+    def hand_back(
+        self,
+        worker: WorkerHandle,
+        task: Task | None,
+        records: list[Any],
+        *,
+        closed: bool,
+        retire: bool = False,
+        sent: bool = True,
+    ) -> None:
+        """(Caller thread) Give a borrowed worker and its unfinished call to the engine.
+
+        ``retire``: the caller was interrupted and cannot tell what the worker
+        got; the worker is told to finish what it has and exit.
+        """
+        self._call_soon(lambda: self._take_back(worker, task, records, closed, retire, sent))
+        if self.stopped.is_set() and task is not None:  # too late: nobody will answer
+            self.settle(task, False, BrokenProcessPool("the pool has shut down"))
+
+    def new_task_id(self) -> int:
+        return next(self._task_ids)
+
+    def _take_back(
+        self,
+        worker: WorkerHandle,
+        task: Task | None,
+        records: list[Any],
+        closed: bool,
+        retire: bool,
+        sent: bool,
+    ) -> None:
+        with self._lend_lock:
+            worker.lent = False
+            self._lent -= 1
+        if task is not None:
+            if self.state == STOPPING and self._stop_error is not None:
+                self.settle(task, False, self._stop_error)
+            elif not sent:
+                self._queue.appendleft(task)
+            else:
+                worker.held.appendleft(task)
+                worker.running_since = time.monotonic()
+        if not closed:
+            self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))
+            if retire and not worker.stopping:
+                worker.stopping = True
+                self._send(worker, None)
+            elif not worker.flush():
+                self._send_pending(worker)
+        if worker.death_seen:
+            self._selector.register(worker.death_fd, selectors.EVENT_READ, (_DEATH, worker))
+        self._on_records(worker, records)
 
     # ----------------------------------------------------------- timers
 
@@ -635,7 +723,7 @@ class Engine:
             self._stop_worker(worker, error, hard)
         if error is not None:
             for task in queued:
-                self._settle(task, False, error)
+                self.settle(task, False, error)
         self._maybe_finish()
 
     def _stop_worker(self, worker: WorkerHandle, error: BaseException | None, hard: bool) -> None:
@@ -644,7 +732,7 @@ class Engine:
         worker.stopping = True
         if error is not None:
             for task in held:
-                self._settle(task, False, error)
+                self.settle(task, False, error)
         worker.kill(hard=hard)
         self._add_timer(time.monotonic() + _KILL_GRACE, lambda: self._kill_if_alive(worker))
 
@@ -653,11 +741,17 @@ class Engine:
             worker.kill(hard=True)
 
     def _maybe_finish(self) -> None:
+        if self.state == RUNNING:
+            return
+        if self._parked:
+            self._unpark_all()
+        if self._lent:
+            self._want_back = True
         if self.state == CLOSING:
             if self._queue or self._incoming or self._holds > 0:
                 return
             for worker in self._workers.values():
-                if not worker.held and not worker.stopping:
+                if not worker.held and not worker.stopping and not worker.lent:
                     worker.stopping = True
                     self._send(worker, None)
         if self.state in (CLOSING, STOPPING) and not self._workers:
@@ -665,18 +759,22 @@ class Engine:
 
     def _send(self, worker: WorkerHandle, message: Any) -> None:
         if not worker.send(message):
-            self._selector.modify(
-                worker.channel_fd, selectors.EVENT_READ | selectors.EVENT_WRITE, (_CHANNEL, worker)
-            )
+            self._send_pending(worker)
+
+    def _send_pending(self, worker: WorkerHandle) -> None:
+        """Watch the channel for room to write what ``worker`` still has queued."""
+        self._selector.modify(
+            worker.channel_fd, selectors.EVENT_READ | selectors.EVENT_WRITE, (_CHANNEL, worker)
+        )
 
     def _kill_all_now(self, error: BaseException) -> None:
         for worker in list(self._workers.values()):
             for task in worker.held:
-                self._settle(task, False, error)
+                self.settle(task, False, error)
             worker.held.clear()
             worker.kill(hard=True)
         for task in self._queue:
-            self._settle(task, False, error)
+            self.settle(task, False, error)
         self._queue.clear()
         for worker in list(self._workers.values()):
             try:

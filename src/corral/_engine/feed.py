@@ -6,6 +6,11 @@ chunks outstanding (submitted but not yet taken by the consumer), so an endless
 generator never fills memory. The consumer takes chunk outcomes in input order
 (``ordered``) or as they complete.
 
+Hand-offs between the three threads go through C-level ``queue.SimpleQueue``s,
+never a Python ``Condition``: the engine puts each outcome on ``_outcomes``; the
+consumer reorders them itself; it returns window credits to the feed thread in
+batches of half a window, so neither side wakes the other once per item.
+
 ``lift_window()`` (on ``Pool.close()`` / ``Executor.shutdown()``) lets the feed
 submit the rest without waiting for the consumer, so that closing and joining a
 pool still runs all of the work, as with the stdlib. ``stop()`` (terminate, or
@@ -15,6 +20,7 @@ the consumer dropped the iterator) stops it. The feed holds the engine open
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -24,6 +30,12 @@ from itertools import islice
 from typing import Any
 
 from .engine import Engine, Task
+
+# Messages on the credit queue besides a number of chunks taken.
+_LIFT = -1
+_STOP = -2
+# The feed thread's message on the outcome queue once the input is exhausted.
+_END = object()
 
 
 class FeedTimeout(Exception):
@@ -52,16 +64,19 @@ class Feed:
         self._chunksize = chunksize
         self._kind = kind
         self._task_timeout = task_timeout
-        self._window: int | None = window
+        self._window = window
         self._ordered = ordered
-        self._cond = threading.Condition(threading.Lock())
+        self._stopped = False
+        self._credits: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Consumer side (under _take_lock): outcomes received but not yet taken.
+        self._take_lock = threading.Lock()
         self._by_index: dict[int, tuple[bool, Any]] = {}
         self._done: deque[tuple[bool, Any]] = deque()
-        self._next_index = 0
-        self._submitted = 0
+        self._next_index = 0  # ordered: the index to hand out next
         self._taken = 0
+        self._uncredited = 0  # taken but not yet returned to the feed as credit
         self._length: int | None = None  # chunks in all, once the input is exhausted
-        self._stopped = False
         self.thread = threading.Thread(target=self._run, name="corral-feed", daemon=True)
 
     def start(self) -> None:
@@ -69,14 +84,13 @@ class Feed:
         self.thread.start()
 
     def lift_window(self) -> None:
-        with self._cond:
-            self._window = None
-            self._cond.notify_all()
+        self._credits.put(_LIFT)
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
+        self._stopped = True
+        self._credits.put(_STOP)
+
+    # ----------------------------------------------------------- feed thread
 
     def _run(self) -> None:
         index = 0
@@ -88,17 +102,18 @@ class Feed:
                 index += 1
                 return
             del self._iterable
-            cond = self._cond
-            while True:
-                with cond:
-                    while (
-                        not self._stopped
-                        and self._window
-                        and self._submitted - self._taken >= self._window
-                    ):
-                        cond.wait()
-                    if self._stopped:
+            window: int | None = self._window
+            outstanding = 0
+            credits = self._credits
+            while not self._stopped:
+                while window is not None and outstanding >= window:
+                    credit = credits.get()
+                    if credit == _STOP:
                         return
+                    if credit == _LIFT:
+                        window = None
+                    else:
+                        outstanding -= credit
                 try:
                     chunk = list(islice(iterator, self._chunksize))
                     if not chunk:
@@ -109,44 +124,70 @@ class Feed:
                     index += 1
                     return
                 timeout = None if self._task_timeout is None else self._task_timeout * len(chunk)
-                with cond:
-                    self._submitted += 1
                 self._engine.submit(Task(self._kind, payload, partial(self._put, index), timeout))
                 index += 1
+                outstanding += 1
                 del chunk, payload
         finally:
-            with self._cond:
-                self._length = index
-                self._cond.notify_all()
+            self._outcomes.put((_END, index))
             self._engine.release()
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            if self._ordered:
-                self._by_index[index] = (ok, value)
-            else:
-                self._done.append((ok, value))
-            self._cond.notify_all()
+        self._outcomes.put((index, (ok, value)))
+
+    # ----------------------------------------------------------- consumer
 
     def take(self, deadline: float | None) -> tuple[bool, Any]:
         """The next chunk's (ok, value); StopIteration at the end, FeedTimeout past ``deadline``."""
-        with self._cond:
+        if not self._take_lock.acquire(timeout=_remaining(deadline)):
+            raise FeedTimeout
+        try:
             while True:
-                if self._ordered:
-                    entry = self._by_index.pop(self._next_index, None)
-                else:
-                    entry = self._done.popleft() if self._done else None
+                entry = self._pop_ready()
                 if entry is not None:
-                    self._next_index += 1
-                    self._taken += 1
-                    self._cond.notify_all()
+                    self._credit()
                     return entry
-                if self._length is not None and self._next_index >= self._length:
+                if self._length is not None and self._taken >= self._length:
                     raise StopIteration
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise FeedTimeout
-                    self._cond.wait(remaining)
+                self._receive(self._next_outcome(deadline))
+                outcomes = self._outcomes
+                while not outcomes.empty():  # everything that is here already, in one go
+                    self._receive(outcomes.get_nowait())
+        finally:
+            self._take_lock.release()
+
+    def _pop_ready(self) -> tuple[bool, Any] | None:
+        if self._ordered:
+            entry = self._by_index.pop(self._next_index, None)
+            if entry is not None:
+                self._next_index += 1
+            return entry
+        return self._done.popleft() if self._done else None
+
+    def _next_outcome(self, deadline: float | None) -> Any:
+        try:
+            if deadline is None:
+                return self._outcomes.get()
+            return self._outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise FeedTimeout from None
+
+    def _receive(self, message: tuple[Any, Any]) -> None:
+        index, entry = message
+        if index is _END:
+            self._length = entry
+        elif self._ordered:
+            self._by_index[index] = entry
+        else:
+            self._done.append(entry)
+
+    def _credit(self) -> None:
+        self._taken += 1
+        self._uncredited += 1
+        if self._uncredited * 2 >= self._window:
+            self._credits.put(self._uncredited)
+            self._uncredited = 0
+
+
+def _remaining(deadline: float | None) -> float:
+    return -1 if deadline is None else max(0.0, deadline - time.monotonic())

@@ -47,6 +47,10 @@ class WorkerHandle:
         self.tasks_sent = 0
         self.stopping = False  # told to exit, or about to: send it nothing more
         self.exit_status: int | None = None  # a task asked the worker to exit
+        # Lending (see Engine.borrow), guarded by the engine's _lend_lock.
+        self.parked = False  # idle, channel unwatched, free to borrow
+        self.lent = False  # a caller thread is using the channel
+        self.death_seen = False  # the engine saw it die while it was lent
 
     def send(self, message: Any) -> bool:
         """Queue ``message`` for the worker; return True if nothing is left to write."""
@@ -85,7 +89,9 @@ class ProcessWorkerHandle(WorkerHandle):
         self.channel_fd = conn.fileno()
         os.set_blocking(self.channel_fd, False)
         self.death_fd = process.sentinel
-        self._inbuf = bytearray()
+        self._inbuf = bytearray()  # the start of a frame not yet complete
+        self._rbuf = bytearray(_READ_SIZE)
+        self._rview = memoryview(self._rbuf)
         self._outbuf: deque[memoryview] = deque()
 
     def send(self, message: Any) -> bool:
@@ -127,23 +133,26 @@ class ProcessWorkerHandle(WorkerHandle):
 
     def read_records(self) -> tuple[list[Any], bool]:
         """Read what has arrived; return (records, channel_closed)."""
+        # Read into one reused buffer: a fresh 256 KiB bytes object per read
+        # would cost an mmap/munmap pair (it is above malloc's mmap threshold).
         try:
-            data = os.read(self.channel_fd, _READ_SIZE)
+            n = os.readv(self.channel_fd, [self._rbuf])
         except BlockingIOError:
             return [], False
         except OSError:
             return [], True
-        if not data:
+        if not n:
             return [], True
-        buf = self._inbuf
-        if buf:
-            buf += data
-            view: Any = buf
+        partial = self._inbuf
+        if partial:  # the rest of a frame begun earlier: append (amortized, even for big frames)
+            partial += self._rview[:n]
+            view: Any = partial
+            end = len(partial)
         else:
-            view = data
+            view = self._rview
+            end = n
         records: list[Any] = []
         pos = 0
-        end = len(view)
         while end - pos >= 4:
             (size,) = _HEADER.unpack_from(view, pos)
             start = pos + 4
@@ -156,10 +165,10 @@ class ProcessWorkerHandle(WorkerHandle):
                 break
             records.extend(pickle.loads(view[start : start + size]))
             pos = start + size
-        if pos < end:
-            self._inbuf = bytearray(view[pos:])
-        elif buf:
-            self._inbuf = bytearray()
+        if partial:
+            del partial[:pos]
+        elif pos < end:
+            self._inbuf = bytearray(view[pos:end])
         return records, False
 
     def drain(self) -> list[Any]:
@@ -194,7 +203,14 @@ class ProcessWorkerHandle(WorkerHandle):
 
 
 class ThreadWorkerHandle(WorkerHandle):
-    """A ``ThreadPool`` worker thread; objects travel through in-process queues."""
+    """A ``ThreadPool`` worker thread; objects travel through in-process queues.
+
+    A thread cannot be killed: ``kill`` asks it to stop and *abandons* it, so
+    the engine stops waiting at once (the stdlib's ``ThreadPool.terminate``
+    does not wait for busy threads either). The thread may still be running a
+    task afterwards, so the pipes are closed by whichever side is last, under
+    ``_fd_lock``.
+    """
 
     codec = ObjectCodec
 
@@ -206,6 +222,10 @@ class ThreadWorkerHandle(WorkerHandle):
         self.death_fd, self._death_w = os.pipe()
         os.set_blocking(self.channel_fd, False)
         os.set_blocking(self._wake_w, False)
+        self._fd_lock = threading.Lock()
+        self._finished = False  # the thread has returned
+        self._abandoned = False  # kill() was called: the engine no longer waits for it
+        self._closed = False  # the engine is done with the handle
         self.process = threading.Thread(
             target=self._run,
             args=(spawner.initializer, spawner.initargs, spawner.max_tasks, spawner.logger_name),
@@ -215,16 +235,27 @@ class ThreadWorkerHandle(WorkerHandle):
 
     def _run(self, *args: Any) -> None:
         try:
-            thread_worker_main(self._inbox, self._post, *args)
+            thread_worker_main(self._inbox, self._post, self._is_abandoned, *args)
         finally:
-            os.close(self._death_w)
+            with self._fd_lock:
+                self._finished = True
+                if self._closed:
+                    os.close(self._wake_w)
+                if not self._abandoned or self._closed:
+                    os.close(self._death_w)
+
+    def _is_abandoned(self) -> bool:
+        return self._abandoned
 
     def _post(self, records: list[Any]) -> None:
         self._results.append(records)
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the engine has a wake-up pending already
+        with self._fd_lock:
+            if self._closed:
+                return  # abandoned: nobody reads this any more
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the engine has a wake-up pending already
 
     def send(self, message: Any) -> bool:
         if message:  # an in-process queue cannot lose a batch: it counts as read
@@ -249,20 +280,33 @@ class ThreadWorkerHandle(WorkerHandle):
         return self.read_records()[0]
 
     def exitcode(self) -> int | None:
-        self.process.join()
+        if not self._abandoned:
+            self.process.join()  # it has returned (closed its death pipe): a short wait
         return 0 if self.exit_status is None else self.exit_status
 
     def kill(self, hard: bool) -> None:
-        self._inbox.put(None)  # threads cannot be killed; ask, and stop waiting
+        self._inbox.put(None)  # ask it to stop after its current task...
+        with self._fd_lock:
+            if self._abandoned or self._finished:
+                return
+            self._abandoned = True
+            os.write(self._death_w, b"\0")  # ...and let the engine see it as gone now
 
     def close(self) -> None:
-        os.close(self.channel_fd)
-        os.close(self._wake_w)
-        os.close(self.death_fd)
+        with self._fd_lock:
+            self._closed = True
+            os.close(self.channel_fd)
+            os.close(self.death_fd)
+            if self._finished:
+                os.close(self._wake_w)
+                if self._abandoned:
+                    os.close(self._death_w)
 
 
 class ProcessSpawner:
     """Starts worker processes with a context's ``Process``."""
+
+    lendable = True  # a caller thread may use a worker's channel directly (direct.py)
 
     def __init__(
         self,
@@ -315,6 +359,8 @@ class ProcessSpawner:
 
 class ThreadSpawner:
     """Starts ``ThreadPool`` worker threads."""
+
+    lendable = False
 
     def __init__(
         self,

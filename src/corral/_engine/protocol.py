@@ -33,6 +33,12 @@ import traceback
 from typing import Any
 
 from .. import reduction
+from ..errors import (
+    MaybeEncodingError,
+    RemoteTraceback,
+    ResultUnpicklingError,
+    TaskUnpicklingError,
+)
 
 # Task kinds.
 CALL = 0
@@ -135,3 +141,38 @@ class ObjectCodec:
     @staticmethod
     def decode_value(blob: Any) -> Any:
         return blob
+
+
+def with_cause(exc: BaseException, tb_text: str | None) -> BaseException:
+    """Attach the worker's traceback text to ``exc`` as its ``__cause__``."""
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
+    return exc
+
+
+def outcome_of(codec: Any, status: int, a: Any, b: Any) -> tuple[bool, Any]:
+    """The (ok, value) a task's final record stands for (not EXITING)."""
+    if status == OK:
+        try:
+            return True, codec.decode_value(a)
+        except BaseException as exc:  # includes SystemExit from a __reduce__
+            return False, _unreadable_result(exc)
+    if status == RAISED:
+        try:
+            raised = codec.decode_value(a)
+        except BaseException as why:
+            return False, with_cause(_unreadable_result(why), b)
+        return False, with_cause(raised, b)
+    if status == UNSENDABLE:
+        _type_name, value_repr, reason = a
+        return False, with_cause(MaybeEncodingError(reason, value_repr), b)
+    type_name, message = a  # UNREADABLE
+    msg = f"the worker could not unpickle this task's function or arguments: {type_name}: {message}"
+    return False, with_cause(TaskUnpicklingError(msg), b)
+
+
+def _unreadable_result(exc: BaseException) -> BaseException:
+    msg = f"could not unpickle a task's result in the parent: {type(exc).__name__}: {exc}"
+    error = ResultUnpicklingError(msg)
+    error.__cause__ = exc if isinstance(exc, Exception) else None
+    return error

@@ -100,11 +100,18 @@ def serve(
     max_tasks: int | None,
     max_memory: int | None,
     acknowledge: bool = True,
+    abandoned: Callable[[], bool] | None = None,
 ) -> int | None:
-    """Run tasks until told to stop or recycled; return an exit status a task asked for."""
+    """Run tasks until told to stop or recycled; return an exit status a task asked for.
+
+    ``abandoned`` (thread workers): the engine gave up on this worker; what it
+    still holds was failed or requeued, so it stops before its next task.
+    """
     held: deque[Any] = deque()
     done = 0
     while True:
+        if abandoned is not None and abandoned():
+            return None
         if not held:
             batch = receive()
             if batch is None:
@@ -112,11 +119,13 @@ def serve(
             held.extend(batch)
             if acknowledge:
                 send([(RECEIVED, batch[-1][0], None, None)])
+            del batch  # an idle worker keeps no reference to a task's arguments...
             continue
         task_id, kind, payload = held.popleft()
         record, exit_status = run_one(codec, task_id, kind, payload)
         del payload
         send([record])
+        del record  # ...nor to its result (the stdlib's bpo-29861)
         if exit_status is not None:
             return exit_status
         done += 1
@@ -219,6 +228,7 @@ def process_worker_main(
 def thread_worker_main(
     inbox: Any,
     post: Callable[[list[Any]], None],
+    abandoned: Callable[[], bool],
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
@@ -231,4 +241,4 @@ def thread_worker_main(
         except BaseException as exc:
             post([_report_initializer_failure(exc, logger_name)])
             return
-    serve(inbox.get, post, ObjectCodec, max_tasks, None, acknowledge=False)
+    serve(inbox.get, post, ObjectCodec, max_tasks, None, acknowledge=False, abandoned=abandoned)
