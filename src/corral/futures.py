@@ -32,6 +32,7 @@ from typing import Any
 
 from . import context as _context
 from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
+from ._engine.direct import run_direct
 from ._engine.feed import Feed, FeedTimeout
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
@@ -198,22 +199,17 @@ class ProcessPoolExecutor(Executor):
         """
         with self._shutdown_lock:
             engine = self._check_open()
-        future: Future[Any] = Future()
+        future = _Future()
         try:
             payload = encode_call(fn, args, kwargs)
         except Exception as exc:
             future.set_exception(exc)
             return future
-        engine.submit(
-            Task(
-                CALL,
-                payload,
-                _FutureSetter(future),
-                self._task_timeout,
-                future.set_running_or_notify_cancel,
-                future,
-            )
-        )
+        setter = _FutureSetter(future)
+        task = Task(CALL, payload, setter, self._task_timeout, setter.claim, future)
+        if self._task_timeout is None:
+            future._direct = (engine, task)
+        engine.submit(task)
         return future
 
     def map(
@@ -316,13 +312,52 @@ class ProcessPoolExecutor(Executor):
             self.shutdown(wait=True)
 
 
-class _FutureSetter:
-    """``on_done`` for a future (a class so the engine holds no closure cells)."""
+class _Future(Future[Any]):
+    """The executor's futures: a ``concurrent.futures.Future`` whose ``result()``
+    and ``exception()`` may run a task still waiting in the queue themselves, on
+    a parked worker, without the engine thread in between (``_engine.direct``).
+    """
 
-    __slots__ = ("future",)
+    _direct: tuple[Engine, Task] | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._direct is not None:
+            self._run_direct()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._direct is not None:
+            self._run_direct()
+        return super().exception(timeout)
+
+    def _run_direct(self) -> None:
+        direct = self._direct
+        self._direct = None
+        if direct is not None and self._state == "PENDING":
+            run_direct(*direct, queued=True)
+
+
+class _FutureSetter:
+    """``on_done`` and ``claim`` for a future's task (no closure cells in the engine)."""
+
+    __slots__ = ("future", "taken")
 
     def __init__(self, future: Future[Any]) -> None:
         self.future = future
+        self.taken = False
+
+    def claim(self) -> bool:
+        """Take the task to run it; False if cancelled or taken already.
+
+        The engine (dispatching) and the future's own ``result()`` (running it
+        directly) may both try; the future's lock makes exactly one succeed.
+        """
+        future = self.future
+        with future._condition:
+            if self.taken:
+                return False
+            self.taken = True
+            return future.set_running_or_notify_cancel()
 
     def __call__(self, ok: bool, value: Any) -> None:
         future = self.future

@@ -386,13 +386,20 @@ def _exit_function() -> None:
     debug("running all 'atexit' finalizers with priority >= 0")
     _run_finalizers(0)
     if process.current_process() is not None:
+        # A pool's engine thread may close a worker's Process object while this
+        # runs (shutdown(wait=False) just before exit): skip the ones it closed.
         for child in process.active_children():
             if child.daemon:
                 info("calling terminate() for daemon %s", child.name)
-                child._popen.terminate()
+                popen = child._popen
+                if popen is not None:
+                    popen.terminate()
         for child in process.active_children():
             info("calling join() for process %s", child.name)
-            child.join()
+            try:
+                child.join()
+            except ValueError:  # closed meanwhile: it has been reaped already
+                pass
     debug("running the remaining 'atexit' finalizers")
     _run_finalizers()
 

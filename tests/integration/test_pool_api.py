@@ -134,6 +134,24 @@ def test_apply_on_an_idle_pool_bypasses_the_engine_thread(ctx):
         assert [r.get(30) for r in results] == [i * i for i in range(100)]
 
 
+def test_future_result_runs_its_queued_task_directly(ctx):
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert ex.submit(square, 3).result(30) == 9
+        engine = ex._engine
+        _engine_settled(engine)
+        assert len(engine._parked) == 2
+        # Queue tasks without waking the engine: only result() can run them.
+        engine.submit = engine._incoming.append
+        assert [ex.submit(square, i).result(10) for i in range(20)] == [i * i for i in range(20)]
+        error = ex.submit(fail, 7).exception(10)
+        assert isinstance(error, ValueError) and "bad 7" in str(error)
+        del engine.submit
+        engine._wake()  # the engine now drops the tasks that ran directly
+        futures = [ex.submit(square, i) for i in range(50)]
+        assert len(list(cf.as_completed(futures, timeout=30))) == 50
+        assert sorted(f.result() for f in futures) == sorted(i * i for i in range(50))
+
+
 def test_apply_with_a_task_timeout_is_still_enforced(ctx):
     with ctx.Pool(1) as pool:
         assert pool.apply(square, (2,)) == 4

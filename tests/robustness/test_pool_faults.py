@@ -51,6 +51,12 @@ if __name__ == "__main__":
             print("executor lost", expected in str(exc))
         print("executor others", [f.result(30) for f in futures] == [i * i for i in range(10)])
         print("executor after", ex.submit(square, 3).result(30))
+        # Idle again: result() runs the task itself on a parked worker.
+        try:
+            ex.submit(fn, *args).result(30)
+        except corral.WorkerLostError as exc:
+            print("executor direct lost", expected in str(exc))
+        print("executor direct after", [ex.submit(square, i).result(30) for i in range(3)])
 """
 
 
@@ -63,6 +69,7 @@ def test_worker_death_fails_only_its_task(tmp_path, kind):
     )
     assert "others True" in out and "after True" in out
     assert "direct lost True" in out and "direct after [0, 1, 4]" in out
+    assert "executor direct lost True" in out and "executor direct after [0, 1, 4]" in out
     assert (
         "executor lost True" in out and "executor others True" in out and "executor after 9" in out
     )
@@ -346,6 +353,12 @@ if __name__ == "__main__":
     pending = [pool.apply_async(hang, (600,)) for _ in range(4)]
     ex = ProcessPoolExecutor(2, mp_context=ctx)
     f = ex.submit(square, 9)
+    # An executor still shutting down in its engine thread while the
+    # interpreter exits: the exit sequence must not trip over its workers.
+    other = ProcessPoolExecutor(2, mp_context=ctx)
+    for i in range(2000):
+        other.submit(square, i)
+    other.shutdown(wait=False, cancel_futures=True)
     print("leaving", f.result(30), flush=True)
 """
 
@@ -358,6 +371,7 @@ def test_exit_without_close_is_prompt(tmp_path, method):
     code, out, err = run(tmp_path, NO_CLOSE, method, timeout=30)
     assert code == 0, err
     assert "leaving 81" in out
+    assert "Traceback" not in err, err
     assert time.monotonic() - start < 15
 
 

@@ -40,28 +40,35 @@ class _HandBack(Exception):
         self.closed = closed
 
 
-def run_direct(engine: Any, task: Any) -> bool:
+def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
     """Run ``task`` on a borrowed worker; False if no worker is parked.
 
+    ``queued``: the task was submitted to the engine too (a future's task); it
+    runs here only if ``task.claim()`` takes it before the engine does.
     When True, ``task.on_done`` has been called, or will be by the engine.
     """
     worker = engine.borrow()
     if worker is None:
         return False
-    task.task_id = engine.new_task_id()
+    if queued:
+        if task.claim is None or not task.claim():
+            engine.give_back(worker)  # the engine has it, or it was cancelled
+            return False
+        task.taken = True  # the engine drops it from its queue (or its claim fails)
+    task_id = engine.new_task_id()
     records: list[Any] = []
     sent = False
     try:
         worker.tasks_sent += 1
         sent = True  # from here on the worker may have it (see the module docstring)
-        if not worker.send([(task.task_id, task.kind, task.payload)]):
+        if not worker.send([(task_id, task.kind, task.payload)]):
             _flush(worker)
-        ok, value = _await_outcome(worker, task.task_id, records)
+        ok, value = _await_outcome(worker, task_id, records)
     except _HandBack as back:
-        engine.hand_back(worker, task, records, closed=back.closed, retire=False)
+        engine.hand_back(worker, task, task_id, records, closed=back.closed)
         return True
     except BaseException:  # Ctrl-C, or an OS error on the channel
-        engine.hand_back(worker, task, records, closed=False, retire=True, sent=sent)
+        engine.hand_back(worker, task, task_id, records, closed=False, retire=True, sent=sent)
         raise
     engine.give_back(worker)
     engine.settle(task, ok, value)

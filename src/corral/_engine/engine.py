@@ -92,7 +92,7 @@ STOPPED = "stopped"
 class Task:
     """One unit of work: a call, or a chunk of a map."""
 
-    __slots__ = ("claim", "kind", "on_done", "payload", "tag", "task_id", "timeout")
+    __slots__ = ("claim", "kind", "on_done", "payload", "tag", "taken", "task_id", "timeout")
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class Task:
         self.timeout = timeout
         self.claim = claim  # called as the task goes to a worker; False drops it
         self.tag = tag  # the front end's own reference (its Future)
+        self.taken = False  # claimed by a caller that runs it directly (direct.py)
 
 
 class Engine:
@@ -369,6 +370,8 @@ class Engine:
         ids = self._task_ids
         while incoming:
             task = incoming.popleft()
+            if task.taken:
+                continue  # a caller runs it directly (direct.py)
             task.task_id = next(ids)
             queue.append(task)
 
@@ -631,12 +634,13 @@ class Engine:
                 if self._want_back or self.state != RUNNING:
                     self._wake()
                 return
-        self.hand_back(worker, None, [], closed=False)  # it died: the engine must see to it
+        self.hand_back(worker, None, 0, [], closed=False)  # it died: the engine sees to it
 
     def hand_back(
         self,
         worker: WorkerHandle,
         task: Task | None,
+        task_id: int,
         records: list[Any],
         *,
         closed: bool,
@@ -648,7 +652,9 @@ class Engine:
         ``retire``: the caller was interrupted and cannot tell what the worker
         got; the worker is told to finish what it has and exit.
         """
-        self._call_soon(lambda: self._take_back(worker, task, records, closed, retire, sent))
+        self._call_soon(
+            lambda: self._take_back(worker, task, task_id, records, closed, retire, sent)
+        )
         if self.stopped.is_set() and task is not None:  # too late: nobody will answer
             self.settle(task, False, BrokenProcessPool("the pool has shut down"))
 
@@ -659,6 +665,7 @@ class Engine:
         self,
         worker: WorkerHandle,
         task: Task | None,
+        task_id: int,
         records: list[Any],
         closed: bool,
         retire: bool,
@@ -668,6 +675,15 @@ class Engine:
             worker.lent = False
             self._lent -= 1
         if task is not None:
+            if task.taken:  # a future's task: it may be in the queue as well
+                self._absorb_incoming()
+                try:
+                    self._queue.remove(task)
+                except ValueError:
+                    pass  # never queued, or dispatch skipped it (its claim failed)
+                task.claim = None  # from now on it is an ordinary task
+                task.taken = False
+            task.task_id = task_id
             if self.state == STOPPING and self._stop_error is not None:
                 self.settle(task, False, self._stop_error)
             elif not sent:
