@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any
 
 from . import context as _context
@@ -205,10 +205,10 @@ class ProcessPoolExecutor(Executor):
         except Exception as exc:
             future.set_exception(exc)
             return future
-        setter = _FutureSetter(future)
+        setter = _FutureSetter(future, engine)
         task = Task(CALL, payload, setter, self._task_timeout, setter.claim, future)
         if self._task_timeout is None:
-            future._direct = (engine, task)
+            future._direct = task
         engine.submit(task)
         return future
 
@@ -318,7 +318,7 @@ class _Future(Future[Any]):
     a parked worker, without the engine thread in between (``_engine.direct``).
     """
 
-    _direct: tuple[Engine, Task] | None = None
+    _direct: Task | None = None
 
     def result(self, timeout: float | None = None) -> Any:
         if self._direct is not None:
@@ -331,42 +331,45 @@ class _Future(Future[Any]):
         return super().exception(timeout)
 
     def _run_direct(self) -> None:
-        direct = self._direct
+        task = self._direct
         self._direct = None
-        if direct is not None and self._state == "PENDING":
-            run_direct(*direct, queued=True)
+        if task is not None and self._state == "PENDING":
+            setter: _FutureSetter = task.on_done  # type: ignore[assignment]
+            run_direct(setter.engine, task, queued=True)
 
 
 class _FutureSetter:
     """``on_done`` and ``claim`` for a future's task (no closure cells in the engine)."""
 
-    __slots__ = ("future", "taken")
+    __slots__ = ("_claim_lock", "engine", "future")
 
-    def __init__(self, future: Future[Any]) -> None:
+    def __init__(self, future: _Future, engine: Engine) -> None:
         self.future = future
-        self.taken = False
+        self.engine = engine
+        self._claim_lock = threading.Lock()  # held once the task is taken
 
     def claim(self) -> bool:
         """Take the task to run it; False if cancelled or taken already.
 
         The engine (dispatching) and the future's own ``result()`` (running it
-        directly) may both try; the future's lock makes exactly one succeed.
+        directly) may both try; the lock makes exactly one of them succeed.
         """
+        if not self._claim_lock.acquire(blocking=False):
+            return False
         future = self.future
-        with future._condition:
-            if self.taken:
-                return False
-            self.taken = True
-            return future.set_running_or_notify_cancel()
+        future._direct = None  # break the future <-> task cycle (freed without the GC)
+        return future.set_running_or_notify_cancel()
 
     def __call__(self, ok: bool, value: Any) -> None:
         future = self.future
-        if future.done():  # cancelled, or already failed by a shutdown
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        future._direct = None
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except InvalidStateError:
+            pass  # cancelled, or already failed by a shutdown
 
 
 def _close_engine(engine: Engine, feeds: set[Feed]) -> None:

@@ -152,6 +152,20 @@ def test_future_result_runs_its_queued_task_directly(ctx):
         assert sorted(f.result() for f in futures) == sorted(i * i for i in range(50))
 
 
+def test_engine_dispatch_and_direct_calls_never_share_a_worker(ctx):
+    # Regression: the engine dispatched to a worker a caller had borrowed; the
+    # two tasks' records crossed and both futures waited forever.
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        for _ in range(20):
+            futures = [ex.submit(square, i) for i in range(100)]
+            assert [f.result(30) for f in futures] == [i * i for i in range(100)]
+    with ctx.Pool(2) as pool:
+        for _ in range(20):
+            pending = [pool.apply_async(square, (i,)) for i in range(50)]
+            assert pool.apply(square, (7,)) == 49
+            assert [r.get(30) for r in pending] == [i * i for i in range(50)]
+
+
 def test_apply_with_a_task_timeout_is_still_enforced(ctx):
     with ctx.Pool(1) as pool:
         assert pool.apply(square, (2,)) == 4

@@ -66,6 +66,7 @@ from .handles import WorkerHandle
 from .protocol import (
     EXITING,
     INIT_FAIL,
+    OK,
     RECEIVED,
     RETIRING,
     outcome_of,
@@ -393,7 +394,11 @@ class Engine:
             self._unpark_all()
         limit = self._prefetch()
         quota = self.spawner.max_tasks
-        ready = [w for w in self._workers.values() if not w.stopping and len(w.held) < limit]
+        ready = [
+            w
+            for w in self._workers.values()
+            if not w.stopping and not w.lent and not w.parked and len(w.held) < limit
+        ]
         if not ready:
             return
         ready.sort(key=lambda w: len(w.held))
@@ -482,8 +487,19 @@ class Engine:
                 elapsed if not self._avg_task_time else 0.8 * self._avg_task_time + 0.2 * elapsed
             )
             worker.running_since = now
-            if held:
+            if held and held[0].timeout is not None:
                 self._arm_deadline(worker, held[0], now)
+            if status == OK:  # the common case, inline
+                try:
+                    value = codec.decode_value(a)
+                except BaseException:
+                    pass  # outcome_of below decodes it again and reports the error
+                else:
+                    try:
+                        task.on_done(True, value)
+                    except BaseException:
+                        _log.exception("a result callback raised")
+                    continue
             if status != EXITING:
                 ok, value = outcome_of(codec, status, a, b)
                 self.settle(task, ok, value)
@@ -618,8 +634,10 @@ class Engine:
             if not self._parked or self.state != RUNNING or self._want_back:
                 return None
             worker = self._parked.pop()
-            worker.parked = False
+            # Set before clearing: the engine reads these flags without the lock
+            # and must never see a worker changing hands as its own.
             worker.lent = True
+            worker.parked = False
             self._lent += 1
             return worker
 
@@ -627,9 +645,9 @@ class Engine:
         """(Caller thread) Return a borrowed worker after a clean call."""
         with self._lend_lock:
             if not worker.death_seen:
+                worker.parked = True  # before lent = False (see borrow)
                 worker.lent = False
                 self._lent -= 1
-                worker.parked = True
                 self._parked.append(worker)
                 if self._want_back or self.state != RUNNING:
                     self._wake()
