@@ -27,13 +27,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from . import context as _context
 from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
-from ._engine.direct import run_direct
 from ._engine.feed import Feed, FeedTimeout
+from ._future import _Future, _FutureSetter
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
 
@@ -310,66 +310,6 @@ class ProcessPoolExecutor(Executor):
             self.terminate_workers()  # Ctrl-C: do not wait for running tasks
         else:
             self.shutdown(wait=True)
-
-
-class _Future(Future[Any]):
-    """The executor's futures: a ``concurrent.futures.Future`` whose ``result()``
-    and ``exception()`` may run a task still waiting in the queue themselves, on
-    a parked worker, without the engine thread in between (``_engine.direct``).
-    """
-
-    _direct: Task | None = None
-
-    def result(self, timeout: float | None = None) -> Any:
-        if self._direct is not None:
-            self._run_direct()
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._direct is not None:
-            self._run_direct()
-        return super().exception(timeout)
-
-    def _run_direct(self) -> None:
-        task = self._direct
-        self._direct = None
-        if task is not None and self._state == "PENDING":
-            setter: _FutureSetter = task.on_done  # type: ignore[assignment]
-            run_direct(setter.engine, task, queued=True)
-
-
-class _FutureSetter:
-    """``on_done`` and ``claim`` for a future's task (no closure cells in the engine)."""
-
-    __slots__ = ("_claim_lock", "engine", "future")
-
-    def __init__(self, future: _Future, engine: Engine) -> None:
-        self.future = future
-        self.engine = engine
-        self._claim_lock = threading.Lock()  # held once the task is taken
-
-    def claim(self) -> bool:
-        """Take the task to run it; False if cancelled or taken already.
-
-        The engine (dispatching) and the future's own ``result()`` (running it
-        directly) may both try; the lock makes exactly one of them succeed.
-        """
-        if not self._claim_lock.acquire(blocking=False):
-            return False
-        future = self.future
-        future._direct = None  # break the future <-> task cycle (freed without the GC)
-        return future.set_running_or_notify_cancel()
-
-    def __call__(self, ok: bool, value: Any) -> None:
-        future = self.future
-        future._direct = None
-        try:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-        except InvalidStateError:
-            pass  # cancelled, or already failed by a shutdown
 
 
 def _close_engine(engine: Engine, feeds: set[Feed]) -> None:
