@@ -29,7 +29,9 @@ Thread workers (``ThreadPool``) pass objects as they are.
 from __future__ import annotations
 
 import pickle
+import sys
 import traceback
+import types
 from typing import Any
 
 from .. import reduction
@@ -74,16 +76,74 @@ def format_exception_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def encode_call(fn: Any, args: Any, kwargs: Any) -> bytes:
+# Pickling a function by reference (module + name) costs more than pickling a
+# few small arguments, on both sides: the pickler checks that the name still
+# leads to the function, the unpickler imports and looks it up. So a function
+# that pickles as a plain reference is pickled once and its pickle reused; it
+# travels as (reference, pickle of (args, kwargs)). Only plain functions,
+# builtins and classes qualify (their pickle holds no state that could change);
+# a reused reference is checked to still name the same object, as pickle does.
+# Lambdas, closures, bound methods and partials are pickled whole each time.
+_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
+_CACHE_LIMIT = 256
+_references: dict[Any, tuple[bytes, Any, list[str]]] = {}
+
+
+def encode_call(fn: Any, args: Any, kwargs: Any) -> Any:
     """Pickle one task's function and arguments (in the caller, so errors surface there)."""
+    if type(fn) in _CACHEABLE or isinstance(fn, type):
+        cached = _references.get(fn)
+        if cached is not None and _still_named(fn, cached[1], cached[2]):
+            return (cached[0], reduction.ForkingPickler.dumps((args, kwargs)))
+        reference = _reference(fn)
+        if reference is not None:
+            return (reference, reduction.ForkingPickler.dumps((args, kwargs)))
     return reduction.ForkingPickler.dumps((fn, args, kwargs))
+
+
+def _reference(fn: Any) -> bytes | None:
+    """fn's pickle if it is a plain reference (and remember it), else None."""
+    try:
+        data = reduction.ForkingPickler.dumps(fn)
+        if data != pickle.dumps(fn, reduction.PROTOCOL):
+            return None  # pickled by value (defined in a __main__ children cannot import)
+    except Exception:
+        return None  # encode_call pickles it again and reports the error
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", "")
+    if module is None or "<" in qualname:
+        return None
+    if len(_references) >= _CACHE_LIMIT:
+        _references.clear()
+    _references[fn] = (data, module, qualname.split("."))
+    return data
+
+
+def _still_named(fn: Any, module: Any, path: list[str]) -> bool:
+    obj = module
+    for name in path:
+        obj = getattr(obj, name, None)
+    return obj is fn
+
+
+_loaded: dict[bytes, Any] = {}  # in a worker: function references already unpickled
 
 
 class PickleCodec:
     """How process workers encode results: each object pickled on its own."""
 
     @staticmethod
-    def decode_task(payload: bytes) -> Any:
+    def decode_task(payload: Any) -> Any:
+        if type(payload) is tuple:  # (function reference, (args, kwargs)): see encode_call
+            reference, rest = payload
+            fn = _loaded.get(reference)
+            if fn is None:
+                fn = pickle.loads(reference)
+                if len(_loaded) >= _CACHE_LIMIT:
+                    _loaded.clear()
+                _loaded[reference] = fn
+            args, kwargs = pickle.loads(rest)
+            return fn, args, kwargs
         return pickle.loads(payload)
 
     @staticmethod
