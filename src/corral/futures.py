@@ -32,7 +32,7 @@ from typing import Any
 
 from . import context as _context
 from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
-from ._engine.feed import Feed, FeedTimeout
+from ._engine.feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
@@ -231,7 +231,7 @@ class ProcessPoolExecutor(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._shutdown_lock:
             engine = self._check_open()
-            window = max(64, 16 * self._max_workers)
+            window = default_window(self._max_workers)
             feed = Feed(
                 engine,
                 encode_call,

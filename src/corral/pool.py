@@ -39,7 +39,7 @@ from . import context as _context
 from . import util
 from ._engine import CALL, MAP, STARMAP, Engine, ProcessSpawner, Task, ThreadSpawner, encode_call
 from ._engine.direct import run_direct
-from ._engine.feed import Feed, FeedTimeout
+from ._engine.feed import Feed, FeedTimeout, default_window
 from .errors import BrokenProcessPool, TimeoutError
 from .errors import MaybeEncodingError as MaybeEncodingError
 from .errors import RemoteTraceback as RemoteTraceback
@@ -487,7 +487,7 @@ class Pool:
         if chunksize < 1:
             msg = f"Chunksize must be 1+, not {chunksize:n}"
             raise ValueError(msg)
-        window = max(64, 16 * self._processes)
+        window = default_window(self._processes)
         feed = Feed(
             self._engine, self._encode, func, iterable, chunksize, MAP, timeout, window, ordered
         )

@@ -190,6 +190,25 @@ def test_thread_pool_terminate_does_not_wait_for_busy_threads():
         assert not thread.is_alive()  # the abandoned threads ran nothing more
 
 
+def test_imap_keeps_big_inputs_in_flight_within_its_byte_budget():
+    item = 256 * 1024  # 32 MiB of budget: about 128 such items in flight, not 1024
+    produced = consumed = most_in_flight = 0
+
+    def items():
+        nonlocal produced, most_in_flight
+        for _ in range(400):
+            produced += 1
+            most_in_flight = max(most_in_flight, produced - consumed)
+            yield bytes(item)
+
+    with corral.get_context("fork").Pool(2) as pool:
+        for size in pool.imap(len, items()):
+            assert size == item
+            consumed += 1
+    assert consumed == 400
+    assert most_in_flight <= 128 + 16
+
+
 def test_thread_pool_passes_objects_by_reference():
     lock = threading.Lock()
     with ThreadPool(2) as pool:

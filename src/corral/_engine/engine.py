@@ -148,6 +148,7 @@ class Engine:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self._holds = 0  # front-end feeders still submitting after close()
+        self._after_step: list[Callable[[], None]] = []
         # Parked workers: idle process workers whose channel the engine does not
         # watch, so that a synchronous caller may borrow one (see direct.py).
         # Guarded by _lend_lock, the one piece of state callers touch.
@@ -342,6 +343,21 @@ class Engine:
             self._maybe_finish()
             if self._lending and self.state == RUNNING and not self._queue:
                 self._park_idle()
+        self._flush_step()
+
+    def after_step(self, fn: Callable[[], None]) -> None:
+        """(Engine thread) Call ``fn`` once the current step is over.
+
+        For front ends that collect the outcomes of a step and hand them on in
+        one go (``Feed``), so that their consumer wakes once per step rather
+        than once per task.
+        """
+        self._after_step.append(fn)
+
+    def _flush_step(self) -> None:
+        pending = self._after_step
+        while pending:
+            pending.pop()()
 
     def _on_wake(self) -> None:
         # Drain first, then clear the flag: a submitter that sets the flag after
@@ -822,6 +838,7 @@ class Engine:
         # Tasks submitted while the engine was going away still get an answer.
         self.stopped.set()
         self._fail_leftovers()
+        self._flush_step()
         self._selector.close()
         with self._wake_lock:
             os.close(self._wake_r)

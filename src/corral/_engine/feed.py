@@ -2,14 +2,15 @@
 
 A ``Feed`` pulls the caller's iterable in its own thread, cuts it into chunks,
 pickles each chunk and submits it to the engine, keeping at most ``window``
-chunks outstanding (submitted but not yet taken by the consumer), so an endless
-generator never fills memory. The consumer takes chunk outcomes in input order
-(``ordered``) or as they complete.
+chunks, and about 32 MiB of pickled input, outstanding (submitted but not yet
+taken by the consumer), so an endless generator never fills memory. The
+consumer takes chunk outcomes in input order (``ordered``) or as they complete.
 
 Hand-offs between the three threads go through C-level ``queue.SimpleQueue``s,
-never a Python ``Condition``: the engine puts each outcome on ``_outcomes``; the
-consumer reorders them itself; it returns window credits to the feed thread in
-batches of half a window, so neither side wakes the other once per item.
+never a Python ``Condition``: the engine puts the outcomes of each of its steps
+on ``_outcomes`` as one list (``Engine.after_step``); the consumer reorders them
+itself; it returns window credits to the feed thread every few chunks, so no
+side wakes another once per item.
 
 ``lift_window()`` (on ``Pool.close()`` / ``Executor.shutdown()``) lets the feed
 submit the rest without waiting for the consumer, so that closing and joining a
@@ -31,6 +32,13 @@ from typing import Any
 
 from .engine import Engine, Task
 
+# The window: at most this much pickled input in flight (estimated from the
+# average chunk so far), and never fewer than _MIN_WINDOW chunks. The consumer
+# returns credits every _CREDIT_BATCH chunks (< _MIN_WINDOW / 2, so the feed
+# can always go on once the consumer has taken what is in flight).
+_WINDOW_BYTES = 32 << 20
+_MIN_WINDOW = 16
+_CREDIT_BATCH = 8
 # Messages on the credit queue besides a number of chunks taken.
 _LIFT = -1
 _STOP = -2
@@ -68,7 +76,9 @@ class Feed:
         self._ordered = ordered
         self._stopped = False
         self._credits: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lists of outcomes
+        self._engine_thread = engine.thread.ident
+        self._batch: list[tuple[int, tuple[bool, Any]]] = []  # engine thread only
         # Consumer side (under _take_lock): outcomes received but not yet taken.
         self._take_lock = threading.Lock()
         self._by_index: dict[int, tuple[bool, Any]] = {}
@@ -104,16 +114,20 @@ class Feed:
             del self._iterable
             window: int | None = self._window
             outstanding = 0
+            sent_bytes = 0
             credits = self._credits
             while not self._stopped:
-                while window is not None and outstanding >= window:
-                    credit = credits.get()
-                    if credit == _STOP:
-                        return
-                    if credit == _LIFT:
-                        window = None
-                    else:
-                        outstanding -= credit
+                if window is not None and index:
+                    # At most `window` chunks, and about _WINDOW_BYTES of input.
+                    limit = min(window, max(_MIN_WINDOW, _WINDOW_BYTES * index // sent_bytes))
+                    while window is not None and outstanding >= limit:
+                        credit = credits.get()
+                        if credit == _STOP:
+                            return
+                        if credit == _LIFT:
+                            window = None
+                        else:
+                            outstanding -= credit
                 try:
                     chunk = list(islice(iterator, self._chunksize))
                     if not chunk:
@@ -127,13 +141,25 @@ class Feed:
                 self._engine.submit(Task(self._kind, payload, partial(self._put, index), timeout))
                 index += 1
                 outstanding += 1
+                sent_bytes += _size(payload)
                 del chunk, payload
         finally:
-            self._outcomes.put((_END, index))
+            self._outcomes.put([(_END, index)])
             self._engine.release()
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
-        self._outcomes.put((index, (ok, value)))
+        if threading.get_ident() == self._engine_thread:
+            batch = self._batch  # handed on once the engine's step is over
+            batch.append((index, (ok, value)))
+            if len(batch) == 1:
+                self._engine.after_step(self._flush)
+        else:  # a failure reported by another thread (the engine has stopped)
+            self._outcomes.put([(index, (ok, value))])
+
+    def _flush(self) -> None:
+        batch = self._batch
+        self._batch = []
+        self._outcomes.put(batch)
 
     # ----------------------------------------------------------- consumer
 
@@ -172,21 +198,35 @@ class Feed:
         except queue.Empty:
             raise FeedTimeout from None
 
-    def _receive(self, message: tuple[Any, Any]) -> None:
-        index, entry = message
-        if index is _END:
-            self._length = entry
-        elif self._ordered:
-            self._by_index[index] = entry
-        else:
-            self._done.append(entry)
+    def _receive(self, messages: list[tuple[Any, Any]]) -> None:
+        for index, entry in messages:
+            if index is _END:
+                self._length = entry
+            elif self._ordered:
+                self._by_index[index] = entry
+            else:
+                self._done.append(entry)
 
     def _credit(self) -> None:
         self._taken += 1
         self._uncredited += 1
-        if self._uncredited * 2 >= self._window:
+        if self._uncredited >= _CREDIT_BATCH:
             self._credits.put(self._uncredited)
             self._uncredited = 0
+
+
+def default_window(workers: int) -> int:
+    """Chunks a feed keeps in flight at most (the byte budget may allow fewer)."""
+    return max(1024, 64 * workers)
+
+
+def _size(payload: Any) -> int:
+    if type(payload) is tuple:  # (function reference, arguments): see protocol.encode_call
+        return sum(len(part) for part in payload) + 1
+    try:
+        return len(payload) + 1
+    except TypeError:  # thread workers get the objects themselves
+        return 64
 
 
 def _remaining(deadline: float | None) -> float:
