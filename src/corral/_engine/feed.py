@@ -33,12 +33,12 @@ from typing import Any
 from .engine import Engine, Task
 
 # The window: at most this much pickled input in flight (estimated from the
-# average chunk so far), and never fewer than _MIN_WINDOW chunks. The consumer
-# returns credits every _CREDIT_BATCH chunks (< _MIN_WINDOW / 2, so the feed
-# can always go on once the consumer has taken what is in flight).
+# average chunk so far), and at least _MIN_WINDOW chunks. The consumer returns
+# credits every `_credit_batch` chunks taken, and always before it blocks, so
+# the feed never waits for credits the consumer holds.
 _WINDOW_BYTES = 32 << 20
-_MIN_WINDOW = 16
-_CREDIT_BATCH = 8
+_MIN_WINDOW = 4
+_CREDIT_BATCH_MAX = 64
 # Messages on the credit queue besides a number of chunks taken.
 _LIFT = -1
 _STOP = -2
@@ -86,6 +86,7 @@ class Feed:
         self._next_index = 0  # ordered: the index to hand out next
         self._taken = 0
         self._uncredited = 0  # taken but not yet returned to the feed as credit
+        self._credit_batch = _CREDIT_BATCH_MAX  # set by the feed thread as its window moves
         self._length: int | None = None  # chunks in all, once the input is exhausted
         self.thread = threading.Thread(target=self._run, name="corral-feed", daemon=True)
 
@@ -120,6 +121,7 @@ class Feed:
                 if window is not None and index:
                     # At most `window` chunks, and about _WINDOW_BYTES of input.
                     limit = min(window, max(_MIN_WINDOW, _WINDOW_BYTES * index // sent_bytes))
+                    self._credit_batch = min(_CREDIT_BATCH_MAX, limit // 2)
                     while window is not None and outstanding >= limit:
                         credit = credits.get()
                         if credit == _STOP:
@@ -191,6 +193,9 @@ class Feed:
         return self._done.popleft() if self._done else None
 
     def _next_outcome(self, deadline: float | None) -> Any:
+        if self._uncredited and self._outcomes.empty():  # about to block: credit first
+            self._credits.put(self._uncredited)
+            self._uncredited = 0
         try:
             if deadline is None:
                 return self._outcomes.get()
@@ -210,7 +215,7 @@ class Feed:
     def _credit(self) -> None:
         self._taken += 1
         self._uncredited += 1
-        if self._uncredited >= _CREDIT_BATCH:
+        if self._uncredited >= self._credit_batch:
             self._credits.put(self._uncredited)
             self._uncredited = 0
 
@@ -222,7 +227,7 @@ def default_window(workers: int) -> int:
 
 def _size(payload: Any) -> int:
     if type(payload) is tuple:  # (function reference, arguments): see protocol.encode_call
-        return sum(len(part) for part in payload) + 1
+        return len(payload[0]) + len(payload[1])
     try:
         return len(payload) + 1
     except TypeError:  # thread workers get the objects themselves
