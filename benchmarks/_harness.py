@@ -18,8 +18,13 @@ def compare(
     rounds: int = 7,
     unit: str = "s",
     higher_is_better: bool = False,
+    other: str = "stdlib",
 ) -> dict:
-    """Run both functions alternately; each returns one measurement."""
+    """Run both functions alternately; each returns one measurement.
+
+    ``other`` names what ``stdlib_fn`` measures when it is not the stdlib
+    (a reference such as a bare pipe round trip).
+    """
     ours, theirs = [], []
     for i in range(rounds):
         # Alternate who goes first so drift and warm-up hit both alike.
@@ -33,7 +38,7 @@ def compare(
     ratio = a / b if higher_is_better else b / a
     row = {"name": name, "corral": a, "stdlib": b, "unit": unit, "speedup": ratio}
     print(
-        f"{name:<44} corral {fmt(a, unit):>12}  stdlib {fmt(b, unit):>12}  "
+        f"{name:<44} corral {fmt(a, unit):>12}  {other} {fmt(b, unit):>12}  "
         f"corral is {ratio:5.2f}x {'faster' if ratio >= 1 else 'slower'}",
         flush=True,
     )

@@ -12,6 +12,8 @@ import concurrent.futures
 import faulthandler
 import multiprocessing
 import os
+import pickle
+import socket
 import sys
 import time
 
@@ -83,6 +85,31 @@ def submit_round_trip(executor_cls, mp, n):
         return (time.perf_counter() - t0) / n
 
 
+def bare_round_trip(n):
+    """The floor: a pickled call and its pickled result over a socket pair, no pool."""
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: answer until EOF
+        parent.close()
+        while True:
+            data = child.recv(1 << 16)
+            if not data:
+                os._exit(0)
+            fn, args = pickle.loads(data)
+            child.sendall(pickle.dumps(fn(*args)))
+    child.close()
+    try:
+        for i in range(50 + n):
+            if i == 50:
+                t0 = time.perf_counter()
+            parent.sendall(pickle.dumps((noop, (i,))))
+            pickle.loads(parent.recv(1 << 16))
+        return (time.perf_counter() - t0) / n
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+
+
 def efficiency(mp, tasks=40, seconds=0.05):
     with mp.get_context("fork").Pool(2) as pool:
         pool.apply(noop)
@@ -130,6 +157,13 @@ def main():
         lambda: submit_round_trip(CorralExecutor, corral, 2_000),
         lambda: submit_round_trip(stdlib_executor, multiprocessing, 2_000),
         rounds,
+    )
+    compare(
+        "apply round trip vs a bare pickled call",
+        lambda: apply_round_trip(corral, 2_000),
+        lambda: bare_round_trip(2_000),
+        rounds,
+        other="bare",
     )
     compare(
         "parallel efficiency 40 x 50 ms on 2 workers",
