@@ -209,6 +209,24 @@ def test_imap_keeps_big_inputs_in_flight_within_its_byte_budget():
     assert most_in_flight <= 128 + 16
 
 
+@pytest.mark.parametrize("make_pool", [ThreadPool, corral.dummy.Pool])
+def test_thread_pools_imap_every_item(make_pool):
+    with make_pool(2) as pool:
+        assert list(pool.imap(square, range(50))) == [i * i for i in range(50)]
+        assert sorted(pool.imap_unordered(square, range(50), chunksize=3)) == [
+            i * i for i in range(50)
+        ]
+
+        def broken_input():
+            yield from range(5)
+            raise ZeroDivisionError("input broke")
+
+        it = pool.imap(square, broken_input())
+        assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+        with pytest.raises(ZeroDivisionError, match="input broke"):
+            next(it)
+
+
 def test_thread_pool_passes_objects_by_reference():
     lock = threading.Lock()
     with ThreadPool(2) as pool:

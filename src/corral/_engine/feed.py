@@ -145,6 +145,9 @@ class Feed:
                 outstanding += 1
                 sent_bytes += _size(payload)
                 del chunk, payload
+        except BaseException as exc:  # a bug here must show, never shorten the results
+            self._put(index, False, exc)
+            index += 1
         finally:
             self._outcomes.put([(_END, index)])
             self._engine.release()
@@ -226,12 +229,12 @@ def default_window(workers: int) -> int:
 
 
 def _size(payload: Any) -> int:
-    if type(payload) is tuple:  # (function reference, arguments): see protocol.encode_call
-        return len(payload[0]) + len(payload[1])
-    try:
-        return len(payload) + 1
-    except TypeError:  # thread workers get the objects themselves
-        return 64
+    """Bytes of a process payload; thread workers' payloads (objects) count as 64."""
+    if type(payload) is bytes:
+        return len(payload)
+    if type(payload) is tuple and len(payload) == 2 and type(payload[0]) is bytes:
+        return len(payload[0]) + len(payload[1])  # (function reference, arguments)
+    return 64
 
 
 def _remaining(deadline: float | None) -> float:
