@@ -38,6 +38,11 @@ How a task travels (``Pool.apply_async``, ``ProcessPoolExecutor.submit``)::
 
 Only the engine thread touches the queue, the workers and the timers; callers
 talk to it through ``submit`` (an append and a wake-up) and ``_call_soon``.
+One exception, for latency: when nothing is queued the engine *parks* its idle
+process workers (stops watching their channel, keeps watching their death), and
+a caller blocked on one task (``Pool.apply``, ``Future.result()``) may borrow a
+parked worker under ``_lend_lock`` and run the task over its channel itself;
+anything but the plain outcome hands the worker back (``direct.py``).
 """
 
 from __future__ import annotations
