@@ -68,6 +68,7 @@ from ..errors import (
     describe_exitcode,
 )
 from .handles import WorkerHandle
+from .lending import LendingMixin
 from .protocol import (
     EXITING,
     INIT_FAIL,
@@ -77,22 +78,14 @@ from .protocol import (
     outcome_of,
     with_cause,
 )
+from .states import _CHANNEL, _DEATH, _WAKE, CLOSING, RUNNING, STOPPED, STOPPING
 
 _log = logging.getLogger("multiprocessing")
 
-_WAKE = 0
-_CHANNEL = 1
-_DEATH = 2
 
 _KILL_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 _PREFETCH_TARGET = 0.002  # hand a worker about this many seconds of work at once
 _PREFETCH_MAX = 64
-
-# Engine states.
-RUNNING = "running"
-CLOSING = "closing"  # finish the queued work, then stop the workers
-STOPPING = "stopping"  # stop the workers now
-STOPPED = "stopped"
 
 
 class Task:
@@ -119,7 +112,7 @@ class Task:
         self.taken = False  # claimed by a caller that runs it directly (direct.py)
 
 
-class Engine:
+class Engine(LendingMixin):
     """Runs tasks on a set of workers; see the module docstring for the flow.
 
     Args:
@@ -620,126 +613,6 @@ class Engine:
                 return
             self._adopt(make())
             live += 1
-
-    # ----------------------------------------------------------- lending
-
-    def _park_idle(self) -> None:
-        for worker in self._workers.values():
-            if (
-                not worker.held
-                and not worker.stopping
-                and not worker.parked
-                and not worker.lent
-                and worker.flush()
-            ):
-                self._selector.unregister(worker.channel_fd)
-                with self._lend_lock:
-                    worker.parked = True
-                    self._parked.append(worker)
-
-    def _unpark_all(self) -> None:
-        with self._lend_lock:
-            parked = self._parked
-            self._parked = []
-            self._want_back = False
-            for worker in parked:
-                worker.parked = False
-        for worker in parked:
-            self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))
-
-    def borrow(self) -> WorkerHandle | None:
-        """(Caller thread) Take a parked worker for one direct call, or None."""
-        if not self._parked:
-            return None
-        with self._lend_lock:
-            if not self._parked or self.state != RUNNING or self._want_back:
-                return None
-            worker = self._parked.pop()
-            # Set before clearing: the engine reads these flags without the lock
-            # and must never see a worker changing hands as its own.
-            worker.lent = True
-            worker.parked = False
-            self._lent += 1
-            return worker
-
-    def give_back(self, worker: WorkerHandle) -> None:
-        """(Caller thread) Return a borrowed worker after a clean call."""
-        with self._lend_lock:
-            if not worker.death_seen:
-                worker.parked = True  # before lent = False (see borrow)
-                worker.lent = False
-                self._lent -= 1
-                self._parked.append(worker)
-                if self._want_back or self.state != RUNNING:
-                    self._wake()
-                return
-        self.hand_back(worker, None, 0, [], closed=False)  # it died: the engine sees to it
-
-    def hand_back(
-        self,
-        worker: WorkerHandle,
-        task: Task | None,
-        task_id: int,
-        records: list[Any],
-        *,
-        closed: bool,
-        retire: bool = False,
-        sent: bool = True,
-    ) -> None:
-        """(Caller thread) Give a borrowed worker and its unfinished call to the engine.
-
-        ``retire``: the caller was interrupted and cannot tell what the worker
-        got; the worker is told to finish what it has and exit.
-        """
-        self._call_soon(
-            lambda: self._take_back(worker, task, task_id, records, closed, retire, sent)
-        )
-        if self.stopped.is_set() and task is not None:  # too late: nobody will answer
-            self.settle(task, False, BrokenProcessPool("the pool has shut down"))
-
-    def new_task_id(self) -> int:
-        return next(self._task_ids)
-
-    def _take_back(
-        self,
-        worker: WorkerHandle,
-        task: Task | None,
-        task_id: int,
-        records: list[Any],
-        closed: bool,
-        retire: bool,
-        sent: bool,
-    ) -> None:
-        with self._lend_lock:
-            worker.lent = False
-            self._lent -= 1
-        if task is not None:
-            if task.taken:  # a future's task: it may be in the queue as well
-                self._absorb_incoming()
-                try:
-                    self._queue.remove(task)
-                except ValueError:
-                    pass  # never queued, or dispatch skipped it (its claim failed)
-                task.claim = None  # from now on it is an ordinary task
-                task.taken = False
-            task.task_id = task_id
-            if self.state == STOPPING and self._stop_error is not None:
-                self.settle(task, False, self._stop_error)
-            elif not sent:
-                self._queue.appendleft(task)
-            else:
-                worker.held.appendleft(task)
-                worker.running_since = time.monotonic()
-        if not closed:
-            self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))
-            if retire and not worker.stopping:
-                worker.stopping = True
-                self._send(worker, None)
-            elif not worker.flush():
-                self._send_pending(worker)
-        if worker.death_seen:
-            self._selector.register(worker.death_fd, selectors.EVENT_READ, (_DEATH, worker))
-        self._on_records(worker, records)
 
     # ----------------------------------------------------------- timers
 
