@@ -3,7 +3,8 @@
 Every test is checked for leaks by ``no_leaks`` (autouse): after the test, no
 child process, thread, file descriptor or /dev/shm entry it created may remain.
 Long-lived helpers that corral keeps on purpose (the forkserver process and its
-fd, the resource-sharer thread and its listener) are not counted.
+fd, the resource-sharer thread and its listener, the heap's first arena) are
+not counted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ import corral
 from corral import _forkserver, _resource_sharer
 
 START_METHODS = corral.get_all_start_methods()
+
+# The shared-memory heap keeps its first arena (a memfd, plus the duplicate fd
+# that mmap holds) for the life of the process, as the stdlib's heap does.
+# Make it now, so that it predates every test's fd snapshot.
+_HEAP_WARM_UP = corral.RawValue("i", 0)
 
 
 @pytest.fixture(params=START_METHODS)

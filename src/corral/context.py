@@ -97,6 +97,36 @@ class BaseContext:
 
         return Event(ctx=self.get_context())
 
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+        """A barrier for ``parties`` processes (``corral.synchronize.Barrier``)."""
+        from .synchronize import Barrier
+
+        return Barrier(parties, action, timeout, ctx=self.get_context())
+
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:
+        """A ctypes object in shared memory, without a lock."""
+        from .sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> Any:
+        """A ctypes array in shared memory, without a lock."""
+        from .sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
+    def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+        """A ctypes object in shared memory, guarded by a lock (``corral.sharedctypes``)."""
+        from .sharedctypes import Value
+
+        return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
+
+    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+        """A ctypes array in shared memory, guarded by a lock (``corral.sharedctypes``)."""
+        from .sharedctypes import Array
+
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
+
     def Queue(self, maxsize: int = 0) -> Any:
         """A FIFO queue shared with children (``corral.queues.Queue``)."""
         from .queues import Queue

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _multiprocessing
 import os
+import struct
 import threading
 import time
 from typing import Any
@@ -26,6 +27,9 @@ __all__ = ("BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "SemLock",
 
 RECURSIVE_MUTEX, SEMAPHORE = 0, 1
 SEM_VALUE_MAX = _multiprocessing.SemLock.SEM_VALUE_MAX
+
+
+_INT_SIZE = struct.calcsize("i")
 
 
 class SemLock:
@@ -325,3 +329,49 @@ class Event:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
+
+
+class Barrier(threading.Barrier):
+    """A barrier for processes: ``threading.Barrier`` with its state in shared memory.
+
+    The two counters the algorithm keeps (state and count) live in a block of
+    ``corral.heap``; its condition is a process-shared ``Condition``. Passed to
+    a child at start like the other primitives; ``action`` must then pickle.
+    """
+
+    def __init__(
+        self, parties: int, action: Any = None, timeout: float | None = None, *, ctx: Any
+    ) -> None:
+        from .heap import BufferWrapper
+
+        if parties < 1:
+            msg = "parties must be > 0"
+            raise ValueError(msg)
+        wrapper = BufferWrapper(2 * _INT_SIZE)
+        self.__setstate__((parties, action, timeout, ctx.Condition(), wrapper))
+        self._state = 0
+        self._count = 0
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        context.assert_spawning(self)
+        return (self._parties, self._action, self._timeout, self._cond, self._wrapper)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self._parties, self._action, self._timeout, self._cond, self._wrapper = state
+        self._shared = self._wrapper.create_memoryview().cast("i")
+
+    @property
+    def _state(self) -> int:
+        return int(self._shared[0])
+
+    @_state.setter
+    def _state(self, value: int) -> None:
+        self._shared[0] = value
+
+    @property
+    def _count(self) -> int:
+        return int(self._shared[1])
+
+    @_count.setter
+    def _count(self, value: int) -> None:
+        self._shared[1] = value
