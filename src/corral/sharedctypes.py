@@ -185,15 +185,23 @@ class SynchronizedBase:
 class Synchronized(SynchronizedBase):
     """A shared scalar: ``.value`` under the lock."""
 
+    # The lock's own acquire/release (C methods of the semaphore), not `with`:
+    # the Python-level __enter__/__exit__ cost a third of a locked increment.
     @property
     def value(self) -> Any:
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj.value
+        finally:
+            self.release()
 
     @value.setter
     def value(self, new: Any) -> None:
-        with self._lock:
+        self.acquire()
+        try:
             self._obj.value = new
+        finally:
+            self.release()
 
 
 class SynchronizedArray(SynchronizedBase):
@@ -203,20 +211,18 @@ class SynchronizedArray(SynchronizedBase):
         return len(self._obj)
 
     def __getitem__(self, index: Any) -> Any:
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj[index]
+        finally:
+            self.release()
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        with self._lock:
+        self.acquire()
+        try:
             self._obj[index] = value
-
-    def __getslice__(self, start: int, stop: int) -> Any:
-        with self._lock:
-            return self._obj[start:stop]
-
-    def __setslice__(self, start: int, stop: int, values: Any) -> None:
-        with self._lock:
-            self._obj[start:stop] = values
+        finally:
+            self.release()
 
 
 class SynchronizedString(SynchronizedArray):

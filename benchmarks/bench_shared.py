@@ -1,0 +1,74 @@
+"""Shared ctypes, corral vs the stdlib (issue 4).
+
+Run: python benchmarks/bench_shared.py [--quick]
+
+- locked increments of a shared Value('i') by 2 processes (fork), time per increment
+- creating and freeing 10,000 small Values in one process
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import corral
+from _harness import compare
+
+QUICK = "--quick" in sys.argv
+
+
+def _add(value, times):
+    for _ in range(times):
+        with value.get_lock():
+            value.value += 1
+
+
+def locked_increments(mp, per_process):
+    ctx = mp.get_context("fork")
+    value = ctx.Value("i", 0)
+    procs = [ctx.Process(target=_add, args=(value, per_process)) for _ in range(2)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - t0
+    if value.value != 2 * per_process:
+        raise AssertionError(f"lost increments: {value.value} != {2 * per_process}")
+    return elapsed / (2 * per_process)
+
+
+def create_and_free_values(mp, count):
+    gc.collect()
+    t0 = time.perf_counter()
+    values = [mp.Value("i", i) for i in range(count)]
+    del values
+    gc.collect()
+    return time.perf_counter() - t0
+
+
+def main():
+    rounds = 3 if QUICK else 5
+    per_process = 20_000 if QUICK else 100_000
+    compare(
+        f"with lock: value += 1, 2 processes x {per_process:,}",
+        lambda: locked_increments(corral, per_process),
+        lambda: locked_increments(multiprocessing, per_process),
+        rounds,
+    )
+    compare(
+        "create and free 10,000 Value('i')",
+        lambda: create_and_free_values(corral, 10_000),
+        lambda: create_and_free_values(multiprocessing, 10_000),
+        rounds,
+    )
+    shm = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
+    print(f"/dev/shm entries after the runs: {len(shm)}")
+
+
+if __name__ == "__main__":
+    main()
