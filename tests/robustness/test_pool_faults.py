@@ -161,7 +161,6 @@ def test_serialization_failures_fail_one_call(tmp_path, method):
 
 INITIALIZER = """
 ctx = corral.get_context(sys.argv[1])
-starts = ctx.Value("i", 0) if hasattr(ctx, "Value") else None
 
 def bad_init():
     raise RuntimeError("no database")
