@@ -17,6 +17,7 @@ import corral
 
 NOT_YET = {
     "corral": {"Manager"},
+    "corral.shared_memory": {"ShareableList"},
 }
 
 MODULES = {
@@ -30,6 +31,7 @@ MODULES = {
     "corral.pool": ("multiprocessing.pool", None),
     "corral.sharedctypes": ("multiprocessing.sharedctypes", None),
     "corral.heap": ("multiprocessing.heap", None),
+    "corral.shared_memory": ("multiprocessing.shared_memory", None),
 }
 
 
