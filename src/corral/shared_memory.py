@@ -13,7 +13,20 @@ processes still using it, and no "leaked shared_memory" warning is printed for
 segments another process owns (two stdlib bugs before 3.13). ``track=False``
 leaves unlinking entirely to the caller.
 
-``ShareableList`` is not provided yet.
+``ShareableList(sequence=None, *, name=None)``: a fixed-length list of ints,
+floats, bools, strs, bytes and Nones in a ``SharedMemory`` block, in the
+stdlib's byte layout, so either library reads the other's lists:
+
+    count, offsets[0..n]            n + 2 signed 64-bit ints
+    item data                       8 bytes per scalar; str/bytes in a slot of
+                                    8 * (len // 8 + 1) bytes (see below)
+    item formats                    8 bytes each (a struct format: "q", "d",
+                                    "xxxxxxx?", "xxxxxx?x" for None, "<N>s")
+    item kinds                      1 byte each: 0 as stored, 1 str, 2 bytes, 3 None
+
+A str's slot is sized as the stdlib sizes it (by characters), except when its
+UTF-8 bytes would not fit: the stdlib then cuts the text short, corral makes
+the slot larger.
 """
 
 from __future__ import annotations
@@ -22,11 +35,15 @@ import _posixshmem
 import mmap
 import os
 import secrets
+import struct
+import types
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from . import resource_tracker
 
-__all__ = ("SharedMemory",)
+__all__ = ("ShareableList", "SharedMemory")
 
 _USE_POSIX = True
 _SHM_NAME_PREFIX = "/psm_"
@@ -154,3 +171,183 @@ class SharedMemory:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, size={self.size})"
+
+
+_SLOT = 8
+_ENCODING = "utf8"
+_SCALAR_FORMATS: dict[type, str] = {
+    int: "q",
+    float: "d",
+    bool: "xxxxxxx?",
+    type(None): "xxxxxx?x",
+}
+_AS_STORED, _STR, _BYTES, _NONE = 0, 1, 2, 3
+_DECODERS = {
+    _AS_STORED: lambda raw: raw,
+    _STR: lambda raw: raw.rstrip(b"\0").decode(_ENCODING),
+    _BYTES: lambda raw: raw.rstrip(b"\0"),
+    _NONE: lambda _raw: None,
+}
+
+
+def _kind(value: Any) -> int:
+    if isinstance(value, str):
+        return _STR
+    if isinstance(value, bytes):
+        return _BYTES
+    if value is None:
+        return _NONE
+    return _AS_STORED
+
+
+def _encoded(value: Any) -> Any:
+    return value.encode(_ENCODING) if isinstance(value, str) else value
+
+
+def _scalar_format(value: Any) -> str:
+    try:
+        return _SCALAR_FORMATS[type(value)]
+    except KeyError:
+        msg = (
+            "a ShareableList holds int, float, bool, str, bytes and None items, "
+            f"not {type(value).__name__}"
+        )
+        raise TypeError(msg) from None
+
+
+def _slot_format(value: Any) -> str:
+    if isinstance(value, (str, bytes)):
+        size = _SLOT * (len(value) // _SLOT + 1)  # the stdlib's rule (characters for a str)
+        encoded = len(_encoded(value))
+        if encoded > size:  # non-ASCII text the stdlib would cut short: make room
+            size = _SLOT * (encoded // _SLOT + 1)
+        return f"{size}s"
+    return _scalar_format(value)
+
+
+class ShareableList:
+    """A fixed-length list in shared memory (see the module docstring for its layout).
+
+    Args:
+        sequence: the items of a new list (a new block is created).
+        name: with ``sequence``, the name of the new block; alone, the block
+            of an existing list to attach to.
+
+    Raises:
+        TypeError: an item is not an int, float, bool, str, bytes or None.
+    """
+
+    def __init__(self, sequence: Any = None, *, name: str | None = None) -> None:
+        if name is None or sequence is not None:
+            items = list(sequence or ())
+            formats = [_slot_format(item) for item in items]
+            offsets = [0]
+            for fmt in formats:
+                offsets.append(offsets[-1] + (int(fmt[:-1]) if fmt[-1] == "s" else _SLOT))
+            count = len(items)
+            size = _SLOT * (count + 2) + offsets[-1] + _SLOT * count + count
+            self.shm = SharedMemory(name, create=True, size=size)
+            self._count, self._offsets = count, offsets
+            buf = self.shm.buf
+            struct.pack_into(f"{count + 2}q", buf, 0, count, *offsets)
+            for position, (item, fmt) in enumerate(zip(items, formats, strict=True)):
+                self._store(position, fmt, item, buf)
+        else:
+            self.shm = SharedMemory(name)
+            (count,) = struct.unpack_from("q", self.shm.buf, 0)
+            self._count = count
+            self._offsets = list(struct.unpack_from(f"{count + 1}q", self.shm.buf, _SLOT))
+
+    # Where the regions start.
+    @property
+    def _data_start(self) -> int:
+        return _SLOT * (self._count + 2)
+
+    @property
+    def _formats_start(self) -> int:
+        return self._data_start + self._offsets[-1]
+
+    @property
+    def _kinds_start(self) -> int:
+        return self._formats_start + _SLOT * self._count
+
+    def _position(self, position: int, message: str) -> int:
+        if position < 0:
+            position += self._count
+        if not 0 <= position < self._count:
+            raise IndexError(message)
+        return position
+
+    def _get_packing_format(self, position: int) -> str:
+        """The struct format of one item (the stdlib's name: its tests call it)."""
+        position = self._position(position, "Requested position out of range.")
+        (raw,) = struct.unpack_from("8s", self.shm.buf, self._formats_start + _SLOT * position)
+        return str(raw.rstrip(b"\0").decode(_ENCODING))
+
+    def _store(self, position: int, fmt: str, value: Any, buf: Any) -> None:
+        struct.pack_into("8s", buf, self._formats_start + _SLOT * position, fmt.encode(_ENCODING))
+        struct.pack_into("b", buf, self._kinds_start + position, _kind(value))
+        struct.pack_into(fmt, buf, self._data_start + self._offsets[position], _encoded(value))
+
+    def __getitem__(self, position: int) -> Any:
+        position = self._position(position, "index out of range")
+        buf = self.shm.buf
+        (raw,) = struct.unpack_from(
+            self._get_packing_format(position), buf, self._data_start + self._offsets[position]
+        )
+        (kind,) = struct.unpack_from("b", buf, self._kinds_start + position)
+        return _DECODERS[kind](raw)
+
+    def __setitem__(self, position: int, value: Any) -> None:
+        """Store ``value`` in place.
+
+        Raises:
+            IndexError: no such position.
+            ValueError: a str/bytes longer than the slot it was created with.
+            TypeError: an unsupported type.
+        """
+        position = self._position(position, "assignment index out of range")
+        if isinstance(value, (str, bytes)):
+            room = self._offsets[position + 1] - self._offsets[position]
+            if len(_encoded(value)) > room:
+                msg = "bytes/str item exceeds available storage"
+                raise ValueError(msg)
+            fmt = f"{room}s"
+        else:
+            fmt = _scalar_format(value)
+        self._store(position, fmt, value, self.shm.buf)
+
+    def __len__(self) -> int:
+        return int(struct.unpack_from("q", self.shm.buf, 0)[0])
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[position] for position in range(self._count))
+
+    def __reduce__(self) -> Any:
+        return partial(type(self), name=self.shm.name), ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)}, name={self.shm.name!r})"
+
+    @property
+    def format(self) -> str:
+        """The struct formats of all items, concatenated."""
+        return "".join(self._get_packing_format(i) for i in range(self._count))
+
+    def count(self, value: Any) -> int:
+        """How many items equal ``value``."""
+        return sum(value == item for item in self)
+
+    def index(self, value: Any) -> int:
+        """The first position holding ``value``.
+
+        Raises:
+            ValueError: no item equals it.
+        """
+        for position, item in enumerate(self):
+            if value == item:
+                return position
+        msg = f"{value!r} not in this container"
+        raise ValueError(msg)
+
+    __class_getitem__: Any = classmethod(types.GenericAlias)

@@ -134,3 +134,85 @@ def test_only_the_creator_unlinks_at_exit_and_only_when_tracking(ctx):
     finally:
         untracked.close()
         untracked.unlink()
+
+
+ITEMS = [1, 2.5, b"ab", "xyz", None, True, -7, "héllo wörld"]
+
+
+def test_shareable_list_api():
+    sl = shared_memory.ShareableList(ITEMS)
+    try:
+        assert list(sl) == ITEMS and len(sl) == len(ITEMS)
+        assert sl.format.startswith("qd8s8s") and sl[-1] == "héllo wörld"
+        sl[0], sl[3], sl[4] = "x", None, 1.25
+        assert (sl[0], sl[3], sl[4]) == ("x", None, 1.25)
+        assert sl.count(None) == 1 and sl.index(True) == 5
+        with pytest.raises(ValueError, match="exceeds available storage"):
+            sl[2] = b"far more than eight bytes"
+        with pytest.raises(IndexError):
+            sl[len(ITEMS)]
+        with pytest.raises(ValueError, match="not in this container"):
+            sl.index("absent")
+        with pytest.raises(TypeError, match="not list"):
+            shared_memory.ShareableList([[1]])
+        copy = pickle.loads(pickle.dumps(sl))
+        assert list(copy) == list(sl) and copy.shm.name == sl.shm.name
+        copy.shm.close()
+        accents = shared_memory.ShareableList(["ééééé", "encodés"])
+        assert list(accents) == ["ééééé", "encodés"]  # the stdlib would cut the first short
+        assert accents.format == "16s8s"  # and sizes the second exactly as the stdlib does
+        accents.shm.close()
+        accents.shm.unlink()
+        empty = shared_memory.ShareableList()
+        assert list(empty) == []
+        empty.shm.close()
+        empty.shm.unlink()
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
+
+
+def test_shareable_lists_cross_between_corral_and_the_stdlib():
+    ours = shared_memory.ShareableList(ITEMS)
+    try:
+        out = _stdlib(f"""
+            from multiprocessing import resource_tracker, shared_memory
+            sl = shared_memory.ShareableList(name={ours.shm.name!r})
+            resource_tracker.unregister(sl.shm._name, "shared_memory")
+            print(list(sl) == {ITEMS!r})
+            sl[0] = 42
+            sl.shm.close()
+        """)
+        assert out == "True" and ours[0] == 42
+    finally:
+        ours.shm.close()
+        ours.shm.unlink()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
+                import sys
+                from multiprocessing import shared_memory
+                sl = shared_memory.ShareableList([10, "abc", b"z", None, 3.5, False])
+                print(sl.shm.name, flush=True)
+                sys.stdin.readline()
+                print(list(sl), flush=True)
+                sl.shm.close()
+                sl.shm.unlink()
+            """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        theirs = shared_memory.ShareableList(name=proc.stdout.readline().strip())
+        assert list(theirs) == [10, "abc", b"z", None, 3.5, False]
+        theirs[1], theirs[2] = "xy", 5
+        theirs.shm.close()
+        out, _ = proc.communicate("go\n", timeout=30)
+        assert out.strip() == "[10, 'xy', 5, None, 3.5, False]"
+    finally:
+        proc.kill()
+        proc.wait()

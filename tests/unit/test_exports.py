@@ -17,7 +17,6 @@ import corral
 
 NOT_YET = {
     "corral": {"Manager"},
-    "corral.shared_memory": {"ShareableList"},
 }
 
 MODULES = {
