@@ -4,6 +4,7 @@ Run: python benchmarks/bench_shared.py [--quick]
 
 - locked increments of a shared Value('i') by 2 processes (fork), time per increment
 - creating and freeing 10,000 small Values in one process
+- a child attaching to a 64 MiB SharedMemory and summing it with NumPy (if installed)
 """
 
 from __future__ import annotations
@@ -51,6 +52,35 @@ def create_and_free_values(mp, count):
     return time.perf_counter() - t0
 
 
+def _sum_block(mp_shared_memory, name, size, out):
+    import numpy as np
+
+    t0 = time.perf_counter()
+    shm = mp_shared_memory.SharedMemory(name)
+    total = int(np.frombuffer(shm.buf, dtype=np.uint8, count=size).sum(dtype=np.uint64))
+    elapsed = time.perf_counter() - t0
+    del total
+    shm.close()
+    out.send(elapsed)
+
+
+def attach_and_sum(mp, shared_memory, size):
+    """Bytes per second a child attaches to and sums a block with NumPy."""
+    ctx = mp.get_context("fork")
+    shm = shared_memory.SharedMemory(create=True, size=size)
+    try:
+        shm.buf[:] = b"\x01" * size
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_sum_block, args=(shared_memory, shm.name, size, writer))
+        p.start()
+        elapsed = reader.recv()
+        p.join()
+        return size / elapsed
+    finally:
+        shm.close()
+        shm.unlink()
+
+
 def main():
     rounds = 3 if QUICK else 5
     per_process = 20_000 if QUICK else 100_000
@@ -66,6 +96,23 @@ def main():
         lambda: create_and_free_values(multiprocessing, 10_000),
         rounds,
     )
+    try:
+        import numpy  # noqa: F401  (optional: only this benchmark needs it)
+    except ImportError:
+        print("numpy not installed: the SharedMemory sum is skipped")
+    else:
+        import multiprocessing.shared_memory as stdlib_shared_memory
+
+        import corral.shared_memory as corral_shared_memory
+
+        compare(
+            "child attaches to 64 MiB SharedMemory, NumPy sum",
+            lambda: attach_and_sum(corral, corral_shared_memory, 64 << 20),
+            lambda: attach_and_sum(multiprocessing, stdlib_shared_memory, 64 << 20),
+            rounds,
+            unit="B/s",
+            higher_is_better=True,
+        )
     shm = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
     print(f"/dev/shm entries after the runs: {len(shm)}")
 
