@@ -3,8 +3,8 @@
 Every test is checked for leaks by ``no_leaks`` (autouse): after the test, no
 child process, thread, file descriptor or /dev/shm entry it created may remain.
 Long-lived helpers that corral keeps on purpose (the forkserver process and its
-fd, the resource-sharer thread and its listener, the heap's first arena) are
-not counted.
+fd, the resource-sharer thread and its listener, the heap's first arena, the
+resource tracker and its pipe) are not counted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import corral
-from corral import _forkserver, _resource_sharer
+from corral import _forkserver, _resource_sharer, resource_tracker
 
 START_METHODS = corral.get_all_start_methods()
 
@@ -46,6 +46,8 @@ def _helper_fds() -> set[int]:
     listener = _resource_sharer._resource_sharer._listener
     if listener is not None and listener._socket is not None:
         fds.add(listener._socket.fileno())
+    if resource_tracker._tracker_fd is not None:
+        fds.add(resource_tracker._tracker_fd)
     return fds
 
 
@@ -54,8 +56,8 @@ def _open_fds() -> set[int]:
 
 
 def _helper_pids() -> set[int]:
-    pid = _forkserver._forkserver._pid
-    return {pid} if pid else set()
+    pids = {_forkserver._forkserver._pid, resource_tracker._tracker_pid}
+    return {pid for pid in pids if pid}
 
 
 def _shm_entries() -> set[str]:

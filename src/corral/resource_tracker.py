@@ -1,15 +1,32 @@
 """Tracking of named OS resources (semaphores, shared memory) for cleanup.
 
 The stdlib's API names: ``register(name, rtype)``, ``unregister(name, rtype)``,
-``ensure_running()``, ``getfd()``. This first version tracks names in the
-creating process and unlinks whatever is still registered when that process
-exits normally. (Issue 4 replaces it with a tracker that also cleans up after
-processes that were killed.)
+``ensure_running()``, ``getfd()``. Two layers make sure that no name a process
+registered outlives it:
+
+- in the process: whatever is still registered when it exits normally is
+  unlinked by its exit sequence;
+- outside it: on the first registration a tracker process is started in its
+  own session (so a Ctrl-C or a kill of the program's process group does not
+  reach it). Registrations are written to it over a pipe; when the pipe's last
+  writer has gone (the registering process and the forked children that
+  inherited the pipe have all exited, normally or killed by SIGKILL), the
+  tracker unlinks what is still registered, says so on stderr (as the stdlib's
+  tracker does; only for names it really had to remove, so a process that
+  exited normally and cleaned up causes no warning) and exits. Children started by
+  spawn or forkserver do not inherit the pipe; they start a tracker of their
+  own if they register anything.
+
+The tracker is a few lines of plain Python run with ``-I -S``: it imports
+nothing of corral (only ``_multiprocessing`` and ``_posixshmem``), so it starts
+fast and does not depend on how corral was installed.
 """
 
 from __future__ import annotations
 
 import _multiprocessing
+import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -34,27 +51,106 @@ _registered: dict[tuple[str, str], None] = {}
 _lock = threading.Lock()
 
 
+_TRACKER_CODE = r"""
+import os, signal, sys, _multiprocessing, _posixshmem
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+unlink = {"semaphore": _multiprocessing.sem_unlink, "shared_memory": _posixshmem.shm_unlink}
+fd, held, pending = int(sys.argv[1]), set(), b""
+while True:
+    data = os.read(fd, 65536)
+    if not data:
+        break
+    *lines, pending = (pending + data).split(b"\n")
+    for line in lines:
+        op, rtype, name = line.decode().split(" ", 2)
+        (held.add if op == "R" else held.discard)((rtype, name))
+removed = {}
+for rtype, name in held:
+    try:
+        unlink[rtype](name)
+    except Exception:
+        continue  # already gone: its owner cleaned up
+    removed[rtype] = removed.get(rtype, 0) + 1
+for rtype, count in sorted(removed.items()):
+    sys.stderr.write(
+        f"resource_tracker: There appear to be {count} leaked {rtype} objects to clean up at "
+        f"shutdown (their creator was killed); removed them\n"
+    )
+"""
+
+_tracker_fd: int | None = None  # the write end of the pipe to this process tree's tracker
+_tracker_pid: int | None = None  # the tracker, if this process started it
+
+
 def ensure_running() -> None:
-    """Kept for compatibility: tracking needs no helper process in this version."""
+    """Start this process's tracker if it has none (registering does it too)."""
+    with _lock:
+        _start_tracker()
 
 
-def getfd() -> None:
-    """Kept for compatibility: there is no tracker pipe in this version."""
+def getfd() -> int | None:
+    """The write end of the pipe to the tracker (None until one is running)."""
+    return _tracker_fd
+
+
+def _start_tracker() -> None:
+    global _tracker_fd, _tracker_pid
+    if _tracker_fd is not None:
+        return
+    read_end, write_end = os.pipe()
+    try:
+        os.set_inheritable(read_end, True)
+        argv = [sys.executable, "-I", "-S", "-c", _TRACKER_CODE, str(read_end)]
+        # stdin and stdout from /dev/null; stderr is the caller's, for the one
+        # line it writes when it had to remove names a killed process left.
+        quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1)]
+        env = dict(os.environ)
+        try:
+            pid = os.posix_spawn(sys.executable, argv, env, file_actions=quiet, setsid=True)
+        except NotImplementedError:  # no POSIX_SPAWN_SETSID: at least its own group
+            pid = os.posix_spawn(sys.executable, argv, env, file_actions=quiet, setpgroup=0)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    _tracker_fd, _tracker_pid = write_end, pid
+
+
+def _tell_tracker(op: str, name: str, rtype: str) -> None:
+    if _tracker_fd is None:
+        return
+    try:
+        os.write(_tracker_fd, f"{op} {rtype} {name}\n".encode())
+    except OSError:
+        pass  # the tracker is gone; the exit sequence still unlinks
 
 
 def register(name: str, rtype: str) -> None:
-    """Remember that ``name`` (of type rtype) must be unlinked if still present at exit."""
+    """Make sure ``name`` (of type rtype) is unlinked if still there when this process ends.
+
+    Raises:
+        ValueError: an unknown resource type.
+    """
     if rtype not in _CLEANUP_FUNCS:
         msg = f"unknown resource type {rtype!r}"
         raise ValueError(msg)
     with _lock:
         _registered[(name, rtype)] = None
+        if rtype != "noop":
+            try:
+                _start_tracker()
+            except OSError:
+                util.debug("could not start the resource tracker; cleanup at exit only")
+            _tell_tracker("R", name, rtype)
 
 
 def unregister(name: str, rtype: str) -> None:
     """Forget ``name``: its owner unlinked it."""
     with _lock:
         _registered.pop((name, rtype), None)
+        _tell_tracker("U", name, rtype)
 
 
 def _cleanup() -> None:
@@ -70,14 +166,15 @@ def _cleanup() -> None:
 
 def _forget_after_fork() -> None:
     # Resources of the parent are the parent's to clean up; the child cleans
-    # up its own (fork also dropped the parent's finalizer, see util).
-    global _lock
+    # up its own (fork also dropped the parent's finalizer, see util). The
+    # child keeps the pipe to the tracker: the tracker waits for it as well.
+    global _lock, _tracker_pid
     _lock = threading.Lock()
     _registered.clear()
+    _tracker_pid = None  # not this child's own child
     util.Finalize(None, _cleanup, exitpriority=0)
 
 
 util.Finalize(None, _cleanup, exitpriority=0)
-import os  # noqa: E402
 
 os.register_at_fork(after_in_child=_forget_after_fork)
