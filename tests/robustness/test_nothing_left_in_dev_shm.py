@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,12 +18,22 @@ CREATOR = textwrap.dedent("""
     import threading, corral
     from corral import resource_tracker, shared_memory
 
-    ctx = corral.get_context("spawn")  # spawn: semaphore names must live on
-    lock = ctx.Lock()
-    value = ctx.Value("i", 0)          # and a lock inside a Value
-    shm = shared_memory.SharedMemory(create=True, size=100)
-    print(resource_tracker._tracker_pid, lock._semlock.name, shm.name, flush=True)
-    threading.Event().wait(60)
+    def child(lock, value, name, ready):
+        attached = shared_memory.SharedMemory(name)  # a child using all of it
+        ready.set()
+        threading.Event().wait(60)
+
+    if __name__ == "__main__":
+        ctx = corral.get_context("spawn")  # spawn: semaphore names must live on
+        lock = ctx.Lock()
+        value = ctx.Value("i", 0)          # and a lock inside a Value
+        ready = ctx.Event()
+        shm = shared_memory.SharedMemory(create=True, size=100)
+        worker = ctx.Process(target=child, args=(lock, value, shm.name, ready))
+        worker.start()
+        ready.wait(30)
+        print(resource_tracker._tracker_pid, worker.pid, lock._semlock.name, shm.name, flush=True)
+        threading.Event().wait(60)
 """)
 
 
@@ -32,36 +43,58 @@ def _exists(name: str) -> bool:
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm to look into")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_names_of_a_killed_process_group_are_removed(sig):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CREATOR],
+def test_names_of_a_killed_process_group_are_removed(tmp_path, sig):
+    script = tmp_path / "creator.py"  # a file: spawn children re-import it
+    script.write_text(CREATOR)
+    with subprocess.Popen(
+        [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-    )
-    try:
-        tracker_pid, sem_name, shm_name = proc.stdout.readline().split()
-        tracker = psutil.Process(int(tracker_pid))
-        assert _exists("sem." + sem_name.lstrip("/")) and _exists(shm_name)
-        os.killpg(proc.pid, sig)  # the whole group, as a terminal or a supervisor would
-        proc.wait(10)
-        tracker.wait(10)  # it outlives the group, cleans up, and exits
-        assert not _exists("sem." + sem_name.lstrip("/"))
-        assert not _exists(shm_name)
-        warning = proc.stderr.read()  # the tracker's line, on the creator's stderr
-        assert "2 leaked semaphore objects" in warning, warning
-        assert "1 leaked shared_memory objects" in warning, warning
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    ) as proc:
+        try:
+            tracker_pid, child_pid, sem_name, shm_name = proc.stdout.readline().split()
+            tracker, child = psutil.Process(int(tracker_pid)), psutil.Process(int(child_pid))
+            assert _exists("sem." + sem_name.lstrip("/")) and _exists(shm_name)
+            os.killpg(proc.pid, sig)  # parent and child, as a terminal or a supervisor would
             proc.wait(10)
+            child.wait(10)
+            tracker.wait(10)  # it outlives the group, cleans up, and exits
+            assert not _exists("sem." + sem_name.lstrip("/"))
+            assert not _exists(shm_name)
+            warning = proc.stderr.read()  # the tracker's line, on the creator's stderr
+            assert re.search(r"\d+ leaked semaphore objects", warning), warning
+            assert "1 leaked shared_memory objects" in warning, warning
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
-def test_a_normal_exit_cleans_up_without_a_warning():
-    code = CREATOR.replace("threading.Event().wait(60)", "")
+NORMAL_EXIT = textwrap.dedent("""
+    import corral
+    from corral import resource_tracker, shared_memory
+
+    def child(lock, value, name):
+        shared_memory.SharedMemory(name).close()
+
+    if __name__ == "__main__":
+        ctx = corral.get_context("spawn")
+        lock, value = ctx.Lock(), ctx.Value("i", 0)
+        shm = shared_memory.SharedMemory(create=True, size=100)  # never unlinked by hand
+        worker = ctx.Process(target=child, args=(lock, value, shm.name))
+        worker.start()
+        worker.join()
+        print(resource_tracker._tracker_pid, lock._semlock.name, shm.name, flush=True)
+""")
+
+
+def test_a_normal_exit_cleans_up_without_a_warning(tmp_path):
+    script = tmp_path / "creator.py"
+    script.write_text(NORMAL_EXIT)
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
     )
     _tracker, sem_name, shm_name = result.stdout.split()
     assert not _exists("sem." + sem_name.lstrip("/")) and not _exists(shm_name)
