@@ -23,11 +23,13 @@ over a Unix socket (``SCM_RIGHTS``).
 from __future__ import annotations
 
 import array
+import copyreg
 import io
 import os
 import pickle
 import socket
 import sys
+import threading
 from collections import ChainMap
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -57,7 +59,8 @@ HAVE_SEND_HANDLE = (
     and hasattr(socket.socket, "sendmsg")
 )
 
-# Set once a user registers a reducer: from then on the fast path is skipped.
+# Set once a reducer is registered: from then on the fast path pickles with a
+# dispatch table that includes the registered reducers (_plain_dumps).
 _custom_reducers_registered = False
 
 
@@ -95,6 +98,10 @@ class ForkingPickler(cloudpickle.Pickler):
 
 register = ForkingPickler.register
 
+# The fast path's table: the stdlib's reducers, then the registered ones first.
+_plain_dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)
+_pickler_of_thread = threading.local()
+
 
 def dump(obj: Any, file: Any, protocol: int | None = None) -> None:
     """Pickle obj to a binary file, as corral sends it."""
@@ -120,17 +127,41 @@ def _check_main(main: Any) -> bool:
     return _main_reimportable
 
 
-def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
+def _plain_dumps(obj: Any) -> bytes:
+    """Plain (C) pickle, applying the reducers registered with ``register``.
+
+    With reducers registered, a pickler per thread is kept and reused: making
+    one per call cost as much as the pickling of a small task.
+    """
     if not _custom_reducers_registered:
-        try:
-            data = pickle.dumps(obj, PROTOCOL)
-        except Exception:
-            pass
-        else:
-            main = _modules.get("__main__")
-            reimportable = _main_reimportable if main is _main_module else _check_main(main)
-            if reimportable or type(obj) in _PLAIN_TYPES or b"__main__" not in data:
-                return data
+        return pickle.dumps(obj, PROTOCOL)
+    kept = _pickler_of_thread.__dict__.pop("kept", None)  # absent while in use (re-entry)
+    if kept is None:
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, PROTOCOL)
+        pickler.dispatch_table = _plain_dispatch_table
+        kept = (pickler, buf)
+    pickler, buf = kept
+    try:
+        pickler.dump(obj)
+        return buf.getvalue()
+    finally:
+        buf.seek(0)
+        buf.truncate()
+        pickler.clear_memo()
+        _pickler_of_thread.kept = kept
+
+
+def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
+    try:
+        data = _plain_dumps(obj)
+    except Exception:
+        pass
+    else:
+        main = _modules.get("__main__")
+        reimportable = _main_reimportable if main is _main_module else _check_main(main)
+        if reimportable or type(obj) in _PLAIN_TYPES or b"__main__" not in data:
+            return data
     return _slow_dumps(obj, PROTOCOL)
 
 

@@ -133,7 +133,8 @@ def synchronized(obj: Any, lock: Any = None, ctx: Any = None) -> Any:
 def _rebuild_ctype(type_: Any, wrapper: heap.BufferWrapper, length: int | None) -> Any:
     if length is not None:
         type_ = type_ * length
-    reduction.ForkingPickler.register(type_, _reduce_ctype)
+    if type_ not in reduction.ForkingPickler._extra_reducers:  # once per type
+        reduction.ForkingPickler.register(type_, _reduce_ctype)
     obj = type_.from_buffer(wrapper.create_memoryview())
     obj._wrapper = wrapper  # the block lives as long as the object
     return obj

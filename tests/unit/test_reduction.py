@@ -145,3 +145,17 @@ def test_abstract_reducer_defaults():
     reducer = reduction.AbstractReducer()
     assert reducer.ForkingPickler is ForkingPickler
     assert corral.get_context().reducer is reduction
+
+
+class _Reduced:
+    def __init__(self, x):
+        self.x = x
+
+
+def test_registered_reducers_keep_the_plain_pickle_fast_path():
+    # Registering a reducer (sharedctypes does, for every shared ctypes type)
+    # must not send everything down the slower cloudpickle path afterwards.
+    ForkingPickler.register(_Reduced, lambda r: (str, (f"reduced {r.x}",)))
+    assert pickle.loads(reduction._plain_dumps(_Reduced(5))) == "reduced 5"
+    assert pickle.loads(reduction._plain_dumps([_Reduced(1), 2])) == ["reduced 1", 2]
+    assert ForkingPickler.loads(ForkingPickler.dumps(lambda: 7))() == 7  # slow path still there
