@@ -78,6 +78,8 @@ class SharedMemory:
     _fd = -1
     _mmap: mmap.mmap | None = None
     _buf: memoryview | None = None
+    # __del__ may run during interpreter teardown, after module globals are gone.
+    _close_fd = staticmethod(os.close)
 
     def __init__(
         self, name: str | None = None, create: bool = False, size: int = 0, *, track: bool = True
@@ -157,7 +159,7 @@ class SharedMemory:
             self._mmap.close()
             self._mmap = None
         if self._fd >= 0:
-            os.close(self._fd)
+            self._close_fd(self._fd)
             self._fd = -1
 
     def __del__(self) -> None:
