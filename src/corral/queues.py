@@ -52,30 +52,25 @@ class Queue:
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
 
+    # What a child gets when the queue is passed to it at start.
+    _PICKLED = (
+        "_ignore_epipe",
+        "_maxsize",
+        "_reader",
+        "_writer",
+        "_rlock",
+        "_wlock",
+        "_sem",
+        "_opid",
+    )
+
     def __getstate__(self) -> tuple[Any, ...]:
         context.assert_spawning(self)
-        return (
-            self._ignore_epipe,
-            self._maxsize,
-            self._reader,
-            self._writer,
-            self._rlock,
-            self._wlock,
-            self._sem,
-            self._opid,
-        )
+        return tuple(getattr(self, name) for name in self._PICKLED)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (
-            self._ignore_epipe,
-            self._maxsize,
-            self._reader,
-            self._writer,
-            self._rlock,
-            self._wlock,
-            self._sem,
-            self._opid,
-        ) = state
+        for name, value in zip(self._PICKLED, state, strict=True):
+            setattr(self, name, value)
         self._reset()
 
     def _after_fork(self) -> None:
