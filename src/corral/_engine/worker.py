@@ -134,11 +134,25 @@ def serve(
             return None
 
 
-def _report_initializer_failure(exc: BaseException, logger_name: str) -> tuple[Any, ...]:
-    # Logged in the worker as well, like the stdlib's executor, so a logging
-    # setup made by the initializer itself (a QueueHandler...) sees it.
-    logging.getLogger(logger_name).critical("Exception in initializer:", exc_info=exc)
-    return (INIT_FAIL, 0, (type(exc).__name__, short_repr(exc)), format_exception_text(exc))
+def _initialized(
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    send: Callable[[list[Any]], None],
+    logger_name: str,
+) -> bool:
+    """Run the pool's initializer; on failure report it (INIT_FAIL) and return False."""
+    if initializer is None:
+        return True
+    try:
+        initializer(*initargs)
+    except BaseException as exc:
+        # Logged in the worker as well, like the stdlib's executor, so a logging
+        # setup made by the initializer itself (a QueueHandler...) sees it.
+        logging.getLogger(logger_name).critical("Exception in initializer:", exc_info=exc)
+        info = (type(exc).__name__, short_repr(exc))
+        send([(INIT_FAIL, 0, info, format_exception_text(exc))])
+        return False
+    return True
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -210,12 +224,8 @@ def process_worker_main(
         return batch
 
     try:
-        if initializer is not None:
-            try:
-                initializer(*initargs)
-            except BaseException as exc:
-                send([_report_initializer_failure(exc, logger_name)])
-                return
+        if not _initialized(initializer, initargs, send, logger_name):
+            return
         exit_status = serve(receive, send, PickleCodec, max_tasks, max_memory)
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent went away while we were reporting
@@ -235,10 +245,6 @@ def thread_worker_main(
     logger_name: str,
 ) -> None:
     """Entry point of a ``ThreadPool`` worker thread."""
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as exc:
-            post([_report_initializer_failure(exc, logger_name)])
-            return
+    if not _initialized(initializer, initargs, post, logger_name):
+        return
     serve(inbox.get, post, ObjectCodec, max_tasks, None, acknowledge=False, abandoned=abandoned)
