@@ -1,18 +1,24 @@
 """Queues between processes: ``Queue``, ``JoinableQueue``, ``SimpleQueue``.
 
-A queue is a one-way pipe plus locks: readers take ``_rlock`` to receive one
-whole message; writers take ``_wlock`` to send one. ``Queue.put`` pickles the
-object *in the caller*, so an object that cannot be pickled raises right there
-(the stdlib loses it in the feeder thread and only prints a traceback); a
-background feeder thread then writes the bytes, so ``put`` never blocks on a
-full pipe. A bounded semaphore counts the items for ``maxsize``/``qsize``.
+All three carry pickled messages through a ``corral._ring.Ring``: a circular
+buffer in shared memory that every process holding the queue maps, with a lock
+that is taken over when its holder is killed (see ``_ring``'s docstring for
+the layout and the recovery rules). ``put`` pickles the object *in the caller*,
+so an object that cannot be pickled raises right there (the stdlib loses it in
+its feeder thread and only prints a traceback), and then stores the bytes in
+the ring itself: no thread hand-off, no system call while the ring has room.
+
+When the ring is full, ``Queue.put`` does not block (as in the stdlib): the
+message is accepted (it counts for ``qsize``/``maxsize``) and kept in this
+process's buffer, which a feeder thread moves into the ring as room appears.
+Later puts of the same process go through that buffer too until it is empty,
+so each producer's messages keep their order. ``SimpleQueue.put`` has no
+feeder and waits for room instead.
 """
 
 from __future__ import annotations
 
 import collections
-import errno
-import os
 import threading
 import time
 import types
@@ -20,7 +26,7 @@ import weakref
 from queue import Empty, Full
 from typing import Any
 
-from . import connection, context, reduction, util
+from . import _ring, context, reduction, util
 from .reduction import _dumps
 from .synchronize import SEM_VALUE_MAX
 
@@ -28,6 +34,40 @@ __all__ = ("JoinableQueue", "Queue", "SimpleQueue")
 
 _loads = reduction._loads
 _CLOSE = object()  # tells the feeder thread to finish
+_STORED, _RESERVED, _FULL, _NO_ROOM = _ring.STORED, _ring.RESERVED, _ring.FULL, _ring.NO_ROOM
+
+
+def _deadline(block: bool, timeout: float | None) -> float | None:
+    return time.monotonic() + timeout if block and timeout is not None else None
+
+
+def _closed_error(queue: object) -> ValueError:
+    return ValueError(f"Queue {queue!r} is closed")
+
+
+_SPINS = 64  # looks at an empty ring before sleeping (a wake-up costs more)
+
+
+def _get(ring: _ring.Ring, block: bool, deadline: float | None) -> bytes:
+    """The next message's bytes, sleeping on the ring until one comes or the deadline."""
+    empty = ring.empty
+    while True:
+        data = ring.take()
+        if data is not None:
+            return data
+        if block:
+            for _ in range(_SPINS):
+                if not empty():
+                    break
+            else:
+                if ring.wait_readable(deadline):
+                    continue
+                block = False
+        if not block:
+            data = ring.take()
+            if data is None:
+                raise Empty
+            return data
 
 
 class Queue:
@@ -37,32 +77,20 @@ class Queue:
     stdlib's; both raise ``ValueError`` after ``close()``.
     """
 
+    _joinable = False
     _notempty: threading.Condition
 
     def __init__(self, maxsize: int = 0, *, ctx: Any) -> None:
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
-        self._reader, self._writer = connection.Pipe(duplex=False)
-        self._rlock = ctx.Lock()
-        self._opid = os.getpid()
-        self._wlock = ctx.Lock()
-        self._sem = ctx.BoundedSemaphore(maxsize)
+        self._ring = _ring.Ring(ctx, maxsize, joinable=self._joinable)
         self._ignore_epipe = False
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
 
     # What a child gets when the queue is passed to it at start.
-    _PICKLED = (
-        "_ignore_epipe",
-        "_maxsize",
-        "_reader",
-        "_writer",
-        "_rlock",
-        "_wlock",
-        "_sem",
-        "_opid",
-    )
+    _PICKLED = ("_ignore_epipe", "_maxsize", "_ring")
 
     def __getstate__(self) -> tuple[Any, ...]:
         context.assert_spawning(self)
@@ -82,39 +110,65 @@ class Queue:
             self._notempty._at_fork_reinit()  # type: ignore[attr-defined,unused-ignore]
         else:
             self._notempty = threading.Condition(threading.Lock())
+        # Messages this process accepted and has not stored yet: in _buffer, or
+        # in the feeder's hands while _storing.
         self._buffer: collections.deque[Any] = collections.deque()
+        self._storing = False
+        self._feeder_idle = False
+        # Bounded and joinable queues count a message when it is accepted, as
+        # the stdlib does; others when it reaches the ring (plus the buffer, in qsize).
+        self._counted = self._maxsize < SEM_VALUE_MAX or self._joinable
         self._thread: threading.Thread | None = None
         self._jointhread: util.Finalize | None = None
         self._joincancelled = False
         self._closed = False
         self._close: util.Finalize | None = None
-        self._send_bytes = self._writer.send_bytes
-        self._recv_bytes = self._reader.recv_bytes
-        self._poll = self._reader.poll
+        self._offer = self._ring.offer_fast
+        self._take = self._ring.take
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put obj on the queue, waiting for room up to timeout seconds if block.
 
         Raises:
-            queue.Full: no room in time.
+            queue.Full: ``maxsize`` messages are in the queue and none left in time.
             ValueError: the queue is closed.
             corral.SerializationError: obj cannot be pickled (nothing is queued).
         """
         if self._closed:
-            msg = f"Queue {self!r} is closed"
-            raise ValueError(msg)
+            raise _closed_error(self)
         data = _dumps(obj)
-        if not self._sem.acquire(block, timeout):
-            raise Full
-        with self._notempty:
-            if self._thread is None:
-                self._start_thread()
-            self._enqueue(data)
-            self._notempty.notify()
+        if self._buffer or self._storing or self._offer(data) is not _STORED:
+            self._put_slow(data, block, timeout)
 
-    def _enqueue(self, data: bytes) -> None:
-        """Hand pickled data to the feeder (called with ``_notempty`` held)."""
-        self._buffer.append(data)
+    def _put_slow(self, data: bytes, block: bool, timeout: float | None) -> None:
+        """Store data with wrapping or out of band, or accept it into this process's
+        buffer (the feeder stores it later), or wait for room under maxsize."""
+        ring = self._ring
+        data = ring.frame(data)
+        deadline = _deadline(block, timeout)
+        counted = self._counted
+        while True:
+            if self._buffer or self._storing:
+                accepted = ring.reserve() if counted else True
+            else:
+                result = ring.offer(data, False, counted)
+                if result is _STORED:
+                    return
+                accepted = result is not _FULL
+            if accepted:
+                self._buffer.append(data)
+                if self._thread is None:
+                    with self._notempty:
+                        if self._thread is None:
+                            self._start_thread()
+                if self._feeder_idle:
+                    with self._notempty:
+                        self._notempty.notify()
+                return
+            if not block or not ring.wait_writable(deadline):
+                if isinstance(data, _ring.SegmentName):
+                    _ring.discard(data)
+                raise Full
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item, waiting up to timeout seconds if block.
@@ -124,35 +178,29 @@ class Queue:
             ValueError: the queue is closed.
         """
         if self._closed:
-            msg = f"Queue {self!r} is closed"
-            raise ValueError(msg)
-        if block and timeout is None:
-            with self._rlock:
-                data = self._recv_bytes()
-            self._sem.release()
-            return _loads(data)
-        deadline = time.monotonic() + timeout if block and timeout is not None else None
-        if not self._rlock.acquire(block, timeout):
-            raise Empty
-        try:
-            remaining = max(0.0, deadline - time.monotonic()) if deadline is not None else 0.0
-            if not self._poll(remaining):
-                raise Empty
-            data = self._recv_bytes()
-            self._sem.release()
-        finally:
-            self._rlock.release()
+            raise _closed_error(self)
+        data = self._take()
+        if data is None:
+            data = _get(self._ring, block, _deadline(block, timeout))
         return _loads(data)
 
     def qsize(self) -> int:
-        """The approximate number of items in the queue."""
-        return self._maxsize - self._sem._semlock._get_value()
+        """The number of items put and not yet taken.
+
+        Counts the messages in other processes' buffers too for bounded and
+        joinable queues; for others, only this process's buffer.
+        """
+        if self._counted:
+            return self._ring.count()
+        return self._ring.count() + len(self._buffer) + self._storing
 
     def empty(self) -> bool:
-        return not self._poll()
+        """Whether no item is waiting in the queue now."""
+        return self._ring.empty()
 
     def full(self) -> bool:
-        return self._sem._semlock._is_zero()
+        """Whether ``maxsize`` items are in the queue."""
+        return self._ring.full()
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -161,14 +209,14 @@ class Queue:
         return self.put(obj, False)
 
     def close(self) -> None:
-        """No more puts from this process; the feeder flushes what it holds and stops."""
+        """No more puts or gets from this process; the feeder stores what it holds and stops."""
         self._closed = True
         close, self._close = self._close, None
         if close is not None:
             close()
 
     def join_thread(self) -> None:
-        """Wait for the feeder thread to flush everything (after ``close()``)."""
+        """Wait for the feeder thread to store everything (after ``close()``)."""
         util.debug("Queue.join_thread()")
         if not self._closed:
             msg = f"Queue {self!r} not closed"
@@ -177,7 +225,7 @@ class Queue:
             self._jointhread()
 
     def cancel_join_thread(self) -> None:
-        """Do not wait for the feeder at exit (queued data may then be lost)."""
+        """Do not wait for the feeder at exit (messages still buffered are then lost)."""
         util.debug("Queue.cancel_join_thread()")
         self._joincancelled = True
         if self._jointhread is not None:
@@ -187,17 +235,7 @@ class Queue:
         util.debug("Queue._start_thread()")
         thread = threading.Thread(
             target=Queue._feed,
-            args=(
-                self._buffer,
-                self._notempty,
-                self._send_bytes,
-                self._wlock,
-                self._reader.close,
-                self._writer.close,
-                self._ignore_epipe,
-                self._on_queue_feeder_error,
-                self._sem,
-            ),
+            args=(self._buffer, self._notempty, self._ring, self),
             name="QueueFeederThread",
             daemon=True,
         )
@@ -227,44 +265,41 @@ class Queue:
     def _feed(
         buffer: collections.deque[Any],
         notempty: threading.Condition,
-        send_bytes: Any,
-        writelock: Any,
-        reader_close: Any,
-        writer_close: Any,
-        ignore_epipe: bool,
-        onerror: Any,
-        queue_sem: Any,
+        ring: _ring.Ring,
+        queue: Queue,
     ) -> None:
+        """The feeder thread: store buffered messages, in batches, as room appears.
+
+        ``queue._storing`` is set while messages may be between the buffer and
+        the ring, so ``put`` sees pending work at every instant; ``put`` only
+        notifies the feeder when it sleeps (``_feeder_idle``).
+        """
+        counted = queue._counted
         while True:
+            queue._storing = True
+            if buffer:
+                if buffer[0] is _CLOSE:
+                    queue._storing = False
+                    return
+                if not ring.offer_batch(buffer, counted) and buffer and buffer[0] is not _CLOSE:
+                    ring.wait_writable(None)
+                continue
+            queue._storing = False
             with notempty:
+                queue._feeder_idle = True
                 while not buffer:
                     notempty.wait()
-            try:
-                while True:
-                    data = buffer.popleft()
-                    if data is _CLOSE:
-                        reader_close()
-                        writer_close()
-                        return
-                    with writelock:
-                        send_bytes(data)
-            except IndexError:
-                pass
-            except Exception as exc:
-                if ignore_epipe and getattr(exc, "errno", 0) == errno.EPIPE:
-                    return
-                if util.is_exiting():
-                    util.info("error in queue thread: %s", exc)
-                    return
-                queue_sem.release()
-                onerror(exc, data)
+                queue._feeder_idle = False
 
     @staticmethod
     def _on_queue_feeder_error(exc: BaseException, obj: Any) -> None:
-        """Called in the feeder thread when writing an item failed; prints the traceback."""
+        """Kept for subclasses written for the stdlib; corral's feeder only moves bytes.
+
+        An object that cannot be pickled raises in ``put`` instead.
+        """
         import traceback
 
-        traceback.print_exc()
+        traceback.print_exception(exc)
 
     __class_getitem__: Any = classmethod(types.GenericAlias)
 
@@ -272,23 +307,7 @@ class Queue:
 class JoinableQueue(Queue):
     """A ``Queue`` whose consumers mark items done, so producers can ``join()``."""
 
-    def __init__(self, maxsize: int = 0, *, ctx: Any) -> None:
-        super().__init__(maxsize, ctx=ctx)
-        self._unfinished_tasks = ctx.Semaphore(0)
-        self._cond = ctx.Condition()
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (*super().__getstate__(), self._cond, self._unfinished_tasks)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        super().__setstate__(state[:-2])
-        self._cond, self._unfinished_tasks = state[-2:]
-
-    def _enqueue(self, data: bytes) -> None:
-        # Counted under _cond, so join() never sees an item queued but not counted.
-        with self._cond:
-            super()._enqueue(data)
-            self._unfinished_tasks.release()
+    _joinable = True
 
     def task_done(self) -> None:
         """Mark one item as processed.
@@ -296,58 +315,69 @@ class JoinableQueue(Queue):
         Raises:
             ValueError: called more times than items were put.
         """
-        with self._cond:
-            if not self._unfinished_tasks.acquire(False):
-                msg = "task_done() called too many times"
-                raise ValueError(msg)
-            if self._unfinished_tasks._semlock._is_zero():
-                self._cond.notify_all()
+        self._ring.task_done()
 
     def join(self) -> None:
         """Wait until every item put has been marked with ``task_done()``."""
-        with self._cond:
-            if not self._unfinished_tasks._semlock._is_zero():
-                self._cond.wait()
+        self._ring.join()
 
 
 class SimpleQueue:
-    """A queue with no feeder thread: ``put`` writes directly (and may block)."""
+    """A queue with no feeder thread: ``put`` stores directly (waiting for room if full)."""
 
     def __init__(self, *, ctx: Any) -> None:
-        self._reader, self._writer = connection.Pipe(duplex=False)
-        self._rlock = ctx.Lock()
-        self._wlock = ctx.Lock()
-        self._poll = self._reader.poll
+        self._ring = _ring.Ring(ctx)
+        self._closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offer = self._ring.offer_fast
+        self._take = self._ring.take
 
     def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
+        """No more puts or gets from this process (closing twice is allowed)."""
+        self._closed = True
 
     def empty(self) -> bool:
-        return not self._poll()
+        """Whether no item is waiting in the queue now."""
+        return self._ring.empty()
 
-    def __getstate__(self) -> tuple[Any, ...]:
+    def __getstate__(self) -> _ring.Ring:
         context.assert_spawning(self)
-        return (self._reader, self._writer, self._rlock, self._wlock)
+        return self._ring
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self._reader, self._writer, self._rlock, self._wlock = state
-        self._poll = self._reader.poll
+    def __setstate__(self, state: _ring.Ring) -> None:
+        self._ring = state
+        self._closed = False
+        self._reset()
 
     def get(self) -> Any:
-        """Remove and return an item, waiting for one."""
-        with self._rlock:
-            data = self._reader.recv_bytes()
+        """Remove and return an item, waiting for one.
+
+        Raises:
+            ValueError: the queue is closed.
+        """
+        if self._closed:
+            raise _closed_error(self)
+        data = self._take()
+        if data is None:
+            data = _get(self._ring, True, None)
         return _loads(data)
 
     def put(self, obj: Any) -> None:
-        """Put obj on the queue.
+        """Put obj on the queue, waiting for room if it is full.
 
         Raises:
+            ValueError: the queue is closed.
             corral.SerializationError: obj cannot be pickled.
         """
+        if self._closed:
+            raise _closed_error(self)
         data = _dumps(obj)
-        with self._wlock:
-            self._writer.send_bytes(data)
+        if self._offer(data) is not _STORED:
+            ring = self._ring
+            data = ring.frame(data)
+            while ring.offer(data) is not _STORED:
+                ring.wait_writable(None)
 
     __class_getitem__: Any = classmethod(types.GenericAlias)

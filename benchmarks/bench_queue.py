@@ -1,0 +1,115 @@
+"""Queue throughput, corral vs the stdlib: one producer process, one consumer process (fork).
+
+Run: python benchmarks/bench_queue.py [--quick]
+
+Each round: the parent puts N messages, a child gets them and reports; the
+time runs from the first put to the child's report. Messages are bytes of the
+given size (the 8-byte row sends an int).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import corral
+from _harness import compare
+
+
+def consume(q, count: int, done) -> None:
+    get = q.get
+    for _ in range(count):
+        get()
+    done.send_bytes(b"ok")
+
+
+def queue_throughput(mp, kind: str, payload, count: int) -> float:
+    ctx = mp.get_context("fork")
+    q = getattr(ctx, kind)()
+    done_r, done_w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=consume, args=(q, count, done_w))
+    p.start()
+    put = q.put
+    t0 = time.perf_counter()
+    for _ in range(count):
+        put(payload)
+    done_r.recv_bytes()
+    elapsed = time.perf_counter() - t0
+    p.join()
+    if kind != "SimpleQueue":
+        q.close()
+        q.join_thread()
+    done_r.close()
+    done_w.close()
+    return count / elapsed
+
+
+def pipe_consume(conn, count: int, done) -> None:
+    recv = conn.recv
+    for _ in range(count):
+        recv()
+    done.send_bytes(b"ok")
+
+
+def pipe_throughput(mp, payload, count: int) -> float:
+    ctx = mp.get_context("fork")
+    r, w = ctx.Pipe()
+    done_r, done_w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=pipe_consume, args=(r, count, done_w))
+    p.start()
+    send = w.send
+    t0 = time.perf_counter()
+    for _ in range(count):
+        send(payload)
+    done_r.recv_bytes()
+    elapsed = time.perf_counter() - t0
+    p.join()
+    for c in (r, w, done_r, done_w):
+        c.close()
+    return count / elapsed
+
+
+def main() -> list[dict]:
+    quick = "--quick" in sys.argv
+    rounds = 3 if quick else 5
+    n = 30_000 if quick else 100_000
+    big = 300 if quick else 1_000
+    rows = []
+    cases = [
+        ("Queue", "1 KiB", b"x" * 1024, n),
+        ("SimpleQueue", "1 KiB", b"x" * 1024, n),
+        ("Pipe", "1 KiB", b"x" * 1024, n),
+        ("Queue", "8 B", 12345678, n),
+        ("SimpleQueue", "8 B", 12345678, n),
+        ("Pipe", "8 B", 12345678, n),
+        ("Queue", "1 MiB", b"x" * 2**20, big),
+        ("SimpleQueue", "1 MiB", b"x" * 2**20, big),
+        ("Pipe", "1 MiB", b"x" * 2**20, big),
+    ]
+    for kind, label, payload, count in cases:
+        if kind == "Pipe":
+            ours = lambda p=payload, c=count: pipe_throughput(corral, p, c)  # noqa: E731
+            theirs = lambda p=payload, c=count: pipe_throughput(multiprocessing, p, c)  # noqa: E731
+        else:
+            ours = lambda k=kind, p=payload, c=count: queue_throughput(corral, k, p, c)  # noqa: E731
+            theirs = lambda k=kind, p=payload, c=count: queue_throughput(  # noqa: E731
+                multiprocessing, k, p, c
+            )
+        rows.append(
+            compare(
+                f"{kind} {label}, 1 producer -> 1 consumer, msgs/s",
+                ours,
+                theirs,
+                rounds=rounds,
+                unit="msg/s",
+                higher_is_better=True,
+            )
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
