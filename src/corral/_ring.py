@@ -60,7 +60,7 @@ import struct
 import time
 from typing import Any
 
-from . import resource_tracker, util
+from . import reduction, resource_tracker, util
 from .heap import Arena
 from .synchronize import SEM_VALUE_MAX
 
@@ -119,6 +119,11 @@ class Ring:
         self._readable = ctx.Semaphore(0)
         self._writable = ctx.Semaphore(0)
         self._alldone = ctx.Semaphore(0)
+        # The tracker that removes segments of big messages nobody took: this
+        # process's, shared by every process that gets the ring (inherited by
+        # fork, a duplicate of the pipe for spawn), whichever one made them.
+        resource_tracker.ensure_running()
+        self._tracker_fd = resource_tracker.getfd()
         self._bind()
 
     _PICKLED = (
@@ -134,11 +139,15 @@ class Ring:
     )
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._PICKLED)
+        fd = self._tracker_fd
+        tracker = None if fd is None else reduction.DupFd(fd)
+        return (*(getattr(self, name) for name in self._PICKLED), tracker)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for name, value in zip(self._PICKLED, state, strict=True):
+        for name, value in zip(self._PICKLED, state[:-1], strict=True):
             setattr(self, name, value)
+        tracker = state[-1]
+        self._tracker_fd = None if tracker is None else tracker.detach()
         self._bind()
 
     def _bind(self) -> None:
@@ -222,7 +231,7 @@ class Ring:
         """What to store for a pickled message: itself, or (a ``SegmentName``) its segment's."""
         if len(data) <= self._inband_max:
             return data
-        return _to_segment(data)
+        return _to_segment(data, self._tracker_fd)
 
     # The two hot paths below take module constants as keyword defaults: a local
     # lookup instead of a global one, some 100 ns of a 700 ns call.
@@ -431,7 +440,7 @@ class Ring:
             mem[0:4] = _nobody
             self._release()
         if n & 0x80000000:  # _OUT_OF_BAND
-            return _from_segment(data)
+            return _from_segment(data, self._tracker_fd)
         return data
 
     def wait_readable(self, deadline: float | None) -> bool:
@@ -528,7 +537,7 @@ class SegmentName(bytes):
     """The frame of an out-of-band message: the name of the segment holding it."""
 
 
-def _to_segment(data: bytes) -> SegmentName:
+def _to_segment(data: bytes, tracker_fd: int | None) -> SegmentName:
     """Write data to a new shared-memory segment; the frame is its name."""
     import _posixshmem
 
@@ -539,21 +548,21 @@ def _to_segment(data: bytes) -> SegmentName:
         except FileExistsError:
             continue
         break
-    resource_tracker.register(name, "shared_memory")
+    resource_tracker.hand_over(name, "shared_memory", tracker_fd)
     try:
         os.ftruncate(fd, len(data))
         with mmap.mmap(fd, len(data)) as segment:
             segment[:] = data
     except BaseException:
         _posixshmem.shm_unlink(name)
-        resource_tracker.unregister(name, "shared_memory")
+        resource_tracker.taken_over(name, "shared_memory", tracker_fd)
         raise
     finally:
         os.close(fd)
     return SegmentName(name.encode())
 
 
-def _from_segment(frame: bytes) -> bytes:
+def _from_segment(frame: bytes, tracker_fd: int | None) -> bytes:
     """Read and remove the segment a frame names."""
     import _posixshmem
 
@@ -561,7 +570,7 @@ def _from_segment(frame: bytes) -> bytes:
     fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
     try:
         _posixshmem.shm_unlink(name)
-        resource_tracker.unregister(name, "shared_memory")
+        resource_tracker.taken_over(name, "shared_memory", tracker_fd)
         size = os.fstat(fd).st_size
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as segment:
             return segment[:]
@@ -569,7 +578,7 @@ def _from_segment(frame: bytes) -> bytes:
         os.close(fd)
 
 
-def discard(frame: bytes) -> None:
+def discard(frame: bytes, tracker_fd: int | None) -> None:
     """Remove the segment of an out-of-band frame that will never be stored."""
     import _posixshmem
 
@@ -578,4 +587,4 @@ def discard(frame: bytes) -> None:
         _posixshmem.shm_unlink(name)
     except FileNotFoundError:
         pass
-    resource_tracker.unregister(name, "shared_memory")
+    resource_tracker.taken_over(name, "shared_memory", tracker_fd)

@@ -167,7 +167,7 @@ class Queue:
                 return
             if not block or not ring.wait_writable(deadline):
                 if isinstance(data, _ring.SegmentName):
-                    _ring.discard(data)
+                    _ring.discard(data, ring._tracker_fd)
                 raise Full
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:

@@ -118,13 +118,29 @@ def _start_tracker() -> None:
     _tracker_fd, _tracker_pid = write_end, pid
 
 
-def _tell_tracker(op: str, name: str, rtype: str) -> None:
-    if _tracker_fd is None:
+def _tell_tracker(op: str, name: str, rtype: str, fd: int | None = None) -> None:
+    fd = _tracker_fd if fd is None else fd
+    if fd is None:
         return
     try:
-        os.write(_tracker_fd, f"{op} {rtype} {name}\n".encode())
+        os.write(fd, f"{op} {rtype} {name}\n".encode())
     except OSError:
         pass  # the tracker is gone; the exit sequence still unlinks
+
+
+def hand_over(name: str, rtype: str, tracker_fd: int | None) -> None:
+    """Have the tracker behind tracker_fd remove name if still there when its processes end.
+
+    For a name that changes hands between processes (a big queue message: made
+    by a producer, unlinked by whichever consumer takes it): unlike
+    ``register``, the process that made it does not unlink it at its exit.
+    """
+    _tell_tracker("R", name, rtype, tracker_fd)
+
+
+def taken_over(name: str, rtype: str, tracker_fd: int | None) -> None:
+    """The name given with ``hand_over`` was unlinked by whoever took it."""
+    _tell_tracker("U", name, rtype, tracker_fd)
 
 
 def register(name: str, rtype: str) -> None:
