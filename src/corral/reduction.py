@@ -153,6 +153,8 @@ def _plain_dumps(obj: Any) -> bytes:
 
 
 def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
+    if type(obj) in _PLAIN_TYPES:  # no reducer, no __main__ reference: plain C pickle
+        return pickle.dumps(obj, PROTOCOL)
     try:
         data = _plain_dumps(obj)
     except Exception:
@@ -160,7 +162,7 @@ def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
     else:
         main = _modules.get("__main__")
         reimportable = _main_reimportable if main is _main_module else _check_main(main)
-        if reimportable or type(obj) in _PLAIN_TYPES or b"__main__" not in data:
+        if reimportable or b"__main__" not in data:
             return data
     return _slow_dumps(obj, PROTOCOL)
 
@@ -300,13 +302,14 @@ def DupFd(fd: int) -> Any:
 
 def reduce_connection(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     token = DupFd(conn.fileno())
-    return rebuild_connection, (token, conn.readable, conn.writable)
+    return rebuild_connection, (token, conn.readable, conn.writable, conn._records)
 
 
-def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
-    from .connection import Connection
+def rebuild_connection(token: Any, readable: bool, writable: bool, records: bool = False) -> Any:
+    from ._wire import Connection, _RecordConnection
 
-    return Connection(token.detach(), readable, writable)
+    cls = _RecordConnection if records else Connection
+    return cls(token.detach(), readable, writable)
 
 
 def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:

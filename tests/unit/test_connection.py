@@ -288,3 +288,67 @@ def test_default_socket_timeout_does_not_leak_into_pipes():
     t.join(timeout=10)
     a.close()
     b.close()
+
+
+RECORD = 1 << 16  # corral._wire._RECORD
+
+
+@pytest.mark.skipif(not corral._wire._HAVE_SEQPACKET, reason="record pipes are Linux-only")
+def test_duplex_pipe_is_a_record_socket_pair():
+    a, b = Pipe()
+    kind = socket.socket(fileno=os.dup(a.fileno()))
+    try:
+        assert kind.type == socket.SOCK_SEQPACKET
+    finally:
+        kind.close()
+    assert a._records and b._records
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, RECORD - 5, RECORD - 4, RECORD - 3, RECORD, RECORD + 1, 3 * RECORD + 5]
+)
+def test_messages_around_the_record_size(size):
+    a, b = Pipe()
+    payload = os.urandom(size)
+    t = threading.Thread(
+        target=lambda: [a.send_bytes(payload), a.send(payload), a.send_bytes(payload)]
+    )
+    t.start()
+    assert b.recv_bytes() == payload
+    assert b.recv() == payload
+    into = bytearray(size + 3)
+    assert b.recv_bytes_into(into, 3) == size
+    assert into[3:] == payload
+    t.join(timeout=30)
+    a.close()
+    b.close()
+
+
+def test_a_record_cut_short_by_the_peer_closing_is_an_error():
+    a, b = Pipe()
+    os.write(a.fileno(), struct.pack("!i", RECORD + 100) + b"x" * (RECORD - 4))
+    a.close()
+    with pytest.raises(OSError, match="end of file during message"):
+        b.recv_bytes()
+    b.close()
+
+
+def test_file_descriptors_travel_between_messages():
+    from corral import reduction
+
+    a, b = Pipe()
+    rfd, wfd = os.pipe()
+    a.send("before")
+    reduction.send_handle(a, wfd, os.getpid())
+    a.send("after")
+    assert b.recv() == "before"
+    got = reduction.recv_handle(b)
+    assert b.recv() == "after"
+    os.write(got, b"through the passed fd")
+    assert os.read(rfd, 100) == b"through the passed fd"
+    for fd in (rfd, wfd, got):
+        os.close(fd)
+    a.close()
+    b.close()
