@@ -57,6 +57,7 @@ import mmap
 import os
 import secrets
 import struct
+import threading
 import time
 from typing import Any
 
@@ -80,9 +81,11 @@ _OUT_OF_BAND = 0x80000000
 _LENGTH = 0x7FFFFFFF
 
 _DEFAULT_CAPACITY = 1 << 20
-# Non-blocking attempts before sleeping on the lock. Few: a spinning thread
-# keeps the GIL, which another thread of its process may need to let go of it.
-_SPINS = 30
+# Non-blocking attempts before sleeping on the lock (a sleeper costs the holder
+# a wake-up system call). Fewer when this process runs other threads: a
+# spinning thread keeps the GIL, which one of them may need to let go of it.
+_SPINS = 400
+_SPINS_THREADED = 30
 _BATCH = 16  # frames stored per hold by a feeder: longer holds make consumers sleep
 _PROBE = 0.5  # seconds between checks for a dead lock holder / lost wake-up
 
@@ -176,7 +179,7 @@ class Ring:
 
     def _hold_slow(self) -> None:
         try_ = self._try
-        for _ in range(_SPINS):
+        for _ in range(_SPINS if threading.active_count() == 1 else _SPINS_THREADED):
             if try_(False):
                 return
         unmarked = False

@@ -363,9 +363,14 @@ class Connection:
         return f"<{type(self).__name__} {state} {mode}>"
 
 
-# Bytes per record of a record pipe: far below a Unix socket's send buffer
-# (a record must fit in it whole), large enough that big messages take few.
+# Bytes of a message's first record in a record pipe: a read allocates this
+# much before it knows the size (more would cost an mmap per read). The rest
+# of a big message goes in records of _BIG_RECORD, read straight into the
+# message; each must fit whole in the socket's send buffer, which Pipe()
+# raises to _SEND_BUFFER where the system allows.
 _RECORD = 1 << 16
+_BIG_RECORD = 1 << 18
+_SEND_BUFFER = 1 << 21
 _HAVE_SEQPACKET = sys.platform == "linux" and hasattr(socket, "SOCK_SEQPACKET")
 
 
@@ -374,7 +379,7 @@ class _RecordConnection(Connection):
 
     The bytes are the stdlib's framing, cut into records: a message of up to
     ``_RECORD`` bytes with its header is one record, a bigger one is its header
-    and first bytes, then records of ``_RECORD`` bytes. A read returns at most
+    and first bytes, then records of up to ``_BIG_RECORD`` bytes. A read returns at most
     one record, so a small message costs one ``read()`` (a stream socket needs
     two, header then body, so as never to read past the message) and readers
     sharing an end still never take each other's bytes.
@@ -392,8 +397,15 @@ class _RecordConnection(Connection):
         with memoryview(buf) as view, view.cast("B") as data:
             first = _RECORD - len(header)
             os.writev(fd, [header, data[:first]])  # type: ignore[arg-type]
-            for pos in range(first, n, _RECORD):
-                os.write(fd, data[pos : pos + _RECORD])  # type: ignore[arg-type]
+            step = self._big_record()
+            for pos in range(first, n, step):
+                os.write(fd, data[pos : pos + step])  # type: ignore[arg-type]
+
+    def _big_record(self) -> int:
+        """Bytes per continuation record: a quarter of this end's send buffer, at most."""
+        with socket.socket(fileno=os.dup(self._handle)) as sock:  # type: ignore[arg-type]
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        return max(_RECORD, min(_BIG_RECORD, size // 4))
 
     def recv(self) -> Any:
         fd = self._handle
@@ -455,7 +467,7 @@ class _RecordConnection(Connection):
             view[:have] = memoryview(record)[start:]
             fd = self._handle
             while have < size:
-                n = os.readv(fd, [view[have : have + _RECORD]])  # type: ignore[arg-type]
+                n = os.readv(fd, [view[have : have + _BIG_RECORD]])  # type: ignore[arg-type]
                 if n == 0:
                     _raise_eof(False)
                 have += n
@@ -494,7 +506,8 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """
     if duplex:
         if _HAVE_SEQPACKET:
-            a, b = _blocking(*socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            a, b = _blocking(*pair, send_buffer=_SEND_BUFFER)
             return _RecordConnection(a), _RecordConnection(b)
         return stream_pair()
     r, w = os.pipe()
@@ -508,10 +521,12 @@ def stream_pair() -> tuple[Connection, Connection]:
     return Connection(a), Connection(b)
 
 
-def _blocking(*sockets: socket.socket) -> list[int]:
+def _blocking(*sockets: socket.socket, send_buffer: int = 0) -> list[int]:
     """The sockets' fds, blocking whatever ``socket.setdefaulttimeout`` says."""
     for sock in sockets:
         sock.settimeout(None)
+        if send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # capped by the OS
     return [sock.detach() for sock in sockets]
 
 
