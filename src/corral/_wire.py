@@ -17,7 +17,6 @@ import os
 import select
 import socket
 import struct
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any, NoReturn
@@ -40,7 +39,6 @@ _header_i = struct.Struct("!i")
 _header_q = struct.Struct("!Q")
 _pack_i = _header_i.pack
 _unpack_i = _header_i.unpack
-_unpack_from_i = _header_i.unpack_from
 
 
 class Connection:
@@ -52,7 +50,6 @@ class Connection:
     """
 
     _handle: int | None = None
-    _records = False  # one message per record (see _RecordConnection)
 
     def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
         handle = handle.__index__()
@@ -363,117 +360,6 @@ class Connection:
         return f"<{type(self).__name__} {state} {mode}>"
 
 
-# Bytes of a message's first record in a record pipe: a read allocates this
-# much before it knows the size (more would cost an mmap per read). The rest
-# of a big message goes in records of _BIG_RECORD, read straight into the
-# message; each must fit whole in the socket's send buffer, which Pipe()
-# raises to _SEND_BUFFER where the system allows.
-_RECORD = 1 << 16
-_BIG_RECORD = 1 << 18
-_SEND_BUFFER = 1 << 21
-_HAVE_SEQPACKET = sys.platform == "linux" and hasattr(socket, "SOCK_SEQPACKET")
-
-
-class _RecordConnection(Connection):
-    """A ``Connection`` over a ``SOCK_SEQPACKET`` socket pair (``Pipe()`` on Linux).
-
-    The bytes are the stdlib's framing, cut into records: a message of up to
-    ``_RECORD`` bytes with its header is one record, a bigger one is its header
-    and first bytes, then records of up to ``_BIG_RECORD`` bytes. A read returns at most
-    one record, so a small message costs one ``read()`` (a stream socket needs
-    two, header then body, so as never to read past the message) and readers
-    sharing an end still never take each other's bytes.
-    """
-
-    _records = True
-
-    def _send_bytes(self, buf: Any) -> None:
-        n = len(buf)
-        fd = self._handle
-        if n <= _RECORD - 4:
-            os.write(fd, _pack_i(n) + buf)  # type: ignore[arg-type]
-            return
-        header = _pack_i(-1) + _header_q.pack(n) if n > 0x7FFFFFFF else _pack_i(n)
-        with memoryview(buf) as view, view.cast("B") as data:
-            first = _RECORD - len(header)
-            os.writev(fd, [header, data[:first]])  # type: ignore[arg-type]
-            step = self._big_record()
-            for pos in range(first, n, step):
-                os.write(fd, data[pos : pos + step])  # type: ignore[arg-type]
-
-    def _big_record(self) -> int:
-        """Bytes per continuation record: a quarter of this end's send buffer, at most."""
-        with socket.socket(fileno=os.dup(self._handle)) as sock:  # type: ignore[arg-type]
-            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        return max(_RECORD, min(_BIG_RECORD, size // 4))
-
-    def recv(self) -> Any:
-        fd = self._handle
-        if fd is None:
-            self._check_closed()
-        if not self._readable:
-            self._check_readable()
-        record = os.read(fd, _RECORD)  # type: ignore[arg-type]
-        n = len(record)
-        if n > 4 and _unpack_from_i(record)[0] == n - 4:
-            return _loads(memoryview(record)[4:])
-        return _loads(self._message(record))  # type: ignore[arg-type]
-
-    def recv_bytes(self, maxlength: int | None = None) -> bytes:
-        fd = self._handle
-        if fd is None:
-            self._check_closed()
-        if not self._readable:
-            self._check_readable()
-        if maxlength is not None and maxlength < 0:
-            msg = "negative maxlength"
-            raise ValueError(msg)
-        record = os.read(fd, _RECORD)  # type: ignore[arg-type]
-        data = self._message(record, maxlength)
-        if data is None:
-            self._bad_message_length()
-        return data if type(data) is bytes else bytes(data)  # type: ignore[arg-type]
-
-    def _recv_bytes(
-        self, maxsize: int | None = None, header: bytes = b""
-    ) -> bytes | bytearray | None:
-        return self._message(os.read(self._handle, _RECORD), maxsize)  # type: ignore[arg-type]
-
-    def _message(self, record: bytes, maxsize: int | None = None) -> bytes | bytearray | None:
-        """The message whose first record is ``record`` (reading the rest); None if too long."""
-        if not record:
-            _raise_eof(True)
-        if len(record) < 4:
-            self._bad_message_length()
-        (size,) = _unpack_i(record[:4])
-        start = 4
-        if size < 0:
-            if size != -1 or len(record) < 12:
-                self._bad_message_length()
-            (size,) = _header_q.unpack(record[4:12])
-            start = 12
-        if maxsize is not None and size > maxsize:
-            return None
-        have = len(record) - start
-        if have == size:
-            return record[start:]
-        if have > size:
-            self._bad_message_length()
-        try:
-            data, view = _buffers.new_bytes(size)
-        except MemoryError:
-            self._bad_message_length()
-        with view:
-            view[:have] = memoryview(record)[start:]
-            fd = self._handle
-            while have < size:
-                n = os.readv(fd, [view[have : have + _BIG_RECORD]])  # type: ignore[arg-type]
-                if n == 0:
-                    _raise_eof(False)
-                have += n
-        return data
-
-
 def _raise_eof(clean: bool) -> NoReturn:
     if clean:
         raise EOFError
@@ -498,36 +384,19 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """Return a pair of connected ``Connection`` objects.
 
     With ``duplex`` (the default) both ends can send and receive (a Unix
-    socket pair, which can also carry file descriptors; on Linux a
-    ``SOCK_SEQPACKET`` one, see ``_RecordConnection``); otherwise the first
+    socket pair, which can also carry file descriptors); otherwise the first
     end only receives and the second only sends (an OS pipe). Reads never take
     bytes beyond the message they return, so several processes may share one
     end, as with the stdlib.
     """
     if duplex:
-        if _HAVE_SEQPACKET:
-            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            a, b = _blocking(*pair, send_buffer=_SEND_BUFFER)
-            return _RecordConnection(a), _RecordConnection(b)
-        return stream_pair()
+        s1, s2 = socket.socketpair()
+        s1.settimeout(None)
+        s2.settimeout(None)
+        return Connection(s1.detach()), Connection(s2.detach())
     r, w = os.pipe()
     reader = Connection(r, writable=False)
     return reader, Connection(w, readable=False)
-
-
-def stream_pair() -> tuple[Connection, Connection]:
-    """A duplex pair over a stream socket pair (the engine parses its frames itself)."""
-    a, b = _blocking(*socket.socketpair())
-    return Connection(a), Connection(b)
-
-
-def _blocking(*sockets: socket.socket, send_buffer: int = 0) -> list[int]:
-    """The sockets' fds, blocking whatever ``socket.setdefaulttimeout`` says."""
-    for sock in sockets:
-        sock.settimeout(None)
-        if send_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # capped by the OS
-    return [sock.detach() for sock in sockets]
 
 
 def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:

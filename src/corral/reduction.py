@@ -302,14 +302,13 @@ def DupFd(fd: int) -> Any:
 
 def reduce_connection(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     token = DupFd(conn.fileno())
-    return rebuild_connection, (token, conn.readable, conn.writable, conn._records)
+    return rebuild_connection, (token, conn.readable, conn.writable)
 
 
-def rebuild_connection(token: Any, readable: bool, writable: bool, records: bool = False) -> Any:
-    from ._wire import Connection, _RecordConnection
+def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
+    from .connection import Connection
 
-    cls = _RecordConnection if records else Connection
-    return cls(token.detach(), readable, writable)
+    return Connection(token.detach(), readable, writable)
 
 
 def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:
