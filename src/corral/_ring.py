@@ -21,7 +21,11 @@ Layout (offsets in bytes)::
     4096 data    ``capacity`` bytes of frames
 
 Only the lock holder touches the header, so it is packed into one cache line:
-each hold moves one line between the CPUs, not two.
+each hold moves one line between the CPUs, not two. Header fields are stored
+by slice assignment of packed bytes (one ``memcpy``, a store a kill cannot
+split), never with ``struct.pack_into``, which zero-fills its target before
+packing: a process killed in between left ``tail`` at 0 and the ring reading
+garbage (found by the kill tests under load).
 
 A frame is a u32 length and that many bytes, padded to 8. ``_SKIP`` in the
 length means "wrap to the start". A message larger than ``capacity // 4``
@@ -224,7 +228,7 @@ class Ring:
         self._hold()
         (count,) = _U32.unpack_from(self._mem, field)
         if count:
-            _U32.pack_into(self._mem, field, count - 1)
+            self._mem[field : field + 4] = _U32.pack(count - 1)
         self._drop()
         return deadline is None or time.monotonic() < deadline
 
@@ -275,9 +279,9 @@ class Ring:
         start = 4096 + pos  # _DATA
         _u32.pack_into(mem, start, n)
         mem[start + 4 : start + 4 + n] = data
-        _pair.pack_into(mem, 8, tail + need, nput + 1)  # _TAIL
+        mem[8:24] = _pair.pack(tail + need, nput + 1)  # _TAIL, _NPUT
         if rwait:
-            _u32.pack_into(mem, 24, rwait - 1)  # _RWAIT
+            mem[24:28] = _u32.pack(rwait - 1)  # _RWAIT
             mem[0:4] = _nobody
             self._release()
             self._readable._semlock.release()
@@ -322,11 +326,11 @@ class Ring:
         start = _DATA + pos
         _U32.pack_into(mem, start, n if type(data) is bytes else n | _OUT_OF_BAND)
         mem[start + 4 : start + 4 + n] = data
-        _U64.pack_into(mem, _TAIL, tail + skip + need)
+        mem[_TAIL : _TAIL + 8] = _U64.pack(tail + skip + need)
         if not counted:
             self._accept(nput)
         if rwait:
-            _U32.pack_into(mem, _RWAIT, rwait - 1)
+            mem[_RWAIT : _RWAIT + 4] = _U32.pack(rwait - 1)
         self._drop()
         if rwait:
             self._readable._semlock.release()
@@ -364,11 +368,11 @@ class Ring:
             frames.popleft()
             stored += 1
         if stored:
-            _U64.pack_into(mem, _TAIL, tail)
+            mem[_TAIL : _TAIL + 8] = _U64.pack(tail)
             if not counted:
                 self._accept(nput, stored)
             if rwait:
-                _U32.pack_into(mem, _RWAIT, rwait - 1)
+                mem[_RWAIT : _RWAIT + 4] = _U32.pack(rwait - 1)
         else:
             rwait = 0
         self._drop()
@@ -388,16 +392,16 @@ class Ring:
 
     def _accept(self, nput: int, count: int = 1) -> None:
         """Count messages as accepted (called with the lock held; nput as read under it)."""
-        _U64.pack_into(self._mem, _NPUT, nput + count)
+        self._mem[_NPUT : _NPUT + 8] = _U64.pack(nput + count)
         if self._joinable:
             (undone,) = _U64.unpack_from(self._mem, _UNDONE)
-            _U64.pack_into(self._mem, _UNDONE, undone + count)
+            self._mem[_UNDONE : _UNDONE + 8] = _U64.pack(undone + count)
 
     def wait_writable(self, deadline: float | None) -> bool:
         """Sleep until a consumer frees room (or a probe passes); False past the deadline."""
         self._hold()
         (wwait,) = _U32.unpack_from(self._mem, _WWAIT)
-        _U32.pack_into(self._mem, _WWAIT, wwait + 1)
+        self._mem[_WWAIT : _WWAIT + 4] = _U32.pack(wwait + 1)
         self._drop()
         return self._sleep(self._writable, _WWAIT, deadline)
 
@@ -430,12 +434,12 @@ class Ring:
         start = 4100 + pos  # _DATA + 4
         data = mem[start : start + length]
         head += (length + 11) & ~7
-        _pair.pack_into(mem, 32, head, nget + 1)  # _HEAD
+        mem[32:48] = _pair.pack(head, nget + 1)  # _HEAD, _NGET
         # Wake a producer when a slot under maxsize frees, or when half the
         # ring is free (any frame then fits): not at every message, which
         # would cost a wake-up per message while producers are ahead.
         if wwait and (nput - nget >= self._maxsize or tail - head <= self._capacity >> 1):
-            _u32.pack_into(mem, 28, wwait - 1)  # _WWAIT
+            mem[28:32] = _u32.pack(wwait - 1)  # _WWAIT
             mem[0:4] = _nobody
             self._release()
             self._writable._semlock.release()
@@ -456,7 +460,7 @@ class Ring:
         if head != tail:
             self._drop()
             return True
-        _U32.pack_into(self._mem, _RWAIT, rwait + 1)
+        self._mem[_RWAIT : _RWAIT + 4] = _U32.pack(rwait + 1)
         self._drop()
         return self._sleep(self._readable, _RWAIT, deadline)
 
@@ -489,10 +493,10 @@ class Ring:
             self._drop()
             msg = "task_done() called too many times"
             raise ValueError(msg)
-        _U64.pack_into(self._mem, _UNDONE, undone - 1)
+        self._mem[_UNDONE : _UNDONE + 8] = _U64.pack(undone - 1)
         (jwait,) = _U32.unpack_from(self._mem, _JWAIT)
         if undone == 1 and jwait:
-            _U32.pack_into(self._mem, _JWAIT, 0)
+            self._mem[_JWAIT : _JWAIT + 4] = _U32.pack(0)
         else:
             jwait = 0
         self._drop()
@@ -508,7 +512,7 @@ class Ring:
                 self._drop()
                 return
             (jwait,) = _U32.unpack_from(self._mem, _JWAIT)
-            _U32.pack_into(self._mem, _JWAIT, jwait + 1)
+            self._mem[_JWAIT : _JWAIT + 4] = _U32.pack(jwait + 1)
             self._drop()
             self._sleep(self._alldone, _JWAIT, None)
 
