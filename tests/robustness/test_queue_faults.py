@@ -19,11 +19,12 @@ pytestmark = pytest.mark.timeout(120)
 METHODS = ["fork", "spawn"]
 
 KILLED_WITH_THE_LOCK = """
-def hold(q, ready, raw):
+def hold(q, ready, raw, side):
+    lock = q._ring._plock if side == "producer" else q._ring._clock
     if raw:  # taken but not yet marked with our pid: the narrowest window
-        q._ring._lock._semlock.acquire()
+        lock.try_()
     else:
-        q._ring._hold()
+        lock.hold()
     ready.set()
     threading.Event().wait(60)
 
@@ -31,7 +32,7 @@ if __name__ == "__main__":
     ctx = corral.get_context(sys.argv[1])
     q = getattr(ctx, sys.argv[2])()
     ready = ctx.Event()
-    p = ctx.Process(target=hold, args=(q, ready, sys.argv[3] == "raw"))
+    p = ctx.Process(target=hold, args=(q, ready, sys.argv[3] == "raw", sys.argv[4]))
     p.start()
     assert ready.wait(30)
     os.kill(p.pid, signal.SIGKILL)  # not joined yet: a zombie still holds the pid
@@ -47,10 +48,11 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["Queue", "SimpleQueue", "JoinableQueue"])
 @pytest.mark.parametrize("window", ["marked", "raw"])
-def test_a_process_killed_holding_the_lock_does_not_deadlock_the_queue(
-    tmp_path, method, kind, window
+@pytest.mark.parametrize("side", ["producer", "consumer"])
+def test_a_process_killed_holding_a_lock_does_not_deadlock_the_queue(
+    tmp_path, method, kind, window, side
 ):
-    status, out, err = run(tmp_path, KILLED_WITH_THE_LOCK, method, kind, window, timeout=60)
+    status, out, err = run(tmp_path, KILLED_WITH_THE_LOCK, method, kind, window, side, timeout=60)
     assert status == 0, err
     lines = dict(line.split(" ", 1) for line in out.splitlines())
     text, waited = lines["got"].rsplit(" ", 1)
@@ -71,7 +73,7 @@ if __name__ == "__main__":
     first.start()
     # Wait until it sleeps in get(): registered as a sleeping consumer.
     deadline = time.monotonic() + 30
-    while q._ring._mem[24] == 0 and time.monotonic() < deadline:
+    while q._ring._mem[68] == 0 and time.monotonic() < deadline:  # rwait
         time.sleep(0.01)
     os.kill(first.pid, signal.SIGKILL)
     first.join()
