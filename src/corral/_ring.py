@@ -291,7 +291,6 @@ class Ring:
         data: bytes,
         _pside: Any = _PSIDE,
         _u32: Any = _U32,
-        _u64: Any = _U64,
         _pair: Any = _PAIR,
         _nobody: bytes = _NOBODY,
     ) -> int:
@@ -306,8 +305,7 @@ class Ring:
             self._plock.hold_slow()
         mem[0:4] = self._me  # _POWNER
         _, _, tail, nput = _pside.unpack_from(mem)
-        (head,) = _u64.unpack_from(mem, 72)  # _HEAD, read without its lock
-        (nget,) = _u64.unpack_from(mem, 80)  # _NGET
+        head, nget = _pair.unpack_from(mem, 72)  # _HEAD, _NGET: read without their lock
         n = len(data)
         need = (n + 11) & ~7
         pos = tail & self._mask
@@ -448,7 +446,6 @@ class Ring:
     def take(
         self,
         _pside: Any = _PSIDE,
-        _cside: Any = _CSIDE,
         _u32: Any = _U32,
         _pair: Any = _PAIR,
         _nobody: bytes = _NOBODY,
@@ -459,7 +456,7 @@ class Ring:
         if not self._ctry(False):
             self._clock.hold_slow()
         mem[cslot] = self._me
-        _, rwait, head, nget, _, _ = _cside.unpack_from(mem, 64)  # _COWNER
+        _, rwait, head, nget = _pside.unpack_from(mem, 64)  # _COWNER: the same four fields
         _, _, tail, nput = _pside.unpack_from(mem)  # read without the producer lock
         if head == tail:
             mem[cslot] = _nobody
