@@ -17,6 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import corral
 from _harness import compare
+from bench_pipe import throughput as pipe_throughput
 
 
 def consume(q, count: int, done) -> None:
@@ -47,31 +48,6 @@ def queue_throughput(mp, kind: str, payload, count: int) -> float:
     return count / elapsed
 
 
-def pipe_consume(conn, count: int, done) -> None:
-    recv = conn.recv
-    for _ in range(count):
-        recv()
-    done.send_bytes(b"ok")
-
-
-def pipe_throughput(mp, payload, count: int) -> float:
-    ctx = mp.get_context("fork")
-    r, w = ctx.Pipe()
-    done_r, done_w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=pipe_consume, args=(r, count, done_w))
-    p.start()
-    send = w.send
-    t0 = time.perf_counter()
-    for _ in range(count):
-        send(payload)
-    done_r.recv_bytes()
-    elapsed = time.perf_counter() - t0
-    p.join()
-    for c in (r, w, done_r, done_w):
-        c.close()
-    return count / elapsed
-
-
 def main() -> list[dict]:
     quick = "--quick" in sys.argv
     rounds = 3 if quick else 5
@@ -91,8 +67,10 @@ def main() -> list[dict]:
     ]
     for kind, label, payload, count in cases:
         if kind == "Pipe":
-            ours = lambda p=payload, c=count: pipe_throughput(corral, p, c)  # noqa: E731
-            theirs = lambda p=payload, c=count: pipe_throughput(multiprocessing, p, c)  # noqa: E731
+            ours = lambda p=payload, c=count: pipe_throughput(corral, p, c, True)  # noqa: E731
+            theirs = lambda p=payload, c=count: pipe_throughput(  # noqa: E731
+                multiprocessing, p, c, True
+            )
         else:
             ours = lambda k=kind, p=payload, c=count: queue_throughput(corral, k, p, c)  # noqa: E731
             theirs = lambda k=kind, p=payload, c=count: queue_throughput(  # noqa: E731

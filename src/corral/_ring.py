@@ -249,25 +249,30 @@ class Ring:
     def _after_fork(self) -> None:
         self._me = struct.pack("i", os.getpid())
 
-    def _sleep(self, sem: Any, lock: _OwnedLock, field: int, deadline: float | None) -> bool:
-        """Sleep on sem until posted or a probe passes, then take ourselves off the count.
+    def _wait(
+        self, sem: Any, lock: _OwnedLock, field: int, ready: Any, deadline: float | None
+    ) -> bool:
+        """Sleep on sem, counted in ``field`` (under ``lock``), unless ``ready()``.
 
-        The caller has counted itself in ``field`` (under ``lock``) and checked
-        once more. Returns False when the deadline has passed.
+        Counts itself, checks ``ready()`` once more (a waker that missed the
+        count has published what it woke us for by then), sleeps until posted
+        or a probe passes, and takes itself off the count. Returns False when
+        the deadline has passed.
         """
+        self._count(lock, field, 1)
+        if ready():
+            self._count(lock, field, -1)
+            return True
         wait = _PROBE if deadline is None else min(_PROBE, deadline - time.monotonic())
         woken = wait > 0 and sem._semlock.acquire(True, wait)
-        lock.hold()
-        (count,) = _U32.unpack_from(self._mem, field)
-        if count:
-            self._mem[field : field + 4] = _U32.pack(count - 1)
-        lock.drop()
+        self._count(lock, field, -1)
         return woken or deadline is None or time.monotonic() < deadline
 
-    def _count_in(self, lock: _OwnedLock, field: int) -> None:
+    def _count(self, lock: _OwnedLock, field: int, delta: int) -> None:
+        """Add delta to the u32 sleeper count at ``field`` (never below 0)."""
         lock.hold()
         (count,) = _U32.unpack_from(self._mem, field)
-        self._mem[field : field + 4] = _U32.pack(count + 1)
+        self._mem[field : field + 4] = _U32.pack(max(0, count + delta))
         lock.drop()
 
     def _wake_readers(self) -> None:
@@ -351,27 +356,38 @@ class Ring:
         if not counted and nput - nget >= self._maxsize:
             self._plock.drop()
             return FULL
-        n = len(data)
-        need = (n + 11) & ~7
-        pos = tail & self._mask
-        skip = self._capacity - pos if pos + need > self._capacity else 0
-        if tail + skip + need - head > self._capacity:
+        end = self._write_frame(data, tail, head)
+        if end < 0:
             if reserve and not counted:
                 mem[_NPUT : _NPUT + 8] = _U64.pack(nput + 1)
                 self._plock.drop()
                 return RESERVED
             self._plock.drop()
             return NO_ROOM
+        mem[_TAIL : _TAIL + 16] = _PAIR.pack(end, nput + (0 if counted else 1))
+        self._plock.drop()
+        self._wake_readers()
+        return STORED
+
+    def _write_frame(self, data: bytes, tail: int, head: int) -> int:
+        """Write a frame beyond ``tail`` (wrapping if needed), unpublished.
+
+        Returns the new tail, or -1 when it does not fit.
+        """
+        n = len(data)
+        need = (n + 11) & ~7
+        pos = tail & self._mask
+        skip = self._capacity - pos if pos + need > self._capacity else 0
+        if tail + skip + need - head > self._capacity:
+            return -1
+        mem = self._mem
         if skip:
-            _U32.pack_into(mem, _DATA + pos, _SKIP)
+            _U32.pack_into(mem, _DATA + pos, _SKIP)  # unpublished bytes: pack_into is safe
             pos = 0
         start = _DATA + pos
         _U32.pack_into(mem, start, n if type(data) is bytes else n | _OUT_OF_BAND)
         mem[start + 4 : start + 4 + n] = data
-        mem[_TAIL : _TAIL + 16] = _PAIR.pack(tail + skip + need, nput + (0 if counted else 1))
-        self._plock.drop()
-        self._wake_readers()
-        return STORED
+        return tail + skip + need
 
     def offer_batch(self, frames: Any, counted: bool) -> int:
         """Store frames from the left of a deque while they fit, up to ``_BATCH`` per hold.
@@ -384,25 +400,15 @@ class Ring:
         self._plock.hold()
         _, _, tail, nput = _PSIDE.unpack_from(mem)
         (head,) = _U64.unpack_from(mem, _HEAD)
-        capacity = self._capacity
         stored = 0
         while frames and stored < _BATCH:
             data = frames[0]
             if not isinstance(data, bytes):
                 break
-            n = len(data)
-            need = (n + 11) & ~7
-            pos = tail & self._mask
-            skip = capacity - pos if pos + need > capacity else 0
-            if tail + skip + need - head > capacity:
+            end = self._write_frame(data, tail, head)
+            if end < 0:
                 break
-            if skip:
-                _U32.pack_into(mem, _DATA + pos, _SKIP)
-                pos = 0
-            start = _DATA + pos
-            _U32.pack_into(mem, start, n if type(data) is bytes else n | _OUT_OF_BAND)
-            mem[start + 4 : start + 4 + n] = data
-            tail += skip + need
+            tail = end
             frames.popleft()
             stored += 1
         if stored:
@@ -426,14 +432,7 @@ class Ring:
 
     def wait_writable(self, deadline: float | None) -> bool:
         """Sleep until a consumer frees room (or a probe passes); False past the deadline."""
-        self._count_in(self._plock, _WWAIT)
-        if self._roomy():
-            self._plock.hold()
-            (count,) = _U32.unpack_from(self._mem, _WWAIT)
-            self._mem[_WWAIT : _WWAIT + 4] = _U32.pack(max(0, count - 1))
-            self._plock.drop()
-            return True
-        return self._sleep(self._writable, self._plock, _WWAIT, deadline)
+        return self._wait(self._writable, self._plock, _WWAIT, self._roomy, deadline)
 
     def _roomy(self) -> bool:
         """A slot under maxsize is free and half the ring is (what consumers wake us for)."""
@@ -494,14 +493,10 @@ class Ring:
 
         Returns False past the deadline. Call after ``take()`` returned None.
         """
-        self._count_in(self._clock, _RWAIT)
-        if not self.empty():
-            self._clock.hold()
-            (count,) = _U32.unpack_from(self._mem, _RWAIT)
-            self._mem[_RWAIT : _RWAIT + 4] = _U32.pack(max(0, count - 1))
-            self._clock.drop()
-            return True
-        return self._sleep(self._readable, self._clock, _RWAIT, deadline)
+        return self._wait(self._readable, self._clock, _RWAIT, self._not_empty, deadline)
+
+    def _not_empty(self) -> bool:
+        return not self.empty()
 
     # -- looking (without a lock) --------------------------------------------
 
@@ -538,28 +533,18 @@ class Ring:
             raise ValueError(msg)
         mem[_NDONE : _NDONE + 8] = _U64.pack(ndone + 1)
         (jwait,) = _U32.unpack_from(mem, _JWAIT)
-        if ndone + 1 == nput and jwait:
-            mem[_JWAIT : _JWAIT + 4] = _U32.pack(0)
-        else:
-            jwait = 0
         self._clock.drop()
-        for _ in range(jwait):
-            self._alldone._semlock.release()
+        if ndone + 1 == nput:
+            for _ in range(jwait):  # each sleeper takes itself off the count
+                self._alldone._semlock.release()
 
     def join(self) -> None:
         """Wait until every accepted message has been marked ``task_done``."""
-        mem = self._mem
-        while True:
-            self._clock.hold()
-            (nput,) = _U64.unpack_from(mem, _NPUT)
-            (ndone,) = _U64.unpack_from(mem, _NDONE)
-            if ndone >= nput:
-                self._clock.drop()
-                return
-            (jwait,) = _U32.unpack_from(mem, _JWAIT)
-            mem[_JWAIT : _JWAIT + 4] = _U32.pack(jwait + 1)
-            self._clock.drop()
-            self._sleep(self._alldone, self._clock, _JWAIT, None)
+        while not self._all_done():
+            self._wait(self._alldone, self._clock, _JWAIT, self._all_done, None)
+
+    def _all_done(self) -> bool:
+        return self.unfinished() == 0
 
     def unfinished(self) -> int:
         (nput,) = _U64.unpack_from(self._mem, _NPUT)
