@@ -314,28 +314,35 @@ def test_messages_around_the_large_message_size(size):
 
 
 def test_a_big_message_cut_short_by_the_peer_closing_is_an_error():
-    a, b = Pipe()
-    os.write(a.fileno(), struct.pack("!i", RECORD + 100) + b"x" * (RECORD - 4))
-    a.close()
+    r, w = Pipe(duplex=False)
+    os.write(w.fileno(), struct.pack("!i", RECORD + 100) + b"x" * (RECORD - 4))
+    w.close()
     with pytest.raises(OSError, match="end of file during message"):
-        b.recv_bytes()
-    b.close()
+        r.recv_bytes()
+    r.close()
 
 
-def test_file_descriptors_travel_between_messages():
-    from corral import reduction
+@pytest.mark.skipif(not corral._wire._HAVE_PIPE_SIZE, reason="two-pipe Pipe() is Linux-only")
+def test_duplex_pipe_holds_a_burst_at_least_as_large_as_a_socket_pair():
+    def burst(write) -> int:
+        count = 0
+        try:
+            while count < 10_000:
+                write(b"x" * 1024)
+                count += 1
+        except BlockingIOError:
+            pass
+        return count
 
+    s1, s2 = socket.socketpair()  # what the stdlib's duplex Pipe() is
+    s1.setblocking(False)
+    socket_holds = burst(lambda data: s1.sendall(struct.pack("!i", len(data)) + data))
     a, b = Pipe()
-    rfd, wfd = os.pipe()
-    a.send("before")
-    reduction.send_handle(a, wfd, os.getpid())
-    a.send("after")
-    assert b.recv() == "before"
-    got = reduction.recv_handle(b)
-    assert b.recv() == "after"
-    os.write(got, b"through the passed fd")
-    assert os.read(rfd, 100) == b"through the passed fd"
-    for fd in (rfd, wfd, got):
-        os.close(fd)
-    a.close()
-    b.close()
+    assert a.fileno() != a._whandle  # reads and writes on two pipes
+    os.set_blocking(a._whandle, False)
+    pipe_holds = burst(a.send_bytes)
+    assert pipe_holds >= socket_holds
+    assert [len(b.recv_bytes()) for _ in range(pipe_holds)] == [1024] * pipe_holds
+    for end in (a, b, s1, s2):
+        end.close()
+    assert a.closed and b.closed

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import connection
+from .. import _wire
 from .protocol import ObjectCodec, PickleCodec
 from .worker import process_worker_main, thread_worker_main
 
@@ -332,7 +332,7 @@ class ProcessSpawner:
         The handle is made in a second step so that a pool can start all its
         first workers and clean up cleanly if one start fails.
         """
-        parent_end, child_end = connection.Pipe(duplex=True)
+        parent_end, child_end = _wire.stream_pair()  # the engine parses a byte stream
         try:
             proc = self.ctx.Process(
                 target=process_worker_main,
