@@ -113,7 +113,7 @@ class Connection:
     def writable(self) -> bool:
         return self._writable
 
-    def fd_socket(self) -> int:
+    def _fd_socket(self) -> int:
         """The socket that carries file descriptors (``reduction.send_handle``)."""
         return self.fileno()
 
@@ -440,11 +440,10 @@ class _PipePair(Connection):
             for _ in range(2):
                 r, w = os.pipe()
                 fds += (r, w)
-                for fd in (r, w):
-                    try:
-                        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-                    except OSError:
-                        pass  # over the user's pipe-page limit: the default 64 KiB
+                try:
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+                except OSError:
+                    pass  # over the user's pipe-page limit: the default 64 KiB
             a, b = socket.socketpair()
             fds += (a.detach(), b.detach())
         except BaseException:
@@ -459,7 +458,7 @@ class _PipePair(Connection):
         self._whandle = wfd
         self._fdsock = sockfd
 
-    def fd_socket(self) -> int:
+    def _fd_socket(self) -> int:
         """The socket that carries file descriptors (``reduction.send_handle``)."""
         self._check_closed()
         return self._fdsock  # type: ignore[return-value]

@@ -284,7 +284,7 @@ def recv_handle(conn: Any) -> int:
 
 
 def _fd_socket(conn: Any) -> int:
-    fd_socket = getattr(conn, "fd_socket", None)  # a duplex corral Pipe() end
+    fd_socket = getattr(conn, "_fd_socket", None)  # corral's: a duplex Pipe() end differs
     return fd_socket() if fd_socket is not None else conn.fileno()
 
 
@@ -321,7 +321,7 @@ def reduce_pipe_pair(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     return rebuild_pipe_pair, (
         DupFd(conn.fileno()),
         DupFd(conn._whandle),
-        DupFd(conn.fd_socket()),
+        DupFd(conn._fd_socket()),
     )
 
 
