@@ -106,7 +106,7 @@ _PROBE = 0.5  # seconds between checks for a dead lock holder / lost wake-up
 _TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # What Ring.offer reports.
-STORED, RESERVED, FULL, NO_ROOM = 0, 1, 2, 3
+STORED, FULL, NO_ROOM = 0, 2, 3
 
 
 class _OwnedLock:
@@ -302,8 +302,8 @@ class Ring:
         """Store an in-band frame if it fits without wrapping and maxsize allows; never waits.
 
         The common case of ``offer``, kept short; anything else (wrapping,
-        joinable counting, out-of-band frames) reports NO_ROOM for the caller
-        to retry with ``offer``.
+        joinable queues, out-of-band frames, maxsize reached) reports NO_ROOM
+        for the caller to retry with ``offer``.
         """
         mem = self._mem
         if not self._ptry(False):
@@ -335,36 +335,24 @@ class Ring:
             self._readable_post()
         return 0  # STORED
 
-    def offer(self, data: bytes, counted: bool = False, reserve: bool = False) -> int:
-        """Commit a frame if there is room; never waits.
+    def offer(self, data: bytes) -> int:
+        """Store a frame (wrapping if needed) if maxsize and the free bytes allow; never waits.
 
-        Args:
-            data: the frame (see ``frame``).
-            counted: the message was already accepted (``nput``) by a reserve.
-            reserve: when the bytes do not fit, accept the message anyway (the
-                caller keeps it and offers it again later with ``counted``).
-
-        Returns:
-            STORED; RESERVED (accepted, not stored: only with reserve); FULL
-            (maxsize messages already accepted); NO_ROOM (not enough free bytes).
+        Returns STORED, FULL (maxsize messages already accepted) or NO_ROOM
+        (not enough free bytes).
         """
         mem = self._mem
         self._plock.hold()
         _, _, tail, nput = _PSIDE.unpack_from(mem)
-        (head,) = _U64.unpack_from(mem, _HEAD)
-        (nget,) = _U64.unpack_from(mem, _NGET)
-        if not counted and nput - nget >= self._maxsize:
+        head, nget = _PAIR.unpack_from(mem, _HEAD)
+        if nput - nget >= self._maxsize:
             self._plock.drop()
             return FULL
         end = self._write_frame(data, tail, head)
         if end < 0:
-            if reserve and not counted:
-                mem[_NPUT : _NPUT + 8] = _U64.pack(nput + 1)
-                self._plock.drop()
-                return RESERVED
             self._plock.drop()
             return NO_ROOM
-        mem[_TAIL : _TAIL + 16] = _PAIR.pack(end, nput + (0 if counted else 1))
+        mem[_TAIL : _TAIL + 16] = _PAIR.pack(end, nput + 1)
         self._plock.drop()
         self._wake_readers()
         return STORED
@@ -394,7 +382,9 @@ class Ring:
 
         Each frame is removed from the deque once written, before the lock is
         given back; stops at the first item that is not a frame (a sentinel).
-        Returns how many were stored.
+        ``counted``: the messages were already accepted (``reserve``: bounded
+        and joinable queues), so ``nput`` is not raised again. Returns how many
+        were stored.
         """
         mem = self._mem
         self._plock.hold()

@@ -8,7 +8,8 @@ so an object that cannot be pickled raises right there (the stdlib loses it in
 its feeder thread and only prints a traceback), and then stores the bytes in
 the ring itself: no thread hand-off, no system call while the ring has room.
 
-When the ring is full, ``Queue.put`` does not block (as in the stdlib): the
+When the ring is full, ``Queue.put`` waits up to ``_GRACE`` (5 ms) for
+consumers to free room, then does not block further (as in the stdlib): the
 message is accepted (it counts for ``qsize``/``maxsize``) and kept in this
 process's buffer, which a feeder thread moves into the ring as room appears.
 Later puts of the same process go through that buffer too until it is empty,
@@ -34,7 +35,7 @@ __all__ = ("JoinableQueue", "Queue", "SimpleQueue")
 
 _loads = reduction._loads
 _CLOSE = object()  # tells the feeder thread to finish
-_STORED, _RESERVED, _FULL, _NO_ROOM = _ring.STORED, _ring.RESERVED, _ring.FULL, _ring.NO_ROOM
+_STORED, _FULL, _NO_ROOM = _ring.STORED, _ring.FULL, _ring.NO_ROOM
 
 
 def _deadline(block: bool, timeout: float | None) -> float | None:
