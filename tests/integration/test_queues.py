@@ -240,3 +240,37 @@ def test_a_big_message_outlives_the_producer_that_put_it(ctx, kind):
     q.close()
     if kind == "Queue":
         q.join_thread()
+
+
+def drain_into(q, out):
+    got = []
+    while True:
+        item = q.get()  # SimpleQueue.get takes no timeout; pytest's bounds the test
+        if item is None:
+            break
+        got.append(item)
+    out.put(got)
+
+
+@pytest.mark.parametrize("kind", ["Queue", "SimpleQueue"])
+def test_several_consumers_take_every_message_exactly_once(kind):
+    ctx = corral.get_context("fork")
+    q, out = getattr(ctx, kind)(), ctx.SimpleQueue()
+    consumers = [ctx.Process(target=drain_into, args=(q, out)) for _ in range(3)]
+    for c in consumers:
+        c.start()
+    sizes = [1, 100, 5000, 70_000]  # frames of every size wrap the ring many times
+    count = 20_000
+    for i in range(count):
+        q.put((i, b"x" * sizes[i % len(sizes)]))
+    for _ in consumers:
+        q.put(None)
+    received = [item for _ in consumers for item in out.get()]
+    for c in consumers:
+        c.join(TIMEOUT)
+        assert c.exitcode == 0
+    assert sorted(i for i, _ in received) == list(range(count))
+    assert all(len(data) == sizes[i % len(sizes)] for i, data in received)
+    if kind == "Queue":
+        q.close()
+        q.join_thread()
