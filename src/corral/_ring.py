@@ -83,8 +83,7 @@ from .synchronize import SEM_VALUE_MAX
 
 __all__ = ("Ring",)
 
-_PSIDE = struct.Struct("iIQQ")  # powner, wwait, tail, nput
-_CSIDE = struct.Struct("iIQQIxxxxQ")  # cowner, rwait, head, nget, jwait, ndone
+_PSIDE = struct.Struct("iIQQ")  # powner, wwait, tail, nput; at 64: cowner, rwait, head, nget
 _U32 = struct.Struct("I")
 _U64 = struct.Struct("Q")
 _PAIR = struct.Struct("QQ")  # (tail, nput) or (head, nget), stored together
@@ -250,7 +249,6 @@ class Ring:
         # This process's last look at the other side's counters (see the hot paths).
         self._consumed = (0, 0)  # head, nget
         self._committed = 0  # tail
-        self._committed_at = _U64.unpack_from
         util.register_after_fork(self, Ring._after_fork)
 
     def _after_fork(self) -> None:
@@ -438,7 +436,7 @@ class Ring:
     def _roomy(self) -> bool:
         """A slot under maxsize is free and half the ring is (what consumers wake us for)."""
         _, _, tail, nput = _PSIDE.unpack_from(self._mem)
-        _, _, head, nget, _, _ = _CSIDE.unpack_from(self._mem, _COWNER)
+        _, _, head, nget = _PSIDE.unpack_from(self._mem, _COWNER)
         return nput - nget < self._maxsize and tail - head <= self._capacity >> 1
 
     # -- getting -------------------------------------------------------------
@@ -447,6 +445,7 @@ class Ring:
         self,
         _pside: Any = _PSIDE,
         _u32: Any = _U32,
+        _u64: Any = _U64,
         _pair: Any = _PAIR,
         _nobody: bytes = _NOBODY,
     ) -> bytes | None:
@@ -461,7 +460,7 @@ class Ring:
         if head >= tail:  # other consumers may have gone past what we saw
             # Look at the producers' line only now (a cache miss each time
             # they have moved on), without their lock.
-            (tail,) = self._committed_at(mem, 8)  # _TAIL
+            (tail,) = _u64.unpack_from(mem, 8)  # _TAIL
             self._committed = tail
             if head == tail:
                 mem[cslot] = _nobody

@@ -46,7 +46,7 @@ def _closed_error(queue: object) -> ValueError:
     return ValueError(f"Queue {queue!r} is closed")
 
 
-_SPINS = 64  # looks at an empty ring before sleeping (a wake-up costs more)
+_EMPTY_LOOKS = 64  # looks at an empty ring before sleeping (a wake-up costs more)
 # How long Queue.put waits for room in a full ring before handing the message
 # to the feeder thread (whose hand-offs cost the producer a GIL switch each).
 _GRACE = 0.005
@@ -60,7 +60,7 @@ def _get(ring: _ring.Ring, block: bool, deadline: float | None) -> bytes:
         if data is not None:
             return data
         if block:
-            for _ in range(_SPINS):
+            for _ in range(_EMPTY_LOOKS):
                 if not empty():
                     break
             else:
