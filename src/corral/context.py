@@ -145,6 +145,18 @@ class BaseContext:
 
         return SimpleQueue(ctx=self.get_context())
 
+    def Manager(self) -> Any:
+        """A started ``SyncManager`` whose server runs in a process of this context.
+
+        Shut it down with ``shutdown()`` or a ``with`` block; it also stops
+        when collected, at exit, and when this process dies.
+        """
+        from .managers import SyncManager
+
+        manager = SyncManager(ctx=self.get_context())
+        manager.start()
+        return manager
+
     def Pool(
         self,
         processes: int | None = None,

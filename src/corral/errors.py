@@ -20,6 +20,9 @@ Hierarchy::
     │                                 pickled in the worker (only that task fails)
     ├── RemoteTraceback               the worker-side traceback, attached as the
     │                                 ``__cause__`` of a task's re-raised exception
+    ├── RemoteError                   a manager refused a proxy's request (method
+    │                                 not exposed, object released, result not
+    │                                 serializable); the text says which
     └── RuntimeError
         └── concurrent.futures.BrokenExecutor
             └── BrokenProcessPool     a pool cannot run a task (stdlib name)
@@ -30,6 +33,9 @@ Hierarchy::
                 │                     broken for good, every call fails at once
                 ├── TaskUnpicklingError   the worker could not unpickle the task
                 └── ResultUnpicklingError the parent could not unpickle a result
+
+    ManagerConnectionError            (ConnectionError and EOFError) a proxy or manager
+                                      lost its manager: shut down, or its process died
 
     TaskTimeoutError                  (ProcessError's TimeoutError and the builtin
                                       TimeoutError) a task ran past ``task_timeout``;
@@ -52,8 +58,10 @@ __all__ = (
     "BrokenProcessPool",
     "BufferTooShort",
     "InitializerError",
+    "ManagerConnectionError",
     "MaybeEncodingError",
     "ProcessError",
+    "RemoteError",
     "RemoteTraceback",
     "ResultUnpicklingError",
     "SerializationError",
@@ -131,6 +139,30 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class RemoteError(Exception):
+    """A manager could not carry out a proxy's request (``multiprocessing.managers.RemoteError``).
+
+    Raised for failures of the request itself, not of the method it calls
+    (those are re-raised with their own type): the method is not in the
+    proxy's exposed list, the shared object was already released, the typeid
+    is unknown to the server, or the result could not be serialized. The
+    message says which, and what to change.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ManagerConnectionError(ConnectionError, EOFError):
+    """The connection to a manager is gone: it was shut down, or its process died.
+
+    Raised by proxy calls and manager requests instead of a hang. It is both a
+    ``ConnectionError`` (an ``OSError``) and an ``EOFError``, the two kinds the
+    stdlib raises here, so code written against either keeps working. The
+    objects the manager owned are gone with it; start a new manager.
+    """
 
 
 class BrokenProcessPool(BrokenExecutor):

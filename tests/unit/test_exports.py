@@ -15,9 +15,7 @@ import pytest
 
 import corral
 
-NOT_YET = {
-    "corral": {"Manager"},
-}
+NOT_YET: dict[str, set[str]] = {}
 
 MODULES = {
     "corral": ("multiprocessing", None),
@@ -31,6 +29,7 @@ MODULES = {
     "corral.sharedctypes": ("multiprocessing.sharedctypes", None),
     "corral.heap": ("multiprocessing.heap", None),
     "corral.shared_memory": ("multiprocessing.shared_memory", None),
+    "corral.managers": ("multiprocessing.managers", None),
 }
 
 

@@ -15,16 +15,15 @@ import ctypes.util
 import logging
 import os
 import pickle
-import select
 import signal
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from itertools import starmap
 from typing import Any
 
 from .. import process
+from .._lifeline import on_parent_death
 from .protocol import (
     CALL,
     EXITING,
@@ -160,40 +159,17 @@ def _die_with_parent(parent_pid: int) -> None:
 
     Two mechanisms: ``PR_SET_PDEATHSIG`` makes the kernel SIGKILL this worker
     when its parent goes (fork and spawn; it works even while a task holds the
-    GIL in C code), and a watcher thread waits on a pidfd of the parent (covers
-    forkserver, whose workers are the server's children).
+    GIL in C code), and the lifeline's watcher thread (covers forkserver,
+    whose workers are the server's children).
     """
     if sys.platform.startswith("linux") and os.getppid() == parent_pid:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:
-        pidfd = os.pidfd_open(parent_pid)  # type: ignore[attr-defined,unused-ignore]
-    except ProcessLookupError:
-        os._exit(1)
-    except (AttributeError, OSError):
-        pidfd = None
-    threading.Thread(
-        target=_watch_parent, args=(parent_pid, pidfd), name="corral-parent-watch", daemon=True
-    ).start()
+    on_parent_death(parent_pid, _exit_now)
 
 
-def _watch_parent(parent_pid: int, pidfd: int | None) -> None:
-    if pidfd is not None:
-        select.select([pidfd], [], [])
-    else:  # no pidfd (macOS, old kernels): poll
-        while os.getppid() == parent_pid or _alive(parent_pid):
-            threading.Event().wait(0.5)
+def _exit_now() -> None:
     os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def process_worker_main(
