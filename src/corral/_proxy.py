@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,7 +86,7 @@ class _Channel:
             # thread): that connection is mid-request, use a connection of our own.
             conn = self._connect()
             try:
-                return self.codec.loads(self._exchange(conn, message))
+                return self.decode(self._exchange(conn, message))
             finally:
                 conn.close()
         local.busy = True
@@ -105,7 +106,25 @@ class _Channel:
         finally:
             local.busy = False
         # Decoded once the connection is free again: unpickling may build proxies.
-        return self.codec.loads(data)
+        return self.decode(data)
+
+    def decode(self, data: bytes) -> Any:
+        """A reply's message.
+
+        Raises:
+            RemoteError: the bytes are not a reply in this channel's serializer.
+        """
+        try:
+            return self.codec.loads(data)
+        except Exception as exc:
+            if data[:1] == b"\x80" and self.codec.name != "pickle":
+                hint = "the server uses the 'pickle' serializer"
+            elif data[:1] == b"<" and self.codec.name != "xmlrpclib":
+                hint = "the server uses the 'xmlrpclib' serializer"
+            else:
+                hint = f"is the server's serializer {self.codec.name!r} too?"
+            msg = f"cannot decode the manager's reply ({exc!r}): {hint}"
+            raise RemoteError(msg) from exc
 
     def decref(self, ident: str) -> None:
         """Drop a reference; deferred if this thread's connection is mid-call."""
@@ -144,12 +163,16 @@ class _Channel:
             raise ManagerConnectionError(msg) from exc
 
 
-_channels: dict[tuple[Any, bytes, str], _Channel] = {}
+# Kept alive by the proxies and managers that use them: a channel (and its
+# connections) goes when nothing in this process refers to that manager any more.
+_channels: weakref.WeakValueDictionary[tuple[Any, bytes, str], _Channel] = (
+    weakref.WeakValueDictionary()
+)
 _channels_lock = threading.Lock()
 
 
 def channel(address: Any, authkey: bytes, serializer: str) -> _Channel:
-    """This process's channel to the manager at address."""
+    """This process's channel to the manager at address (hold on to it while in use)."""
     key = (_address_key(address), bytes(authkey), serializer)
     found = _channels.get(key)
     if found is None:
@@ -193,7 +216,7 @@ def request_once(address: Any, authkey: bytes, serializer: str, message: tuple[A
     chan = _Channel(address, authkey, serializer)
     conn = chan._connect()
     try:
-        return unwrap(chan.codec.loads(chan._exchange(conn, message)))
+        return unwrap(chan.decode(chan._exchange(conn, message)))
     finally:
         conn.close()
 

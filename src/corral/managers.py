@@ -155,6 +155,7 @@ class BaseManager:
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
         self._process: Any = None
+        self._channel: Any = None  # this process's connections to the server, once running
 
     @property
     def address(self) -> Any:
@@ -179,7 +180,9 @@ class BaseManager:
             ManagerConnectionError: nobody serves at address.
             AuthenticationError: the server refused our authkey.
         """
-        _proxy.request_once(self._address, self._authkey, self._serializer, (wire.PING,))
+        chan = _proxy.channel(self._address, self._authkey, self._serializer)
+        _proxy.unwrap(chan.request((wire.PING,)))
+        self._channel = chan
         self._state.value = State.STARTED
 
     def start(
@@ -234,6 +237,7 @@ class BaseManager:
             self._process.join()
             raise value from RemoteTraceback(tb[0])
         self._address = value
+        self._channel = _proxy.channel(value, self._authkey, self._serializer)
         self._state.value = State.STARTED
         self.shutdown = util.Finalize(
             self,
@@ -336,8 +340,7 @@ class BaseManager:
         if self._state.value == State.SHUTDOWN:
             msg = f"the manager at {self._address!r} has shut down; start a new one"
             raise ManagerConnectionError(msg)
-        chan = _proxy.channel(self._address, self._authkey, self._serializer)
-        return _proxy.unwrap(chan.request(message))
+        return _proxy.unwrap(self._channel.request(message))
 
     def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, tuple[str, ...]]:
         """Create a shared object; return its token and exposed methods (one reference taken)."""
