@@ -18,6 +18,8 @@ managed list, say) talks to the server's table directly.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import threading
 import weakref
@@ -62,6 +64,17 @@ class Token:
 # -- channels: this process's connections to managers ---------------------------
 
 
+class _Line:
+    """One thread's connection to a manager, and whether a request is on it."""
+
+    __slots__ = ("__weakref__", "busy", "conn", "lock")
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.busy = False
+        self.lock = threading.Lock()
+
+
 class _Channel:
     """This process's connections to one manager (one per thread)."""
 
@@ -70,8 +83,17 @@ class _Channel:
         self.authkey = authkey
         self.codec = wire.codec(serializer)
         self._local = threading.local()
+        self._lines: weakref.WeakSet[_Line] = weakref.WeakSet()
+        self._closed = False
         self._pending_decrefs: list[str] = []
         self._pending_lock = threading.Lock()
+
+    def _line(self) -> _Line:
+        line: _Line | None = getattr(self._local, "line", None)
+        if line is None:
+            line = self._local.line = _Line()
+            self._lines.add(line)
+        return line
 
     def request(self, message: tuple[Any, ...]) -> Any:
         """Send one request and return the decoded reply.
@@ -80,33 +102,53 @@ class _Channel:
             ManagerConnectionError: the manager is gone.
             AuthenticationError: the manager refused our key.
         """
-        local = self._local
-        if getattr(local, "busy", False):
-            # Re-entered (a signal handler or finalizer ran during a call in this
-            # thread): that connection is mid-request, use a connection of our own.
+        line = self._line()
+        with line.lock:
+            reentered = line.busy
+            line.busy = True
+        if reentered:
+            # A signal handler or finalizer ran during a call in this thread:
+            # that connection is mid-request, use a connection of our own.
             conn = self._connect()
             try:
                 return self.decode(self._exchange(conn, message))
             finally:
                 conn.close()
-        local.busy = True
         try:
-            kept: Connection | None = getattr(local, "conn", None)
-            if kept is None:
-                kept = local.conn = self._connect()
-            conn = kept
+            conn = line.conn
+            if conn is None:
+                conn = line.conn = self._connect()
             if self._pending_decrefs:
                 self._flush_decrefs(conn)
             try:
                 data = self._exchange(conn, message)
             except ManagerConnectionError:
-                local.conn = None
+                line.conn = None
                 conn.close()
                 raise
         finally:
-            local.busy = False
+            line.busy = False
         # Decoded once the connection is free again: unpickling may build proxies.
         return self.decode(data)
+
+    def close(self) -> None:
+        """The manager shut down: close the idle connections, cut the busy ones.
+
+        A busy connection is shut down rather than closed (its fd number must
+        not be reused under the thread using it); that thread gets
+        ManagerConnectionError and closes it.
+        """
+        self._closed = True
+        for line in list(self._lines):
+            with line.lock:
+                conn = line.conn
+                if conn is None or conn.closed:
+                    continue
+                if line.busy:
+                    _cut(conn)
+                else:
+                    line.conn = None
+                    conn.close()
 
     def decode(self, data: bytes) -> Any:
         """A reply's message.
@@ -128,7 +170,9 @@ class _Channel:
 
     def decref(self, ident: str) -> None:
         """Drop a reference; deferred if this thread's connection is mid-call."""
-        if getattr(self._local, "busy", False):
+        if self._closed:
+            return
+        if self._line().busy:
             with self._pending_lock:
                 self._pending_decrefs.append(ident)
             return
@@ -141,6 +185,9 @@ class _Channel:
             self._exchange(conn, (wire.DECREF, idents))
 
     def _connect(self) -> Connection:
+        if self._closed:
+            msg = f"the manager at {self.address!r} has shut down; its shared objects are gone"
+            raise ManagerConnectionError(msg)
         try:
             return Client(self.address, authkey=self.authkey)
         except (ConnectionRefusedError, FileNotFoundError) as exc:
@@ -183,12 +230,23 @@ def channel(address: Any, authkey: bytes, serializer: str) -> _Channel:
     return found
 
 
-def forget_channels(address: Any) -> None:
-    """Close this process's connections to the manager at address (it shut down)."""
+def close_channels(address: Any) -> None:
+    """The manager at address shut down: close this process's connections to it."""
     key = _address_key(address)
     with _channels_lock:
-        for k in [k for k in _channels if k[0] == key]:
-            del _channels[k]
+        found = [chan for k, chan in _channels.items() if k[0] == key]
+        for chan in found:
+            del _channels[(key, bytes(chan.authkey), chan.codec.name)]
+    for chan in found:
+        chan.close()
+
+
+def _cut(conn: Connection) -> None:
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _address_key(address: Any) -> Any:

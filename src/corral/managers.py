@@ -310,7 +310,7 @@ class BaseManager:
                     proc.kill()
                     proc.join()
         state.value = State.SHUTDOWN
-        _proxy.forget_channels(address)
+        _proxy.close_channels(address)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the manager process to exit."""
