@@ -115,9 +115,9 @@ class _Channel:
             finally:
                 conn.close()
         try:
+            if line.conn is None:
+                line.conn = self._connect()
             conn = line.conn
-            if conn is None:
-                conn = line.conn = self._connect()
             if self._pending_decrefs:
                 self._flush_decrefs(conn)
             try:
