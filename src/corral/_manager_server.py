@@ -94,6 +94,7 @@ class Server:
         self._refcounts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._spinner = threading.Lock()
         self._handlers: dict[str, Callable[..., tuple[Any, ...]]] = {
             wire.CALL: self.call,
             wire.CREATE: self._create,
@@ -154,8 +155,16 @@ class Server:
     def serve_client(self, conn: Connection) -> None:
         """Answer the requests of one authenticated connection until it closes."""
         codec = self.codec
+        spin = wire.SpinWait(conn.fileno())
         try:
             while not self._stopped.is_set():
+                # One connection at a time waits awake for its client's next
+                # request; the others sleep (spinners would fight for the GIL).
+                if self._spinner.acquire(blocking=False):
+                    try:
+                        spin.wait()
+                    finally:
+                        self._spinner.release()
                 try:
                     data = conn.recv_bytes()
                 except (EOFError, OSError):

@@ -67,10 +67,11 @@ class Token:
 class _Line:
     """One thread's connection to a manager, and whether a request is on it."""
 
-    __slots__ = ("__weakref__", "busy", "conn", "lock")
+    __slots__ = ("__weakref__", "busy", "conn", "lock", "spin")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
+        self.spin: wire.SpinWait | None = None
         self.busy = False
         self.lock = threading.Lock()
 
@@ -117,11 +118,12 @@ class _Channel:
         try:
             if line.conn is None:
                 line.conn = self._connect()
+                line.spin = wire.SpinWait(line.conn.fileno())
             conn = line.conn
             if self._pending_decrefs:
                 self._flush_decrefs(conn)
             try:
-                data = self._exchange(conn, message)
+                data = self._exchange(conn, message, line.spin)
             except ManagerConnectionError:
                 line.conn = None
                 conn.close()
@@ -197,10 +199,14 @@ class _Channel:
             )
             raise ManagerConnectionError(msg) from exc
 
-    def _exchange(self, conn: Connection, message: tuple[Any, ...]) -> bytes:
+    def _exchange(
+        self, conn: Connection, message: tuple[Any, ...], spin: wire.SpinWait | None = None
+    ) -> bytes:
         out = self.codec.dumps(message)
         try:
             conn.send_bytes(out)
+            if spin is not None:
+                spin.wait()
             return conn.recv_bytes()
         except (EOFError, OSError) as exc:
             msg = (
