@@ -104,6 +104,12 @@ def answer_steps(authkey: bytes) -> Steps:
         raise AuthenticationError(msg)
 
 
+def no_steps() -> Steps:
+    """No authkey handshake (a TLS listener without an authkey)."""
+    return
+    yield  # a generator that ends at once
+
+
 def server_steps(authkey: bytes) -> Steps:
     yield from deliver_steps(authkey)
     yield from answer_steps(authkey)
@@ -134,7 +140,14 @@ class PendingHandshake:
     client sends after the handshake stays in the socket for the Connection.
     """
 
-    def __init__(self, sock: socket.socket, address: Any, steps: Steps, deadline: float) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: Any,
+        steps: Steps,
+        deadline: float,
+        tls_context: Any = None,
+    ) -> None:
         self._sock: socket.socket | None = sock
         self.address = address
         self.deadline = deadline
@@ -143,6 +156,9 @@ class PendingHandshake:
         self._buf = bytearray()
         self._need = 4  # bytes still missing from the current header or body
         self._in_body = False
+        self._tls_context = tls_context
+        self._tls_pending = False
+        self._would_block: tuple[type[BaseException], ...] = (BlockingIOError,)
 
     def fileno(self) -> int:
         return self._fd
@@ -150,7 +166,29 @@ class PendingHandshake:
     def begin(self) -> None:
         """Send the first frame(s) of the server's side."""
         self._sock.setblocking(False)  # type: ignore[union-attr]
-        self._advance(None)
+        if self._tls_context is None:
+            self._advance(None)
+            return
+        import ssl
+
+        # TLS first (without blocking), then the authkey handshake inside it.
+        self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        self._sock = self._tls_context.wrap_socket(
+            self._sock, server_side=True, do_handshake_on_connect=False
+        )
+        self._tls_pending = True
+        self._continue_tls()
+
+    def _continue_tls(self) -> bool:
+        """Go on with the TLS handshake; True once it and the steps are complete."""
+        try:
+            self._sock.do_handshake()  # type: ignore[union-attr]
+        except self._would_block:
+            return False
+        except OSError as exc:  # ssl.SSLError is an OSError
+            self._fail(f"the TLS handshake failed: {exc}", exc)
+        self._tls_pending = False
+        return self._advance(None)
 
     def _advance(self, reply: bytes | None) -> bool:
         """Feed a reply to the steps; return True when the handshake is complete."""
@@ -185,9 +223,24 @@ class PendingHandshake:
         Raises:
             AuthenticationError: the client failed, closed, or sent a bad frame.
         """
+        if self._tls_pending:
+            if self._continue_tls():
+                self._sock.setblocking(True)  # type: ignore[union-attr]
+                return True
+            return False
+        # A TLS socket may hold decrypted bytes the fd no longer signals: read on.
+        while True:
+            if self._read_some():
+                self._sock.setblocking(True)  # type: ignore[union-attr]
+                return True
+            pending = getattr(self._sock, "pending", None)
+            if pending is None or not pending():
+                return False
+
+    def _read_some(self) -> bool:
         try:
             chunk = self._sock.recv(self._need)  # type: ignore[union-attr]
-        except BlockingIOError:
+        except self._would_block:
             return False
         except OSError as exc:
             self._fail(f"connection error during the handshake: {exc}", exc)
@@ -211,10 +264,7 @@ class PendingHandshake:
         frame = bytes(self._buf)
         self._buf.clear()
         self._in_body, self._need = False, 4
-        done = self._advance(frame)
-        if done:
-            self._sock.setblocking(True)  # type: ignore[union-attr]
-        return done
+        return self._advance(frame)
 
     def fail_timeout(self, timeout: float) -> None:
         self._fail(f"the client did not complete the handshake within {timeout:g} s")

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from . import _handshake, util
+from . import _handshake, _tls, util
 from ._wire import Connection, _ms, _poll_fd
 
 __all__ = (
@@ -85,10 +85,13 @@ class Listener:
             same key before ``accept()`` returns it.
         handshake_timeout: seconds a client has to complete the handshake
             (corral's addition; the stdlib waits forever).
+        ssl_context: a server-side ``ssl.SSLContext``: connections are TLS
+            sessions (the authkey handshake then runs inside them). corral's
+            addition.
 
     Raises:
-        ValueError: unknown family or address type.
-        TypeError: authkey is not bytes.
+        ValueError: unknown family or address type; a client-side ssl_context.
+        TypeError: authkey is not bytes; ssl_context is not an SSLContext.
     """
 
     def __init__(
@@ -99,11 +102,15 @@ class Listener:
         authkey: bytes | None = None,
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ssl_context: Any = None,
     ) -> None:
         family = family or (address and address_type(address)) or default_family
         _validate_family(family)
         address = address or arbitrary_address(family)
         _check_authkey(authkey)
+        if ssl_context is not None:
+            _tls.check_context(ssl_context, server_side=True)
+        self._ssl_context = ssl_context
         self._family = family
         self._socket: socket.socket | None = socket.socket(getattr(socket, family))
         self._unlink: util.Finalize | None = None
@@ -140,7 +147,7 @@ class Listener:
         if self._socket is None:
             msg = "listener is closed"
             raise OSError(msg)
-        if self._authkey is None:
+        if self._authkey is None and self._ssl_context is None:
             sock, self._last_accepted = self._accept_socket()
             return _connection_from_socket(sock)
         return self._accept_authenticated()
@@ -189,6 +196,8 @@ class Listener:
                 if done:
                     self._pending.remove(pending)
                     self._last_accepted = pending.address
+                    if self._ssl_context is not None:
+                        return _tls.TLSConnection(pending.take_socket())
                     return _connection_from_socket(pending.take_socket())
 
     def _start_handshake(self) -> None:
@@ -196,11 +205,17 @@ class Listener:
             sock, addr = self._socket.accept()  # type: ignore[union-attr]
         except BlockingIOError:
             return
+        steps = (
+            _handshake.no_steps()
+            if self._authkey is None
+            else _handshake.server_steps(self._authkey)
+        )
         pending = _handshake.PendingHandshake(
             sock,
             addr,
-            _handshake.server_steps(self._authkey),  # type: ignore[arg-type]
+            steps,
             time.monotonic() + self._handshake_timeout,
+            tls_context=self._ssl_context,
         )
         try:
             pending.begin()
@@ -245,16 +260,29 @@ def _connection_from_socket(sock: socket.socket) -> Connection:
     return Connection(sock.detach())
 
 
-def Client(address: Any, family: str | None = None, authkey: bytes | None = None) -> Connection:
+def Client(
+    address: Any,
+    family: str | None = None,
+    authkey: bytes | None = None,
+    *,
+    ssl_context: Any = None,
+) -> Connection:
     """Connect to a ``Listener`` and return the connection.
+
+    ``ssl_context`` (a client-side ``ssl.SSLContext``, corral's addition)
+    makes the connection a TLS session; the server's certificate is checked
+    as the context says (the host of a TCP address is the expected name).
 
     Raises:
         AuthenticationError: the handshake failed (wrong key on either side).
         ConnectionRefusedError, FileNotFoundError: nobody listens there.
+        ssl.SSLError: the TLS handshake failed (certificate not trusted...).
     """
     family = family or address_type(address)
     _validate_family(family)
     _check_authkey(authkey)
+    if ssl_context is not None:
+        _tls.check_context(ssl_context, server_side=False)
     sock = socket.socket(getattr(socket, family))
     try:
         sock.setblocking(True)
@@ -262,7 +290,14 @@ def Client(address: Any, family: str | None = None, authkey: bytes | None = None
     except OSError:
         sock.close()
         raise
-    conn = _connection_from_socket(sock)
+    if ssl_context is not None:
+        try:
+            conn: Connection = _tls.wrap_client(sock, ssl_context, address)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        conn = _connection_from_socket(sock)
     if authkey is not None:
         try:
             _handshake.run_blocking(conn, _handshake.client_steps(authkey))

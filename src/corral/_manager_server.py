@@ -69,6 +69,7 @@ class Server:
         address: where to listen; None picks a free Unix socket path.
         authkey: the key every client must prove it knows.
         serializer: 'pickle' or 'xmlrpclib'.
+        ssl_context: a server-side ``ssl.SSLContext``: clients connect over TLS.
 
     Raises:
         ValueError: unknown serializer.
@@ -81,6 +82,8 @@ class Server:
         address: Any,
         authkey: bytes,
         serializer: str,
+        *,
+        ssl_context: Any = None,
     ) -> None:
         if not isinstance(authkey, bytes):
             msg = f"authkey should be a byte string, not {type(authkey).__name__}"
@@ -88,7 +91,9 @@ class Server:
         self.codec = wire.codec(serializer)
         self.registry = registry
         self.authkey = process.AuthenticationString(authkey)
-        self.listener = Listener(address=address, backlog=128, authkey=authkey)
+        self.listener = Listener(
+            address=address, backlog=128, authkey=authkey, ssl_context=ssl_context
+        )
         self.address = self.listener.address
         self._entries: dict[str, _Entry] = {}
         self._refcounts: dict[str, int] = {}

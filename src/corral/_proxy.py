@@ -79,9 +79,10 @@ class _Line:
 class _Channel:
     """This process's connections to one manager (one per thread)."""
 
-    def __init__(self, address: Any, authkey: bytes, serializer: str) -> None:
+    def __init__(self, address: Any, authkey: bytes, serializer: str, tls: Any = None) -> None:
         self.address = address
         self.authkey = authkey
+        self._tls = tls
         self.codec = wire.codec(serializer)
         self._local = threading.local()
         self._lines: weakref.WeakSet[_Line] = weakref.WeakSet()
@@ -190,8 +191,9 @@ class _Channel:
         if self._closed:
             msg = f"the manager at {self.address!r} has shut down; its shared objects are gone"
             raise ManagerConnectionError(msg)
+        tls = self._tls or tls_contexts.get(_address_key(self.address))
         try:
-            return Client(self.address, authkey=self.authkey)
+            return Client(self.address, authkey=self.authkey, ssl_context=tls)
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             msg = (
                 f"cannot connect to the manager at {self.address!r} ({exc.strerror}): "
@@ -215,6 +217,11 @@ class _Channel:
             )
             raise ManagerConnectionError(msg) from exc
 
+
+# Client-side SSL contexts of the managers that use TLS, by address: set by
+# the manager objects that start or connect to them (inherited by fork; a
+# spawned process connects a manager object of its own to set it).
+tls_contexts: dict[Any, Any] = {}
 
 # Kept alive by the proxies and managers that use them: a channel (and its
 # connections) goes when nothing in this process refers to that manager any more.
@@ -271,13 +278,18 @@ _owner = _ChannelsOwner()
 util.register_after_fork(_owner, _clear_channels_after_fork)
 
 
-def request_once(address: Any, authkey: bytes, serializer: str, message: tuple[Any, ...]) -> Any:
+def request_once(
+    address: Any, authkey: bytes, serializer: str, message: tuple[Any, ...], tls: Any = None
+) -> Any:
     """Send one request on a new connection and return the reply's value.
+
+    ``tls`` is the client SSL context to use (default: the one registered
+    for address, if any).
 
     Raises:
         ManagerConnectionError, AuthenticationError, RemoteError: as ``unwrap``.
     """
-    chan = _Channel(address, authkey, serializer)
+    chan = _Channel(address, authkey, serializer, tls)
     conn = chan._connect()
     try:
         return unwrap(chan.decode(chan._exchange(conn, message)))

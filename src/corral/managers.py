@@ -120,10 +120,17 @@ class BaseManager:
         ctx: the context whose Process runs the server (default context).
         shutdown_timeout: seconds ``shutdown()`` waits for the server process
             before terminating it (then killing it).
+        ssl_context: TLS for the server and its clients (corral's addition):
+            a server-side ``ssl.SSLContext`` for ``get_server()``, a
+            client-side one for ``connect()``, or a pair
+            ``(server_context, client_context)`` for ``start()``, which runs
+            the server and connects to it. Proxies in processes forked after
+            ``start()``/``connect()`` use the client context too; a spawned
+            process connects a manager object with the client context first.
 
     Raises:
-        ValueError: unknown serializer.
-        TypeError: authkey is not bytes.
+        ValueError: unknown serializer; an ssl_context of the wrong side.
+        TypeError: authkey is not bytes; ssl_context is not an SSLContext.
     """
 
     _registry: dict[str, tuple[Any, Any, Any, Any]] = {}
@@ -137,6 +144,7 @@ class BaseManager:
         ctx: Any = None,
         *,
         shutdown_timeout: float = 1.0,
+        ssl_context: Any = None,
     ) -> None:
         if authkey is None:
             authkey = process.current_process().authkey
@@ -154,6 +162,7 @@ class BaseManager:
         self._serializer = serializer
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
+        self._tls_server, self._tls_client = _split_ssl_context(ssl_context)
         self._process: Any = None
         self._channel: Any = None  # this process's connections to the server, once running
 
@@ -171,7 +180,16 @@ class BaseManager:
             ProcessError: the manager was already started or shut down.
         """
         _check_initial(self._state)
-        return self._Server(self._registry, self._address, self._authkey, self._serializer)
+        return self._make_server()
+
+    def _make_server(self) -> Server:
+        return self._Server(
+            self._registry,
+            self._address,
+            self._authkey,
+            self._serializer,
+            ssl_context=self._tls_server,
+        )
 
     def connect(self) -> None:
         """Use a server that runs elsewhere (at ``address``, with ``authkey``).
@@ -180,9 +198,12 @@ class BaseManager:
             ManagerConnectionError: nobody serves at address.
             AuthenticationError: the server refused our authkey.
         """
-        chan = _proxy.channel(self._address, self._authkey, self._serializer)
-        _proxy.unwrap(chan.request((wire.PING,)))
-        self._channel = chan
+        _proxy.request_once(
+            self._address, self._authkey, self._serializer, (wire.PING,), tls=self._tls_client
+        )
+        if self._tls_client is not None:
+            _proxy.tls_contexts[_proxy._address_key(self._address)] = self._tls_client
+        self._channel = _proxy.channel(self._address, self._authkey, self._serializer)
         self._state.value = State.STARTED
 
     def start(
@@ -204,6 +225,19 @@ class BaseManager:
         if initializer is not None and not callable(initializer):
             msg = "initializer must be a callable"
             raise TypeError(msg)
+        if (self._tls_server is None) != (self._tls_client is None):
+            msg = (
+                "start() runs the server and connects to it: give "
+                "ssl_context=(server_context, client_context)"
+            )
+            raise ValueError(msg)
+        if self._tls_server is not None and self._ctx.get_start_method() != "fork":
+            msg = (
+                "an SSLContext cannot be sent to a spawn or forkserver process: start a "
+                "TLS manager with the fork context, or run get_server().serve_forever() "
+                "in a process that makes its own context"
+            )
+            raise ValueError(msg)
         reader, writer = self._ctx.Pipe(duplex=False)
         self._process = self._ctx.Process(
             target=type(self)._run_server,
@@ -216,6 +250,7 @@ class BaseManager:
                 initializer,
                 tuple(initargs),
                 os.getpid(),
+                self._tls_server,
             ),
         )
         ident = ":".join(str(i) for i in self._process._identity)
@@ -237,6 +272,8 @@ class BaseManager:
             self._process.join()
             raise value from RemoteTraceback(tb[0])
         self._address = value
+        if self._tls_client is not None:
+            _proxy.tls_contexts[_proxy._address_key(value)] = self._tls_client
         self._channel = _proxy.channel(value, self._authkey, self._serializer)
         self._state.value = State.STARTED
         self.shutdown = util.Finalize(
@@ -264,6 +301,7 @@ class BaseManager:
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
         parent_pid: int,
+        ssl_context: Any = None,
     ) -> None:
         """The manager process: make the server, report its address, serve."""
         # Ctrl-C goes to the whole group; the parent decides when we stop.
@@ -271,7 +309,7 @@ class BaseManager:
         try:
             if initializer is not None:
                 initializer(*initargs)
-            server = cls._Server(registry, address, authkey, serializer)
+            server = cls._Server(registry, address, authkey, serializer, ssl_context=ssl_context)
         except BaseException as exc:
             from ._engine.protocol import format_exception_text
 
@@ -399,6 +437,32 @@ class BaseManager:
             setattr(cls, typeid, _creator(typeid, proxytype))
 
 
+def _split_ssl_context(ssl_context: Any) -> tuple[Any, Any]:
+    """(server-side, client-side) contexts from a BaseManager's ssl_context argument."""
+    if ssl_context is None:
+        return None, None
+    from . import _tls
+
+    if isinstance(ssl_context, tuple) and len(ssl_context) == 2:
+        server, client = ssl_context
+        _tls.check_context(server, server_side=True)
+        _tls.check_context(client, server_side=False)
+        return server, client
+    import ssl
+
+    if not isinstance(ssl_context, ssl.SSLContext):
+        msg = (
+            f"ssl_context must be an ssl.SSLContext or a (server, client) pair of them, "
+            f"not {type(ssl_context).__name__}"
+        )
+        raise TypeError(msg)
+    if ssl_context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        return None, ssl_context
+    if ssl_context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        return ssl_context, None
+    return ssl_context, ssl_context  # a generic context serves both sides
+
+
 def _creator(typeid: str, proxytype: Any) -> Callable[..., Any]:
     def create(self: BaseManager, /, *args: Any, **kwds: Any) -> Any:
         token, exposed = self._create(typeid, *args, **kwds)
@@ -518,7 +582,7 @@ class SharedMemoryManager(BaseManager):
     def get_server(self) -> Server:
         """A SharedMemoryServer for this manager (see ``BaseManager.get_server``)."""
         _check_initial(self._state, "SharedMemoryServer")
-        return self._Server(self._registry, self._address, self._authkey, self._serializer)
+        return self._make_server()
 
     def SharedMemory(self, size: int) -> Any:
         """A new ``SharedMemory`` segment of size bytes, unlinked at the manager's shutdown."""
