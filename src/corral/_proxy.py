@@ -318,6 +318,11 @@ def unwrap(reply: Any, make_proxy: Any = None) -> Any:
     raise RemoteError(msg)
 
 
+def _default_authkey(manager: Any) -> bytes:
+    """The key of a proxy given none: its manager's, else this process's."""
+    return manager._authkey if manager is not None else process.current_process().authkey
+
+
 def _local_server(address: Any) -> Any:
     """The manager server running in this process at address, if any."""
     server = getattr(process.current_process(), "_manager_server", None)
@@ -359,7 +364,7 @@ class BaseProxy:
         manager_owned: bool = False,
     ) -> None:
         if authkey is None:
-            authkey = manager._authkey if manager is not None else process.current_process().authkey
+            authkey = _default_authkey(manager)
         self._token = token
         self._id = token.id
         self._serializer = serializer
@@ -529,7 +534,7 @@ def AutoProxy(
     """A proxy whose methods are the shared object's exposed ones (asked of the server)."""
     if exposed is None:
         if authkey is None:
-            authkey = manager._authkey if manager is not None else process.current_process().authkey
+            authkey = _default_authkey(manager)
         server = _local_server(token.address)
         if server is not None:
             reply = server.handle((wire.METHODS, token.id))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ._wire import Connection, _header_i, _header_q, _loads, _pack_i, _poll_fd, _raise_eof
+from ._wire import Connection, _header_q, _loads, _pack_i, _poll_fd, _raise_eof
 
 __all__ = ("TLSConnection", "check_context", "wrap_client")
 
@@ -127,12 +127,7 @@ class TLSConnection(Connection):
     def _recv_bytes(
         self, maxsize: int | None = None, header: bytes = b""
     ) -> bytes | bytearray | None:
-        header = self._read_exactly(4, header, at_start=True)
-        (size,) = _header_i.unpack(header)
-        if size < 0:
-            if size != -1:
-                self._bad_message_length()
-            (size,) = _header_q.unpack(self._read_exactly(8))
+        size = self._read_size(header)
         if maxsize is not None and size > maxsize:
             return None
         return self._read_body(b"", size)

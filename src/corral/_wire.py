@@ -306,12 +306,7 @@ class Connection:
         share one end (as a queue's readers do), and bytes past this message
         belong to whoever reads next.
         """
-        header = self._read_exactly(4, header, at_start=True)
-        (size,) = _unpack_i(header)
-        if size < 0:
-            if size != -1:
-                self._bad_message_length()
-            (size,) = _header_q.unpack(self._read_exactly(8))
+        size = self._read_size(header)
         if maxsize is not None and size > maxsize:
             return None
         if size < _LARGE:
@@ -320,6 +315,16 @@ class Connection:
                 return data
             return self._read_body(data, size)
         return self._read_body(b"", size)
+
+    def _read_size(self, header: bytes) -> int:
+        """The size of the next message, from its header (``header``: what was read of it)."""
+        header = self._read_exactly(4, header, at_start=True)
+        (size,) = _unpack_i(header)
+        if size < 0:
+            if size != -1:
+                self._bad_message_length()
+            (size,) = _header_q.unpack(self._read_exactly(8))
+        return size
 
     def _read_exactly(self, count: int, have: bytes = b"", at_start: bool = False) -> bytes:
         """Return ``have`` completed to ``count`` bytes."""
