@@ -99,14 +99,14 @@ class SharedMemory:
             while True:
                 candidate = _make_filename()
                 try:
-                    self._fd = _posixshmem.shm_open(candidate, flags, mode=0o600)
+                    self._fd = self._open(candidate, flags, create and track)
                 except FileExistsError:
                     continue
                 name = candidate
                 break
         else:
             name = "/" + name
-            self._fd = _posixshmem.shm_open(name, flags, mode=0o600)
+            self._fd = self._open(name, flags, create and track)
         self._name = name
         try:
             if create:
@@ -117,11 +117,27 @@ class SharedMemory:
             self._release()
             if create:
                 _posixshmem.shm_unlink(name)
+                if track:
+                    resource_tracker.unregister(name, "shared_memory")
             raise
         self._size = size
         self._buf = memoryview(self._mmap)
-        if create and track:
+
+    @staticmethod
+    def _open(name: str, flags: int, tracked: bool) -> int:
+        """shm_open, with a segment to create registered with the tracker first.
+
+        Registered before it exists, so that a process killed just after
+        creating it leaves no name behind.
+        """
+        if tracked:
             resource_tracker.register(name, "shared_memory")
+        try:
+            return _posixshmem.shm_open(name, flags, mode=0o600)
+        except BaseException:
+            if tracked:
+                resource_tracker.unregister(name, "shared_memory")
+            raise
 
     @property
     def buf(self) -> memoryview:

@@ -42,10 +42,18 @@ class SemLock:
         unlink_now = self._is_fork_ctx
         for _attempt in range(100):
             name = f"/corral-{os.getpid()}-{os.urandom(6).hex()}"
+            if not unlink_now:
+                # Tracked *before* it exists: a process killed right after
+                # creating it (a child terminated as it starts) leaves no name.
+                resource_tracker.register(name, "semaphore")
             try:
                 self._semlock = _multiprocessing.SemLock(kind, value, maxvalue, name, unlink_now)
-            except FileExistsError:
-                continue
+            except BaseException as exc:
+                if not unlink_now:
+                    resource_tracker.unregister(name, "semaphore")
+                if isinstance(exc, FileExistsError):
+                    continue
+                raise
             break
         else:  # pragma: no cover - 100 random 48-bit names all taken
             msg = "cannot find a free name for a semaphore"
@@ -57,7 +65,6 @@ class SemLock:
             # The name must exist until every child has opened it: children
             # keep us alive through their Popen (see __getstate__), and the
             # name goes when the last reference here does, or at exit.
-            resource_tracker.register(name, "semaphore")
             util.Finalize(self, _unlink_semaphore, (name,), exitpriority=0)
 
     @staticmethod

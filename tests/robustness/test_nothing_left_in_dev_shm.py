@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import psutil
 import pytest
+
+import corral
+from corral import shared_memory
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,3 +103,44 @@ def test_a_normal_exit_cleans_up_without_a_warning(tmp_path):
     _tracker, sem_name, shm_name = result.stdout.split()
     assert not _exists("sem." + sem_name.lstrip("/")) and not _exists(shm_name)
     assert result.stderr == ""  # nothing leaked, so nothing to warn about
+
+
+def create_while_killed_in_register(go, kind):
+    """Create a semaphore or segment, and be SIGKILLed while registering its name."""
+    from corral import resource_tracker
+
+    def register_and_be_killed(name, rtype):
+        go.send_bytes(b"registering")
+        threading.Event().wait(30)  # the parent SIGKILLs us here
+
+    resource_tracker.register = register_and_be_killed
+    if kind == "semaphore":
+        corral.get_context("forkserver").Lock()
+    else:
+        shared_memory.SharedMemory(create=True, size=4096)
+
+
+@pytest.mark.parametrize("kind", ["semaphore", "shared_memory"])
+def test_killed_while_registering_a_name_leaves_none(kind):
+    """A name is registered with the tracker before it is created.
+
+    So a process killed in between (a child terminated as it starts, which in
+    a forkserver child is while its own tracker starts: milliseconds) leaves
+    no name that no tracker knows of.
+    """
+    ctx = corral.get_context("forkserver")
+    before = set(os.listdir("/dev/shm"))
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=create_while_killed_in_register, args=(w, kind))
+    p.start()
+    w.close()
+    try:
+        assert r.recv_bytes() == b"registering"
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        left = set(os.listdir("/dev/shm")) - before
+        assert left == set()
+    finally:
+        r.close()
+        for name in set(os.listdir("/dev/shm")) - before:  # do not pollute the machine
+            os.unlink(f"/dev/shm/{name}")
