@@ -73,7 +73,9 @@ class _Line:
         self.conn: Connection | None = None
         self.spin: wire.SpinWait | None = None
         self.busy = False
-        self.lock = threading.Lock()
+        # Reentrant: a finalizer run by the garbage collector inside a
+        # ``with line.lock`` block may make a request on this line.
+        self.lock = threading.RLock()
 
 
 class _Channel:
@@ -121,9 +123,9 @@ class _Channel:
                 line.conn = self._connect()
                 line.spin = wire.SpinWait(line.conn.fileno())
             conn = line.conn
-            if self._pending_decrefs:
-                self._flush_decrefs(conn)
             try:
+                if self._pending_decrefs:
+                    self._flush_decrefs(conn)
                 data = self._exchange(conn, message, line.spin)
             except ManagerConnectionError:
                 line.conn = None
