@@ -1,4 +1,4 @@
-"""Noticing that the parent process died: for children that must not outlive it.
+"""Noticing that a process died: the parent (for children that must not outlive it), or any pid.
 
 Pool workers and manager processes call ``on_parent_death`` at start. A
 watcher thread waits on a pidfd of the parent (Linux 5.3+), which also works
@@ -12,7 +12,7 @@ import select
 import threading
 from collections.abc import Callable
 
-__all__ = ("on_parent_death",)
+__all__ = ("is_dead", "on_parent_death")
 
 _POLL_INTERVAL = 0.5
 
@@ -39,16 +39,22 @@ def _watch(parent_pid: int, pidfd: int | None, callback: Callable[[], object]) -
         select.select([pidfd], [], [])
         os.close(pidfd)
     else:  # no pidfd (macOS, old kernels): poll
-        while os.getppid() == parent_pid or _alive(parent_pid):
+        while os.getppid() == parent_pid or not is_dead(parent_pid):
             threading.Event().wait(_POLL_INTERVAL)
     callback()
 
 
-def _alive(pid: int) -> bool:
+def is_dead(pid: int) -> bool:
+    """Whether pid has ended (a zombie counts as ended)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False  # no /proc (macOS): alive as far as kill() can tell
+    return state in (b"Z", b"X")

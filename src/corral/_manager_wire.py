@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import select
 import time
-import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
 
@@ -76,10 +75,14 @@ class Codec:
 
 
 def _xml_dumps(message: Any) -> bytes:
+    import xmlrpc.client  # only with this serializer: the module costs ~40 ms to import
+
     return xmlrpc.client.dumps((message,), allow_none=True).encode("utf-8")
 
 
 def _xml_loads(data: bytes) -> Any:
+    import xmlrpc.client
+
     params, _ = xmlrpc.client.loads(data.decode("utf-8"), use_builtin_types=True)
     return params[0]
 

@@ -78,6 +78,7 @@ import time
 from typing import Any
 
 from . import reduction, resource_tracker, util
+from ._lifeline import is_dead as _is_dead
 from .heap import Arena
 from .synchronize import SEM_VALUE_MAX
 
@@ -553,22 +554,6 @@ class Ring:
         (nput,) = _U64.unpack_from(self._mem, _NPUT)
         (ndone,) = _U64.unpack_from(self._mem, _NDONE)
         return max(0, nput - ndone)
-
-
-def _is_dead(pid: int) -> bool:
-    """Whether pid has ended (a zombie counts as ended)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False  # no /proc (macOS): alive as far as kill() can tell
-    return state in (b"Z", b"X")
 
 
 # -- messages too big for the ring ---------------------------------------------

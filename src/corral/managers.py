@@ -30,26 +30,33 @@ from typing import Any
 from . import _manager_wire as wire
 from . import _proxy, process, util
 from ._lifeline import on_parent_death
-from ._manager_server import Server, public_methods
-from ._proxy import AutoProxy, BaseProxy, MakeProxyType, RebuildProxy, Token
-from ._proxy_types import (
-    AcquirerProxy,
-    Array,
-    ArrayProxy,
-    BarrierProxy,
-    BaseListProxy,
-    ConditionProxy,
-    DictProxy,
-    EventProxy,
-    IteratorProxy,
-    ListProxy,
-    Namespace,
-    NamespaceProxy,
-    PoolProxy,
-    Value,
-    ValueProxy,
-)
-from .errors import ManagerConnectionError, ProcessError, RemoteError, RemoteTraceback
+
+# Names importable from here, as from the stdlib's module ("X as X": re-exported).
+from ._manager_server import Server as Server
+from ._manager_server import public_methods as public_methods
+from ._proxy import AutoProxy as AutoProxy
+from ._proxy import BaseProxy as BaseProxy
+from ._proxy import MakeProxyType as MakeProxyType
+from ._proxy import RebuildProxy as RebuildProxy
+from ._proxy import Token as Token
+from ._proxy_types import AcquirerProxy as AcquirerProxy
+from ._proxy_types import Array as Array
+from ._proxy_types import ArrayProxy as ArrayProxy
+from ._proxy_types import BarrierProxy as BarrierProxy
+from ._proxy_types import BaseListProxy as BaseListProxy
+from ._proxy_types import ConditionProxy as ConditionProxy
+from ._proxy_types import DictProxy as DictProxy
+from ._proxy_types import EventProxy as EventProxy
+from ._proxy_types import IteratorProxy as IteratorProxy
+from ._proxy_types import ListProxy as ListProxy
+from ._proxy_types import Namespace as Namespace
+from ._proxy_types import NamespaceProxy as NamespaceProxy
+from ._proxy_types import PoolProxy as PoolProxy
+from ._proxy_types import Value as Value
+from ._proxy_types import ValueProxy as ValueProxy
+from .errors import ManagerConnectionError as ManagerConnectionError
+from .errors import ProcessError, RemoteTraceback
+from .errors import RemoteError as RemoteError
 
 __all__ = (
     "BaseManager",
@@ -57,32 +64,6 @@ __all__ = (
     "SharedMemoryManager",
     "SyncManager",
     "Token",
-)
-
-# Importable from here, as from the stdlib's module.
-_REEXPORTED = (
-    AcquirerProxy,
-    Array,
-    ArrayProxy,
-    AutoProxy,
-    BarrierProxy,
-    BaseListProxy,
-    ConditionProxy,
-    DictProxy,
-    EventProxy,
-    IteratorProxy,
-    ListProxy,
-    MakeProxyType,
-    ManagerConnectionError,
-    Namespace,
-    NamespaceProxy,
-    PoolProxy,
-    RebuildProxy,
-    RemoteError,
-    Server,
-    Value,
-    ValueProxy,
-    public_methods,
 )
 
 

@@ -45,6 +45,31 @@ def serve_one(listener: Listener, results: list) -> threading.Thread:
     return t
 
 
+def failing_client(address, ssl_context, errors: list) -> threading.Thread:
+    """A client (TLS with ssl_context, or plain) whose connection fails, into errors."""
+
+    def run():
+        try:
+            Client(address, authkey=KEY, ssl_context=ssl_context)
+        except (OSError, EOFError, corral.AuthenticationError) as exc:  # ssl.SSLError is OSError
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def good_exchange(listener: Listener, client_ctx) -> list:
+    """A trusted TLS client sends "good" and reads the reply; what the listener received."""
+    results: list = []
+    served = serve_one(listener, results)
+    with Client(listener.address, authkey=KEY, ssl_context=client_ctx) as conn:
+        conn.send("good")
+        conn.recv_bytes()
+    served.join(TIMEOUT)
+    return results
+
+
 def test_listener_and_client_over_tls(contexts):
     server_ctx, client_ctx, _ = contexts
     with Listener(("127.0.0.1", 0), authkey=KEY, ssl_context=server_ctx) as listener:
@@ -65,26 +90,12 @@ def test_untrusted_server_certificate_is_refused_and_the_listener_goes_on(contex
     server_ctx, client_ctx, stranger = contexts
     with Listener(("127.0.0.1", 0), authkey=KEY, ssl_context=server_ctx) as listener:
         errors: list = []
-
-        def bad_client():
-            try:
-                Client(listener.address, authkey=KEY, ssl_context=stranger)
-            except ssl.SSLError as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=bad_client)
-        t.start()
+        t = failing_client(listener.address, stranger, errors)
         with pytest.raises(corral.AuthenticationError, match="TLS handshake failed"):
             listener.accept()
         t.join(TIMEOUT)
         assert len(errors) == 1 and "certificate verify failed" in str(errors[0])
-        results: list = []
-        served = serve_one(listener, results)
-        with Client(listener.address, authkey=KEY, ssl_context=client_ctx) as conn:
-            conn.send("good")
-            conn.recv_bytes()
-        served.join(TIMEOUT)
-        assert results == ["good"]
+        assert good_exchange(listener, client_ctx) == ["good"]
 
 
 def test_plain_client_against_a_tls_listener_fails_without_blocking_others(contexts):
@@ -93,22 +104,8 @@ def test_plain_client_against_a_tls_listener_fails_without_blocking_others(conte
         ("127.0.0.1", 0), authkey=KEY, ssl_context=server_ctx, handshake_timeout=1.0
     ) as listener:
         plain_errors: list = []
-
-        def plain_client():
-            try:
-                Client(listener.address, authkey=KEY)
-            except (OSError, EOFError, corral.AuthenticationError) as exc:
-                plain_errors.append(exc)
-
-        plain = threading.Thread(target=plain_client)
-        plain.start()
-        results: list = []
-        served = serve_one(listener, results)
-        with Client(listener.address, authkey=KEY, ssl_context=client_ctx) as conn:
-            conn.send("good")
-            conn.recv_bytes()
-        served.join(TIMEOUT)
-        assert results == ["good"]
+        plain = failing_client(listener.address, None, plain_errors)
+        assert good_exchange(listener, client_ctx) == ["good"]
         with pytest.raises(corral.AuthenticationError):
             listener.accept()  # the plain client: timed out or refused
         plain.join(TIMEOUT)
