@@ -22,6 +22,7 @@ from .errors import BrokenProcessPool as BrokenProcessPool  # noqa: E402
 from .errors import InitializerError as InitializerError  # noqa: E402
 from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
 from .errors import WorkerLostError as WorkerLostError  # noqa: E402
+from .errors import WorkerStartupError as WorkerStartupError  # noqa: E402
 
 
 def __getattr__(name: str) -> object:

@@ -31,6 +31,8 @@ Hierarchy::
                 │   └── TaskExitError (also SystemExit) the task called sys.exit()
                 ├── InitializerError  the pool's initializer raised; the pool is
                 │                     broken for good, every call fails at once
+                ├── WorkerStartupError    new workers kept dying before they were
+                │                     ready (3 in a row): broken for good, as above
                 ├── TaskUnpicklingError   the worker could not unpickle the task
                 └── ResultUnpicklingError the parent could not unpickle a result
 
@@ -70,6 +72,7 @@ __all__ = (
     "TaskUnpicklingError",
     "TimeoutError",
     "WorkerLostError",
+    "WorkerStartupError",
 )
 
 
@@ -233,6 +236,19 @@ class InitializerError(BrokenProcessPool):
     The pool is then broken for good: every pending and later call fails at once
     with this error (no respawn loop). The initializer's traceback is chained as
     ``__cause__``. Fix the initializer, then create a new pool.
+    """
+
+
+class WorkerStartupError(BrokenProcessPool):
+    """New worker processes kept dying before they were ready to run tasks.
+
+    Raised (for every pending and later call) once three workers in a row have
+    died during their start-up with none ready in between: the pool would
+    otherwise restart them forever. The usual causes: a spawn or forkserver
+    script that starts the pool without the ``if __name__ == '__main__':``
+    guard, a main module that raises when a child imports it, or workers killed
+    as they start (out of memory). The message names the start method and the
+    last worker's exit status; the workers' own tracebacks are on stderr.
     """
 
 

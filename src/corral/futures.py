@@ -39,21 +39,30 @@ from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: 
 
 __all__ = ("BrokenProcessPool", "ProcessPoolExecutor")
 
-_live_executors: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+# Engines with work that must finish before the interpreter exits, whether or
+# not their executor still exists or was shut down with wait=False (bpo-39205):
+# engine -> (the pid that owns it, its executor's feeds). An engine stays alive
+# while its thread runs, so weak keys drop exactly the engines that are done.
+_live_engines: weakref.WeakKeyDictionary[Engine, tuple[int, set[Feed]]] = (
+    weakref.WeakKeyDictionary()
+)
 _interpreter_exiting = False
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
 
 def _on_interpreter_exit() -> None:
-    """Finish submitted work of every executor still open, as the stdlib does."""
+    """Finish the submitted work of every executor, as the stdlib does."""
     global _interpreter_exiting
     _interpreter_exiting = True
-    for executor in list(_live_executors):
+    for engine, (owner_pid, feeds) in list(_live_engines.items()):
         # A forked child inherits this hook and copies of its parent's
-        # executors: those are not its own to shut down.
-        if executor._owner_pid == os.getpid():
-            executor.shutdown(wait=True)
+        # engines: those are not its own to wait for.
+        if owner_pid == os.getpid():
+            _close_engine(engine, feeds)
+            for feed in list(feeds):
+                feed.thread.join()
+            engine.join()
 
 
 def _register_exit_hook() -> None:
@@ -171,7 +180,7 @@ class ProcessPoolExecutor(Executor):
             engine.start()
             self._engine = engine
             self._finalizer = weakref.finalize(self, _close_engine, engine, self._feeds)
-            _live_executors.add(self)
+            _live_engines[engine] = (self._owner_pid, self._feeds)
         return engine
 
     def _check_open(self) -> Engine:
@@ -274,7 +283,6 @@ class ProcessPoolExecutor(Executor):
             for feed in list(self._feeds):
                 feed.thread.join()
             engine.join()
-        _live_executors.discard(self)
 
     def terminate_workers(self) -> None:
         """Stop every worker now (SIGTERM, then SIGKILL) and shut down.
@@ -303,7 +311,6 @@ class ProcessPoolExecutor(Executor):
             hard=hard,
         )
         engine.join()
-        _live_executors.discard(self)
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is not None and not issubclass(exc_type, Exception):

@@ -65,7 +65,17 @@ class SemLock:
             # The name must exist until every child has opened it: children
             # keep us alive through their Popen (see __getstate__), and the
             # name goes when the last reference here does, or at exit.
-            util.Finalize(self, _unlink_semaphore, (name,), exitpriority=0)
+            self._unlinker = util.Finalize(self, _unlink_semaphore, (name,), exitpriority=0)
+
+    def _unlink_name(self) -> None:
+        """Remove the semaphore's name now; processes that opened it keep using it.
+
+        For a semaphore that every process it was meant for has opened already
+        (a pool worker's, once the worker is running). Pickling it later fails.
+        """
+        unlinker = getattr(self, "_unlinker", None)
+        if unlinker is not None:
+            unlinker()
 
     @staticmethod
     def _after_fork(obj: SemLock) -> None:
