@@ -38,7 +38,7 @@ import threading
 import types
 from collections import ChainMap
 
-from . import _by_value, context
+from . import context
 from .errors import SerializationError
 
 TYPE_CHECKING = False  # typing is not imported at run time (import speed)
@@ -95,6 +95,8 @@ class ForkingPickler(pickle.Pickler):
                 return NotImplemented
         elif kind is not _ModuleType:
             return NotImplemented
+        from . import _by_value  # imports cloudpickle: only when something needs it
+
         return _by_value.reduce(obj, self._protocol, self._extra_reducers)
 
     @classmethod
