@@ -68,11 +68,12 @@ def _make_pickler_class() -> Any:
     class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
         def __init__(self, file: Any, protocol: int, extra_reducers: Mapping[type, Any]) -> None:
             # The C pickler reads dispatch_table once, in __init__: set it first.
-            self.dispatch_table = collections.ChainMap(
-                extra_reducers,  # type: ignore[arg-type]
-                _function_parts_table,
-                copyreg.dispatch_table,
-            )
+            # A dict, not a ChainMap: the C pickler looks every object's type up
+            # in it, and a ChainMap lookup is a Python call (and a KeyError).
+            table = copyreg.dispatch_table.copy()
+            table.update(_function_parts_table)
+            table.update(extra_reducers)
+            self.dispatch_table = table
             super().__init__(file, protocol)
 
     _pickler_class = _ByValuePickler

@@ -83,8 +83,12 @@ class ForkingPickler(pickle.Pickler):
 
     def __init__(self, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
         self._protocol = PROTOCOL if protocol is None else protocol
-        # The C pickler reads dispatch_table once, in __init__: set it first.
-        self.dispatch_table = ChainMap(self._extra_reducers, copyreg.dispatch_table)
+        # The C pickler reads dispatch_table once, in __init__: set it first. A
+        # dict (as the stdlib's): a ChainMap lookup, done for every object, is a
+        # Python call.
+        table = copyreg.dispatch_table.copy()
+        table.update(self._extra_reducers)
+        self.dispatch_table = table
         super().__init__(file, self._protocol, **kwargs)
 
     def reducer_override(self, obj: Any) -> Any:
@@ -154,6 +158,16 @@ def _pickles_by_reference(obj: Any) -> bool:
 
 
 register = ForkingPickler.register
+
+
+def _register_refused(type: type, reduce: Callable[[Any], Any]) -> None:
+    """``register`` for a type plain pickle refuses (sockets, dict views).
+
+    The fast path fails on such an object and the slow path applies the
+    reducer, so the fast path can keep plain ``pickle.dumps``.
+    """
+    ForkingPickler._extra_reducers[type] = reduce
+
 
 # The fast path's table: the stdlib's reducers, then the registered ones first.
 _plain_dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)
@@ -398,7 +412,7 @@ def _rebuild_socket(token: Any, family: int, kind: int, proto: int) -> socket.so
     return socket.socket(family, kind, proto, fileno=token.detach())
 
 
-ForkingPickler._extra_reducers[socket.socket] = _reduce_socket
+_register_refused(socket.socket, _reduce_socket)
 
 
 class AbstractReducer:
