@@ -65,7 +65,7 @@ def _make_pickler_class() -> Any:
             continue
         _function_parts_table[type_] = reducer
 
-    class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
+    class _ByValuePickler(cloudpickle.Pickler):
         def __init__(self, file: Any, protocol: int, extra_reducers: Mapping[type, Any]) -> None:
             # The C pickler reads dispatch_table once, in __init__: set it first.
             # A dict, not a ChainMap: the C pickler looks every object's type up

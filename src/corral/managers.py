@@ -75,9 +75,10 @@ def _reduce_view_as_list(view: Any) -> tuple[type[list[Any]], tuple[list[Any]]]:
 # the stdlib, whose managers module registers the same for every pickle: a view
 # cannot be pickled, and a list is what a caller in another process can use.
 # (Registered as a type plain pickle refuses: the fast path stays plain pickle.)
-for _view_type in (type({}.keys()), type({}.values()), type({}.items())):
+_view_types: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+for _view_type in _view_types:
     reduction._register_refused(_view_type, _reduce_view_as_list)
-del _view_type
+del _view_type, _view_types
 
 
 class State:

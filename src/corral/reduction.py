@@ -127,6 +127,7 @@ class ForkingPickler(pickle.Pickler):
 _FunctionType = types.FunctionType
 _ModuleType = types.ModuleType
 _MISSING = object()
+_SINGLETON_TYPES = (type(None), type(NotImplemented), type(...))
 
 
 def _pickles_by_reference(obj: Any) -> bool:
@@ -135,6 +136,8 @@ def _pickles_by_reference(obj: Any) -> bool:
     Not for a ``__main__`` the child cannot re-import, nor for a module that is
     not imported here (cloudpickle decides the same way).
     """
+    if obj in _SINGLETON_TYPES:
+        return True  # pickle has a reduction for these, though builtins lacks the names
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(module_name, str) or not isinstance(qualname, str):
