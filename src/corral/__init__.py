@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # imported on first use, by __getattr__ below
     from .errors import InitializerError as InitializerError
     from .errors import WorkerLostError as WorkerLostError
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
+del TYPE_CHECKING  # not a public name (the stdlib's test__all__ checks dir())
 
 # Names imported on first use: they pull in concurrent.futures (and logging),
 # which would cost more than the rest of ``import corral``.
