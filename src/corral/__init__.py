@@ -18,21 +18,42 @@ __all__ = tuple(name for name in dir(_context._default_context) if not name.star
 globals().update((name, getattr(_context._default_context, name)) for name in __all__)
 
 # corral's own errors, beside the stdlib names.
-from .errors import BrokenProcessPool as BrokenProcessPool  # noqa: E402
-from .errors import InitializerError as InitializerError  # noqa: E402
 from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
-from .errors import WorkerLostError as WorkerLostError  # noqa: E402
-from .errors import WorkerStartupError as WorkerStartupError  # noqa: E402
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:  # imported on first use, by __getattr__ below
+    from .errors import BrokenProcessPool as BrokenProcessPool
+    from .errors import InitializerError as InitializerError
+    from .errors import WorkerLostError as WorkerLostError
+    from .errors import WorkerStartupError as WorkerStartupError
+    from .futures import ProcessPoolExecutor as ProcessPoolExecutor
+del TYPE_CHECKING  # not a public name (the stdlib's test__all__ checks dir())
+
+# Names imported on first use: they pull in concurrent.futures (and logging),
+# which would cost more than the rest of ``import corral``.
+_LAZY = {
+    "BrokenProcessPool": "errors",
+    "InitializerError": "errors",
+    "WorkerLostError": "errors",
+    "WorkerStartupError": "errors",
+    "ProcessPoolExecutor": "futures",
+}
 
 
 def __getattr__(name: str) -> object:
-    # The executor is imported on first use: it pulls in concurrent.futures.
-    if name == "ProcessPoolExecutor":
-        from .futures import ProcessPoolExecutor
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        msg = f"module 'corral' has no attribute {name!r}"
+        raise AttributeError(msg)
+    import importlib
 
-        return ProcessPoolExecutor
-    msg = f"module 'corral' has no attribute {name!r}"
-    raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 SUBDEBUG = 5

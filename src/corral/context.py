@@ -13,11 +13,14 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from . import process
 from . import reduction as _reduction_module
 from .errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = (
     "BaseContext",

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _manager_wire as wire
-from . import _proxy, process, util
+from . import _proxy, process, reduction, util
 from ._lifeline import on_parent_death
 
 # Names importable from here, as from the stdlib's module ("X as X": re-exported).
@@ -65,6 +65,20 @@ __all__ = (
     "SyncManager",
     "Token",
 )
+
+
+def _reduce_view_as_list(view: Any) -> tuple[type[list[Any]], tuple[list[Any]]]:
+    return list, (list(view),)
+
+
+# Dict views (a DictProxy's keys(), values(), items()) are sent as lists, as by
+# the stdlib, whose managers module registers the same for every pickle: a view
+# cannot be pickled, and a list is what a caller in another process can use.
+# (Registered as a type plain pickle refuses: the fast path stays plain pickle.)
+_view_types: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+for _view_type in _view_types:
+    reduction._register_refused(_view_type, _reduce_view_as_list)
+del _view_type, _view_types
 
 
 class State:

@@ -13,16 +13,19 @@ import os
 import signal
 import sys
 import threading
-import weakref
+from _weakrefset import WeakSet  # what weakref.WeakSet is, without importing weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ("BaseProcess", "active_children", "current_process", "parent_process")
 
 _children: set[BaseProcess] = set()
 _process_counter = itertools.count(1)
 # Every Process object created here; the stdlib's test fixtures inspect it.
-_dangling: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
+_dangling: WeakSet[BaseProcess] = WeakSet()
 
 
 def current_process() -> BaseProcess:
