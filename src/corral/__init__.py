@@ -8,6 +8,7 @@ context's methods (``Process``, ``Pipe``, ``get_context``, ``set_start_method``,
 """
 
 import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from . import context as _context
 
@@ -16,6 +17,60 @@ __version__ = "0.1.0"
 __all__ = tuple(name for name in dir(_context._default_context) if not name.startswith("_"))
 
 globals().update((name, getattr(_context._default_context, name)) for name in __all__)
+
+if _TYPE_CHECKING:
+    # Type checkers cannot follow the update above: the same names, spelled out,
+    # so that ``corral.Pool(...)`` and the others have their real signatures.
+    # The submodules are named as typeshed names the stdlib's, so that
+    # ``corral.queues.Queue[int]`` is a known annotation after ``import corral``.
+    from . import connection as connection
+    from . import context as context
+    from . import managers as managers
+    from . import pool as pool
+    from . import process as process
+    from . import queues as queues
+    from . import reduction as reduction
+    from . import sharedctypes as sharedctypes
+    from . import synchronize as synchronize
+    from .errors import AuthenticationError as AuthenticationError
+    from .errors import BufferTooShort as BufferTooShort
+    from .errors import ProcessError as ProcessError
+    from .errors import TimeoutError as TimeoutError
+    from .futures import ProcessPoolExecutor as ProcessPoolExecutor
+
+    Array = _context._default_context.Array
+    Barrier = _context._default_context.Barrier
+    BoundedSemaphore = _context._default_context.BoundedSemaphore
+    Condition = _context._default_context.Condition
+    Event = _context._default_context.Event
+    JoinableQueue = _context._default_context.JoinableQueue
+    Lock = _context._default_context.Lock
+    Manager = _context._default_context.Manager
+    Pipe = _context._default_context.Pipe
+    Pool = _context._default_context.Pool
+    Process = _context._default_context.Process
+    Queue = _context._default_context.Queue
+    RLock = _context._default_context.RLock
+    RawArray = _context._default_context.RawArray
+    RawValue = _context._default_context.RawValue
+    Semaphore = _context._default_context.Semaphore
+    SimpleQueue = _context._default_context.SimpleQueue
+    Value = _context._default_context.Value
+    active_children = _context._default_context.active_children
+    allow_connection_pickling = _context._default_context.allow_connection_pickling
+    cpu_count = _context._default_context.cpu_count
+    current_process = _context._default_context.current_process
+    freeze_support = _context._default_context.freeze_support
+    get_all_start_methods = _context._default_context.get_all_start_methods
+    get_context = _context._default_context.get_context
+    get_logger = _context._default_context.get_logger
+    get_start_method = _context._default_context.get_start_method
+    log_to_stderr = _context._default_context.log_to_stderr
+    parent_process = _context._default_context.parent_process
+    reducer = _context._default_context.reducer
+    set_executable = _context._default_context.set_executable
+    set_forkserver_preload = _context._default_context.set_forkserver_preload
+    set_start_method = _context._default_context.set_start_method
 
 # corral's own errors, beside the stdlib names.
 from .errors import BrokenProcessPool as BrokenProcessPool  # noqa: E402

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from . import context, process, resource_tracker, util
 
@@ -32,8 +32,25 @@ SEM_VALUE_MAX = _multiprocessing.SemLock.SEM_VALUE_MAX
 _INT_SIZE = struct.calcsize("i")
 
 
+class _Acquire(Protocol):
+    """The shape of ``acquire``: bound straight to the semaphore's C method."""
+
+    def __call__(self, block: bool = True, timeout: float | None = None) -> bool: ...
+
+
+class _Release(Protocol):
+    def __call__(self) -> None: ...
+
+
 class SemLock:
-    """Base of the semaphore-backed primitives: acquire/release and sharing rules."""
+    """Base of the semaphore-backed primitives: acquire/release and sharing rules.
+
+    ``acquire(block=True, timeout=None) -> bool`` and ``release()`` are the C
+    semaphore's own methods, bound per instance (no Python call in between).
+    """
+
+    acquire: _Acquire
+    release: _Release
 
     def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any) -> None:
         if ctx is None:
@@ -194,6 +211,9 @@ class Condition:
     until each has taken its wake-up, so a notification is never given to a
     later waiter. (The names are the stdlib's: its tests inspect them.)
     """
+
+    acquire: _Acquire
+    release: _Release
 
     def __init__(self, lock: Any = None, *, ctx: Any) -> None:
         self._lock = lock or ctx.RLock()
