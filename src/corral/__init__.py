@@ -22,7 +22,10 @@ if _TYPE_CHECKING:
     # Type checkers cannot follow the update above: the same names, spelled out,
     # so that ``corral.Pool(...)`` and the others have their real signatures.
     # The submodules are named as typeshed names the stdlib's, so that
-    # ``corral.queues.Queue[int]`` is a known annotation after ``import corral``.
+    # ``corral.queues.Queue[int]`` is a known annotation after ``import corral``;
+    # Process and the queues are the classes, as typeshed has them, so that they
+    # can be subclassed and used in annotations (``corral.Queue[int]``); at run
+    # time they are the default context's methods, which make the same objects.
     from . import connection as connection
     from . import context as context
     from . import managers as managers
@@ -32,29 +35,29 @@ if _TYPE_CHECKING:
     from . import reduction as reduction
     from . import sharedctypes as sharedctypes
     from . import synchronize as synchronize
+    from .context import Process as Process
     from .errors import AuthenticationError as AuthenticationError
     from .errors import BufferTooShort as BufferTooShort
     from .errors import ProcessError as ProcessError
     from .errors import TimeoutError as TimeoutError
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
+    from .queues import JoinableQueue as JoinableQueue
+    from .queues import Queue as Queue
+    from .queues import SimpleQueue as SimpleQueue
 
     Array = _context._default_context.Array
     Barrier = _context._default_context.Barrier
     BoundedSemaphore = _context._default_context.BoundedSemaphore
     Condition = _context._default_context.Condition
     Event = _context._default_context.Event
-    JoinableQueue = _context._default_context.JoinableQueue
     Lock = _context._default_context.Lock
     Manager = _context._default_context.Manager
     Pipe = _context._default_context.Pipe
     Pool = _context._default_context.Pool
-    Process = _context._default_context.Process
-    Queue = _context._default_context.Queue
     RLock = _context._default_context.RLock
     RawArray = _context._default_context.RawArray
     RawValue = _context._default_context.RawValue
     Semaphore = _context._default_context.Semaphore
-    SimpleQueue = _context._default_context.SimpleQueue
     Value = _context._default_context.Value
     active_children = _context._default_context.active_children
     allow_connection_pickling = _context._default_context.allow_connection_pickling

@@ -9,9 +9,10 @@ from __future__ import annotations
 import array
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 from ._proxy import BaseProxy, MakeProxyType
+from ._typevars import T as _T  # a ValueProxy's value, for a type checker
 
 __all__ = (
     "AcquirerProxy",
@@ -30,9 +31,6 @@ __all__ = (
     "Value",
     "ValueProxy",
 )
-
-
-_T = TypeVar("_T")  # a ValueProxy's value, for a type checker
 
 
 # -- the objects a SyncManager creates (besides builtins and threading's) ---------

@@ -19,9 +19,9 @@ from collections.abc import (
     MutableSequence,
     Sequence,
 )
-from typing import Any, SupportsIndex, TypeVar, overload
+from typing import Any, SupportsIndex, overload
 
-from typing_extensions import Self
+from typing_extensions import Self, TypeVar
 
 from ._proxy import BaseProxy
 from ._proxy_types import (
@@ -34,9 +34,10 @@ from ._proxy_types import (
     ValueProxy,
 )
 
-_T = TypeVar("_T")
-_KT = TypeVar("_KT")
-_VT = TypeVar("_VT")
+# Defaults as in _typevars: a bare DictProxy is a DictProxy[Any, Any].
+_T = TypeVar("_T", default=Any)
+_KT = TypeVar("_KT", default=Any)
+_VT = TypeVar("_VT", default=Any)
 
 class DictProxy(BaseProxy, MutableMapping[_KT, _VT]):
     """Proxy of a dict in the manager: ``keys``/``values``/``items`` are lists."""

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
 if TYPE_CHECKING:
     import ctypes
@@ -50,7 +50,7 @@ class BaseContext:
     AuthenticationError = AuthenticationError
 
     _name: str | None = None
-    Process: type[process.BaseProcess]
+    Process: ClassVar[type[process.BaseProcess]]
 
     current_process = staticmethod(process.current_process)
     parent_process = staticmethod(process.parent_process)
@@ -476,17 +476,17 @@ class ForkServerProcess(process.BaseProcess):
 
 class ForkContext(BaseContext):
     _name = "fork"
-    Process = ForkProcess
+    Process: ClassVar[type[ForkProcess]] = ForkProcess
 
 
 class SpawnContext(BaseContext):
     _name = "spawn"
-    Process = SpawnProcess
+    Process: ClassVar[type[SpawnProcess]] = SpawnProcess
 
 
 class ForkServerContext(BaseContext):
     _name = "forkserver"
-    Process = ForkServerProcess
+    Process: ClassVar[type[ForkServerProcess]] = ForkServerProcess
 
     def _check_available(self) -> None:
         if not _reduction_module.HAVE_SEND_HANDLE:

@@ -140,7 +140,7 @@ class ProcessPoolExecutor(Executor):
         self._feeds: set[Feed] = set()
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # ----------------------------------------------------------- introspection
 

@@ -384,11 +384,13 @@ class BaseManager:
 
     def _debug_info(self) -> str:
         """A description of the shared objects and their reference counts."""
-        return self._request((wire.INFO,))
+        info: str = self._request((wire.INFO,))
+        return info
 
     def _number_of_objects(self) -> int:
         """How many shared objects the server holds."""
-        return self._request((wire.COUNT,))
+        count: int = self._request((wire.COUNT,))
+        return count
 
     @classmethod
     def register(

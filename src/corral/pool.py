@@ -39,6 +39,7 @@ from . import util
 from ._engine import CALL, MAP, STARMAP, Engine, ProcessSpawner, Task, ThreadSpawner, encode_call
 from ._engine.direct import run_direct
 from ._engine.feed import Feed, FeedTimeout, default_window
+from ._typevars import T as _T
 from .errors import BrokenProcessPool, TimeoutError
 from .errors import MaybeEncodingError as MaybeEncodingError
 from .errors import RemoteTraceback as RemoteTraceback
@@ -56,8 +57,7 @@ TERMINATE = "TERMINATE"
 
 _DEFAULT: Any = object()
 
-# For a type checker: what a task returns (_T) and what it takes (_S).
-_T = TypeVar("_T")
+# For a type checker: what a task takes (_S); what it returns is _T.
 _S = TypeVar("_S")
 
 

@@ -24,15 +24,15 @@ import threading
 import time
 import weakref
 from queue import Empty, Full
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 from . import _ring, context, reduction, util
+from ._typevars import T as _T  # the type of the items, for a type checker (Queue[int])
 from .reduction import _dumps
 from .synchronize import SEM_VALUE_MAX
 
 __all__ = ("JoinableQueue", "Queue", "SimpleQueue")
 
-_T = TypeVar("_T")  # the type of the items, for a type checker (Queue[int])
 
 _loads = reduction._loads
 _CLOSE = object()  # tells the feeder thread to finish
@@ -203,7 +203,8 @@ class Queue(Generic[_T]):
         data = self._take()
         if data is None:
             data = _get(self._ring, block, _deadline(block, timeout))
-        return _loads(data)
+        item: _T = _loads(data)
+        return item
 
     def qsize(self) -> int:
         """The number of items put and not yet taken.
@@ -287,7 +288,7 @@ class Queue(Generic[_T]):
         buffer: collections.deque[Any],
         notempty: threading.Condition,
         ring: _ring.Ring,
-        queue: Queue,
+        queue: Queue[Any],
     ) -> None:
         """The feeder thread: store buffered messages, in batches, as room appears.
 
@@ -386,7 +387,8 @@ class SimpleQueue(Generic[_T]):
         data = self._take()
         if data is None:
             data = _get(self._ring, True, None)
-        return _loads(data)
+        item: _T = _loads(data)
+        return item
 
     def put(self, obj: _T) -> None:
         """Put obj on the queue, waiting for room if it is full.

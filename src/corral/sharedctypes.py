@@ -15,13 +15,13 @@ from __future__ import annotations
 import ctypes
 import weakref
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, overload
 
 from . import context, heap, reduction
+from ._typevars import T as _T  # a value's or item's type: int for c_int
 
 __all__ = ("Array", "RawArray", "RawValue", "Value", "copy", "synchronized")
 
-_T = TypeVar("_T")  # the Python type of a value or item: int for c_int, Any for a typecode
 
 typecode_to_type: dict[str, Any] = {
     "c": ctypes.c_char,
@@ -220,7 +220,8 @@ class Synchronized(SynchronizedBase, Generic[_T]):
     def value(self) -> _T:
         self.acquire()
         try:
-            return self._obj.value
+            value: _T = self._obj.value
+            return value
         finally:
             self.release()
 

@@ -93,7 +93,8 @@ class SemLock:
         self.release = self._semlock.release
 
     def __enter__(self) -> bool:
-        return self._semlock.__enter__()
+        acquired: bool = self._semlock.__enter__()
+        return acquired
 
     def __exit__(self, *args: object) -> None:
         self._semlock.__exit__(*args)
@@ -138,7 +139,8 @@ class Semaphore(SemLock):
 
     def get_value(self) -> int:
         """The current count (not available on macOS, where it raises NotImplementedError)."""
-        return self._semlock._get_value()
+        value: int = self._semlock._get_value()
+        return value
 
     def _value_text(self) -> str:
         try:
@@ -231,7 +233,8 @@ class Condition:
         self._make_methods()
 
     def __enter__(self) -> bool:
-        return self._lock.__enter__()
+        acquired: bool = self._lock.__enter__()
+        return acquired
 
     def __exit__(self, *args: object) -> None:
         self._lock.__exit__(*args)
@@ -266,7 +269,8 @@ class Condition:
         for _ in range(depth):
             self._lock.release()
         try:
-            return self._wait_semaphore.acquire(True, timeout)
+            woken: bool = self._wait_semaphore.acquire(True, timeout)
+            return woken
         finally:
             self._woken_count.release()
             for _ in range(depth):

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from typing_extensions import assert_type
 
 import corral
-from corral.context import BaseContext
+from corral.context import BaseContext, SpawnProcess
 from corral.process import BaseProcess
 
 
 def work(queue: corral.queues.Queue[int], n: int) -> None:
     queue.put(n * 2)
+
+
+class Doubler(corral.Process):
+    """A Process subclass, as with threading.Thread."""
+
+    def __init__(self, queue: corral.Queue[int], n: int) -> None:
+        super().__init__(name=f"doubler-{n}")
+        self.queue = queue
+        self.n = n
+
+    def run(self) -> None:
+        self.queue.put(self.n * 2)
 
 
 def main() -> None:
@@ -37,6 +51,12 @@ def main() -> None:
     assert_type(corral.get_all_start_methods(), list[str])
     if corral.get_start_method(allow_none=True) is None:
         corral.set_start_method("spawn")
+    results = corral.Queue()
+    doubler = Doubler(results, 4)
+    doubler.start()
+    assert_type(results.get(timeout=10), Any)
+    doubler.join(10)
+    assert_type(corral.get_context("spawn").Process, type[SpawnProcess])
     plain = corral.Process(target=print, args=("hello",))
     plain.start()
     plain.join(10)

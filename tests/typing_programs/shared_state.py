@@ -14,13 +14,22 @@ from corral.sharedctypes import Synchronized, SynchronizedArray
 from corral.synchronize import Barrier, Condition, Event, Lock, RLock, Semaphore
 
 
+def drain(queue: Queue, lock: Lock) -> list[Any]:
+    """Bare generic annotations pass --strict (the type variables default to Any)."""
+    with lock:
+        return [queue.get(timeout=1.0) for _ in range(queue.qsize())]
+
+
 def main() -> None:
     queue: Queue[int] = corral.Queue(maxsize=10)
     queue.put(1, timeout=1.0)
     assert_type(queue.get(timeout=1.0), int)
     assert_type(queue.get_nowait(), int)
     assert_type(queue.qsize(), int)
-    assert_type(corral.Queue(), Queue[Any])
+    anything = corral.Queue()
+    anything.put("x")
+    assert_type(anything, Queue[Any])
+    print(drain(anything, corral.Lock()))
     joinable: JoinableQueue[str] = corral.JoinableQueue()
     joinable.put("x")
     assert_type(joinable.get(), str)
