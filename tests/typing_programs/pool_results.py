@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing_extensions import assert_type
 
 import corral
+import corral.dummy
 from corral.pool import AsyncResult, IMapIterator, Pool, ThreadPool
 
 
@@ -56,6 +57,8 @@ def main() -> None:
     pool2.join()
     with ThreadPool(2) as threads:
         assert_type(threads.map(square, [1, 2]), list[int])
+    with corral.dummy.Pool(2) as dummy_pool:
+        assert_type(dummy_pool.apply(square, (1,)), int)
     ctx_pool = corral.get_context("fork").Pool(1)
     assert_type(ctx_pool.apply(square, (2,)), int)
     ctx_pool.terminate()

@@ -20,6 +20,12 @@ def drain(queue: Queue, lock: Lock) -> list[Any]:
         return [queue.get(timeout=1.0) for _ in range(queue.qsize())]
 
 
+def ask(conn: Connection[int, str]) -> str:
+    """A connection typed by what it sends and what it receives."""
+    conn.send(1)
+    return conn.recv()
+
+
 def main() -> None:
     queue: Queue[int] = corral.Queue(maxsize=10)
     queue.put(1, timeout=1.0)
@@ -46,6 +52,7 @@ def main() -> None:
     print(right.recv(), right.poll(0.1))
     right.send_bytes(b"x")
     assert_type(left.recv_bytes(), bytes)
+    assert_type(ask(left), str)
     left.close()
     right.close()
 
