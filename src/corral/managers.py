@@ -50,6 +50,7 @@ from ._proxy_types import NamespaceProxy as NamespaceProxy
 from ._proxy_types import PoolProxy as PoolProxy
 from ._proxy_types import Value as Value
 from ._proxy_types import ValueProxy as ValueProxy
+from ._typevars import T as _T
 from .errors import ManagerConnectionError as ManagerConnectionError
 from .errors import ProcessError, RemoteTraceback
 from .errors import RemoteError as RemoteError
@@ -591,7 +592,7 @@ class SharedMemoryManager(BaseManager):
         self._track(segment)
         return segment
 
-    def ShareableList(self, sequence: Iterable[Any] | None) -> _ShareableList:
+    def ShareableList(self, sequence: Iterable[_T] | None) -> _ShareableList[_T]:
         """A new ``ShareableList`` of sequence, unlinked at the manager's shutdown."""
         from .shared_memory import ShareableList
 

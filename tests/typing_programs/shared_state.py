@@ -10,6 +10,7 @@ from typing_extensions import assert_type
 import corral
 from corral.connection import Connection
 from corral.queues import JoinableQueue, Queue, SimpleQueue
+from corral.shared_memory import ShareableList
 from corral.sharedctypes import Synchronized, SynchronizedArray
 from corral.synchronize import Barrier, Condition, Event, Lock, RLock, Semaphore
 
@@ -84,6 +85,12 @@ def main() -> None:
     assert_type(ints[0], int)
     raw = corral.RawArray(ctypes.c_int, 3)
     print(raw[0])
+
+    items = ShareableList([1, 2, 3])
+    assert_type(items[0], int)
+    items[1] = 5
+    items.shm.close()
+    items.shm.unlink()
 
 
 if __name__ == "__main__":
