@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import time
+import types
 from collections.abc import Callable
 from typing import Any, Generic
 
@@ -271,6 +272,12 @@ DictProxy._method_to_typeid_ = {"__iter__": "Iterator"}  # type: ignore[attr-def
 
 
 ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))
+
+# DictProxy[str, int] and the like in annotations evaluated at run time (the
+# stdlib's are subscriptable from 3.13; _sync_types.pyi types them for checkers).
+for _proxy_type in (DictProxy, ListProxy, ArrayProxy):
+    _proxy_type.__class_getitem__ = classmethod(types.GenericAlias)  # type: ignore[attr-defined]
+del _proxy_type
 
 
 BasePoolProxy = MakeProxyType(

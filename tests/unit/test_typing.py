@@ -13,6 +13,7 @@ The same comparison runs with pyright when it is installed (``pip install pyrigh
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import shutil
@@ -127,3 +128,28 @@ def test_type_checkers_see_every_top_level_name() -> None:
                 elif isinstance(statement, ast.ImportFrom):
                     declared.update(alias.asname or alias.name for alias in statement.names)
     assert set(corral.__all__) - declared == set()
+
+
+@pytest.mark.parametrize(
+    ("generic", "arguments"),
+    [
+        ("corral.queues.Queue", (int,)),
+        ("corral.queues.SimpleQueue", (int,)),
+        ("corral.pool.AsyncResult", (int,)),
+        ("corral.managers.ValueProxy", (int,)),
+        ("corral.managers.DictProxy", (str, int)),
+        ("corral.managers.ListProxy", (int,)),
+        ("corral.managers.ArrayProxy", (int,)),
+        ("corral.shared_memory.ShareableList", (int,)),
+        ("corral.connection.Connection", (int, str)),
+    ],
+)
+def test_generic_annotations_evaluate_at_run_time(
+    generic: str, arguments: tuple[type, ...]
+) -> None:
+    """``DictProxy[str, int]`` in an annotation evaluated at run time works, as the checker's."""
+    module_name, _, name = generic.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    alias = cls[arguments]
+    assert alias.__origin__ is cls
+    assert alias.__args__ == arguments
