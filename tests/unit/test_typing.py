@@ -106,7 +106,10 @@ def test_strict_pyright_no_more_errors_than_stdlib(tmp_path: Path) -> None:
     (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
     command = [pyright, "--outputjson", "--pythonpath", sys.executable, str(tmp_path)]
     try:
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=110)
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    except subprocess.TimeoutExpired:  # its first run may try to download node
+        pytest.skip("pyright did not answer within 100 s (no node, no network?)")
+    try:
         diagnostics = json.loads(result.stdout)["generalDiagnostics"]
     except (json.JSONDecodeError, KeyError):
         pytest.skip(f"pyright could not run here (it needs node): {result.stderr[-500:]}")
