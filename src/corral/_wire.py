@@ -20,12 +20,15 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any, Generic, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn
 
 from . import _buffers, reduction
 from ._typevars import RecvT as _RecvT
 from ._typevars import SendT as _SendT
 from .errors import BufferTooShort
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ("Connection", "Pipe", "wait")
 
@@ -132,7 +135,7 @@ class Connection(Generic[_SendT, _RecvT]):
             handle, self._handle = self._handle, None
             os.close(handle)
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -54,6 +54,8 @@ def main() -> None:
     right.send_bytes(b"x")
     assert_type(left.recv_bytes(), bytes)
     assert_type(ask(left), str)
+    with corral.Pipe()[0] as end:
+        assert_type(end, Connection)
     left.close()
     right.close()
 
