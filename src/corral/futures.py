@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from . import context as _context
 from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
@@ -38,6 +38,10 @@ from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
 
 __all__ = ("BrokenProcessPool", "ProcessPoolExecutor")
+
+# For a type checker: what a task returns (_T) and the parameters it takes (_P).
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 # Engines with work that must finish before the interpreter exits, whether or
 # not their executor still exists or was shut down with wait=False (bpo-39205):
@@ -145,7 +149,7 @@ class ProcessPoolExecutor(Executor):
         self._feeds: set[Feed] = set()
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # ----------------------------------------------------------- introspection
 
@@ -196,7 +200,7 @@ class ProcessPoolExecutor(Executor):
             raise BrokenProcessPool(msg) from engine.broken
         return engine
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; return its ``Future``.
 
         An object that cannot be pickled fails the returned future at once
@@ -223,11 +227,11 @@ class ProcessPoolExecutor(Executor):
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """Lazy ``map(fn, *iterables)`` in the workers, results in input order.
 
         Raises:

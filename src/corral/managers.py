@@ -24,8 +24,8 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import _manager_wire as wire
 from . import _proxy, process, reduction, util
@@ -41,22 +41,39 @@ from ._proxy import RebuildProxy as RebuildProxy
 from ._proxy import Token as Token
 from ._proxy_types import AcquirerProxy as AcquirerProxy
 from ._proxy_types import Array as Array
-from ._proxy_types import ArrayProxy as ArrayProxy
 from ._proxy_types import BarrierProxy as BarrierProxy
-from ._proxy_types import BaseListProxy as BaseListProxy
 from ._proxy_types import ConditionProxy as ConditionProxy
-from ._proxy_types import DictProxy as DictProxy
 from ._proxy_types import EventProxy as EventProxy
 from ._proxy_types import IteratorProxy as IteratorProxy
-from ._proxy_types import ListProxy as ListProxy
 from ._proxy_types import Namespace as Namespace
 from ._proxy_types import NamespaceProxy as NamespaceProxy
 from ._proxy_types import PoolProxy as PoolProxy
 from ._proxy_types import Value as Value
 from ._proxy_types import ValueProxy as ValueProxy
+from ._typevars import T as _T
 from .errors import ManagerConnectionError as ManagerConnectionError
 from .errors import ProcessError, RemoteTraceback
 from .errors import RemoteError as RemoteError
+
+# The generic proxies and SyncManager's registered methods, as a type checker
+# sees them (_sync_types declares what MakeProxyType and register make).
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._sync_types import ArrayProxy as ArrayProxy
+    from ._sync_types import BaseListProxy as BaseListProxy
+    from ._sync_types import DictProxy as DictProxy
+    from ._sync_types import ListProxy as ListProxy
+    from ._sync_types import SyncManagerMethods as _SyncManagerMethods
+    from .shared_memory import ShareableList as _ShareableList
+    from .shared_memory import SharedMemory as _SharedMemory
+else:
+    from ._proxy_types import ArrayProxy as ArrayProxy
+    from ._proxy_types import BaseListProxy as BaseListProxy
+    from ._proxy_types import DictProxy as DictProxy
+    from ._proxy_types import ListProxy as ListProxy
+
+    _SyncManagerMethods = object
 
 __all__ = (
     "BaseManager",
@@ -352,7 +369,7 @@ class BaseManager:
             if not self._process.is_alive():
                 self._process = None
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self) -> Self:
         if self._state.value == State.INITIAL:
             self.start()
         if self._state.value != State.STARTED:
@@ -382,11 +399,13 @@ class BaseManager:
 
     def _debug_info(self) -> str:
         """A description of the shared objects and their reference counts."""
-        return self._request((wire.INFO,))
+        info: str = self._request((wire.INFO,))
+        return info
 
     def _number_of_objects(self) -> int:
         """How many shared objects the server holds."""
-        return self._request((wire.COUNT,))
+        count: int = self._request((wire.COUNT,))
+        return count
 
     @classmethod
     def register(
@@ -484,7 +503,7 @@ def _pool(*args: Any, **kwds: Any) -> Any:
     return Pool(*args, **kwds)
 
 
-class SyncManager(BaseManager):
+class SyncManager(BaseManager, _SyncManagerMethods):
     """A manager with the synchronization types, ``list``, ``dict``, ``Namespace``, ``Pool``.
 
     ``corral.Manager()`` returns a started one.
@@ -579,7 +598,7 @@ class SharedMemoryManager(BaseManager):
         _check_initial(self._state, "SharedMemoryServer")
         return self._make_server()
 
-    def SharedMemory(self, size: int) -> Any:
+    def SharedMemory(self, size: int) -> _SharedMemory:
         """A new ``SharedMemory`` segment of size bytes, unlinked at the manager's shutdown."""
         from .shared_memory import SharedMemory
 
@@ -587,7 +606,7 @@ class SharedMemoryManager(BaseManager):
         self._track(segment)
         return segment
 
-    def ShareableList(self, sequence: Any) -> Any:
+    def ShareableList(self, sequence: Iterable[_T] | None) -> _ShareableList[_T]:
         """A new ``ShareableList`` of sequence, unlinked at the manager's shutdown."""
         from .shared_memory import ShareableList
 

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from . import context, process, resource_tracker, util
 
@@ -32,8 +32,25 @@ SEM_VALUE_MAX = _multiprocessing.SemLock.SEM_VALUE_MAX
 _INT_SIZE = struct.calcsize("i")
 
 
+class _Acquire(Protocol):
+    """The shape of ``acquire``: bound straight to the semaphore's C method."""
+
+    def __call__(self, block: bool = True, timeout: float | None = None) -> bool: ...
+
+
+class _Release(Protocol):
+    def __call__(self) -> None: ...
+
+
 class SemLock:
-    """Base of the semaphore-backed primitives: acquire/release and sharing rules."""
+    """Base of the semaphore-backed primitives: acquire/release and sharing rules.
+
+    ``acquire(block=True, timeout=None) -> bool`` and ``release()`` are the C
+    semaphore's own methods, bound per instance (no Python call in between).
+    """
+
+    acquire: _Acquire
+    release: _Release
 
     def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any) -> None:
         if ctx is None:
@@ -86,7 +103,8 @@ class SemLock:
         self.release = self._semlock.release
 
     def __enter__(self) -> bool:
-        return self._semlock.__enter__()
+        acquired: bool = self._semlock.__enter__()
+        return acquired
 
     def __exit__(self, *args: object) -> None:
         self._semlock.__exit__(*args)
@@ -131,7 +149,8 @@ class Semaphore(SemLock):
 
     def get_value(self) -> int:
         """The current count (not available on macOS, where it raises NotImplementedError)."""
-        return self._semlock._get_value()
+        value: int = self._semlock._get_value()
+        return value
 
     def _value_text(self) -> str:
         try:
@@ -205,6 +224,9 @@ class Condition:
     later waiter. (The names are the stdlib's: its tests inspect them.)
     """
 
+    acquire: _Acquire
+    release: _Release
+
     def __init__(self, lock: Any = None, *, ctx: Any) -> None:
         self._lock = lock or ctx.RLock()
         self._sleeping_count = ctx.Semaphore(0)
@@ -221,7 +243,8 @@ class Condition:
         self._make_methods()
 
     def __enter__(self) -> bool:
-        return self._lock.__enter__()
+        acquired: bool = self._lock.__enter__()
+        return acquired
 
     def __exit__(self, *args: object) -> None:
         self._lock.__exit__(*args)
@@ -256,7 +279,8 @@ class Condition:
         for _ in range(depth):
             self._lock.release()
         try:
-            return self._wait_semaphore.acquire(True, timeout)
+            woken: bool = self._wait_semaphore.acquire(True, timeout)
+            return woken
         finally:
             self._woken_count.release()
             for _ in range(depth):
