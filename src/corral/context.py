@@ -397,6 +397,38 @@ def _all_start_methods() -> list[str]:
 _default_context = DefaultContext(_concrete_contexts[_default_method()])
 
 
+def as_context(ctx: object, argument: str = "ctx") -> BaseContext:
+    """Return corral's context for a context argument of a public API.
+
+    ``None`` is the default context's concrete context. A corral context is
+    returned as it is. Any other object with the stdlib context API's
+    ``get_start_method()`` (a stdlib ``multiprocessing`` context, the
+    ``multiprocessing`` module itself, the top-level ``corral`` module) stands
+    for corral's context of the same start method: only its start method is
+    read; its machinery (its ``Process``, locks, authkeys) is never used.
+
+    Args:
+        ctx: the object passed as the API's context.
+        argument: the parameter's name, for the error message.
+
+    Raises:
+        TypeError: ctx is not a context (has no ``get_start_method``).
+        ValueError: its start method is unknown or not available here.
+    """
+    if ctx is None:
+        return _default_context.get_context()
+    if isinstance(ctx, BaseContext):
+        return ctx
+    get_start_method = getattr(ctx, "get_start_method", None)
+    if not callable(get_start_method):
+        msg = (
+            f"{argument} must be a multiprocessing context such as "
+            f"corral.get_context('spawn') (or None), not {type(ctx).__name__} {ctx!r}"
+        )
+        raise TypeError(msg)
+    return _default_context.get_context(get_start_method())
+
+
 def _force_start_method(method: str) -> None:
     """In a child: make the default context use the parent's start method."""
     _default_context._actual_context = _concrete_contexts[method]

@@ -88,7 +88,7 @@ class Queue:
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
-        self._ring = _ring.Ring(ctx, maxsize, joinable=self._joinable)
+        self._ring = _ring.Ring(context.as_context(ctx), maxsize, joinable=self._joinable)
         self._ignore_epipe = False
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
@@ -341,7 +341,7 @@ class SimpleQueue:
     """A queue with no feeder thread: ``put`` stores directly (waiting for room if full)."""
 
     def __init__(self, *, ctx: Any) -> None:
-        self._ring = _ring.Ring(ctx)
+        self._ring = _ring.Ring(context.as_context(ctx))
         self._closed = False
         self._reset()
 
