@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import unittest.mock
 
 import pytest
 
@@ -27,6 +28,22 @@ def test_modules_standing_for_the_default_context_are_accepted():
     default = corral.get_context()
     assert context.as_context(corral) is default
     assert context.as_context(multiprocessing).get_start_method() in ("fork", "spawn", "forkserver")
+
+
+def test_a_context_of_the_callers_own_making_is_used_as_it_is():
+    class FailingProcess:
+        def __init__(self, **kwargs):
+            self.started = False
+
+        def start(self):
+            msg = "induced start failure"
+            raise OSError(msg)
+
+    own = unittest.mock.MagicMock(Process=FailingProcess)
+    assert context.as_context(own) is own
+    # CPython's TestPoolNotLeakOnFailure passes such a mock to Pool.
+    with pytest.raises(OSError, match="induced start failure"):
+        Pool(2, context=own)
 
 
 WRONG = ["spawn", 3, object()]
