@@ -254,7 +254,8 @@ class BaseProcess:
         """An fd that becomes ready (readable) when the process ends.
 
         Raises:
-            ValueError: the process was not started.
+            ValueError: the process was not started, or it is a pool's worker
+                that has ended and been released (see ``_release``).
         """
         self._check_closed()
         if self._popen is not None and self._popen.released:
