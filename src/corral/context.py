@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Sequence
 
 from . import process
@@ -527,6 +528,54 @@ def _all_start_methods() -> list[str]:
 
 
 _default_context = DefaultContext(_concrete_contexts[_default_method()])
+
+
+def as_context(ctx: object, argument: str = "ctx") -> Any:
+    """Return the context a public API taking a context argument should use.
+
+    * ``None``: the default context's concrete context.
+    * A corral context: itself.
+    * A stdlib ``multiprocessing`` context (``multiprocessing.get_context(...)``)
+      or a module standing for the default context (``multiprocessing``,
+      ``corral``): corral's context of the same start method. Only its
+      ``get_start_method()`` is read; the stdlib's machinery (its ``Process``,
+      locks, authkeys) is never mixed with corral's.
+    * Any other object with a ``Process`` attribute: a context of the caller's
+      own making (the stdlib's tests pass a mock with a fake ``Process``), used
+      as it is, as the stdlib would.
+
+    Args:
+        ctx: the object passed as the API's context.
+        argument: the parameter's name, for the error message.
+
+    Raises:
+        TypeError: ctx is none of the above (a string, a number, ...).
+        ValueError: its start method is unknown or not available here.
+    """
+    if ctx is None:
+        return _default_context.get_context()
+    if isinstance(ctx, BaseContext):
+        return ctx
+    if _is_stdlib_context(ctx):
+        return _default_context.get_context(ctx.get_start_method())  # type: ignore[attr-defined]
+    if getattr(ctx, "Process", None) is None:
+        msg = (
+            f"{argument} must be a multiprocessing context such as "
+            f"corral.get_context('spawn') (or None), not {type(ctx).__name__} {ctx!r}"
+        )
+        raise TypeError(msg)
+    return ctx
+
+
+def _is_stdlib_context(ctx: object) -> bool:
+    """A stdlib context, or a module whose functions are a default context's."""
+    if isinstance(ctx, types.ModuleType):
+        return callable(getattr(ctx, "get_start_method", None))
+    # Matched by name: corral never imports the stdlib package.
+    return any(
+        cls.__module__ == "multiprocessing.context" and cls.__name__ == "BaseContext"
+        for cls in type(ctx).__mro__
+    )
 
 
 def _force_start_method(method: str) -> None:

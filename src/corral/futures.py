@@ -118,6 +118,8 @@ class ProcessPoolExecutor(Executor):
             mp_context = _context._default_context.get_context(
                 "spawn" if max_tasks_per_child else None
             )
+        else:
+            mp_context = _context.as_context(mp_context, "mp_context")
         if initializer is not None and not callable(initializer):
             msg = "initializer must be a callable"
             raise TypeError(msg)

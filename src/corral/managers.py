@@ -164,10 +164,9 @@ class BaseManager:
             msg = f"authkey should be a byte string, not {type(authkey).__name__}"
             raise TypeError(msg)
         wire.codec(serializer)  # a bad name fails here, not in the server
-        if ctx is None:
-            from .context import _default_context
+        from .context import as_context
 
-            ctx = _default_context.get_context()
+        ctx = as_context(ctx)
         self._address = address
         self._authkey = process.AuthenticationString(authkey)
         self._state = State()

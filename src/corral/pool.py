@@ -250,7 +250,12 @@ class Pool:
         max_memory_per_child: int | None = None,
         isolate_failures: bool = True,
     ) -> None:
-        self._ctx = context or _context._default_context
+        # None keeps the default context itself: workers started later follow
+        # set_start_method(force=True); any other object is normalised.
+        if context is None:
+            self._ctx: Any = _context._default_context
+        else:
+            self._ctx = _context.as_context(context, "context")
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:

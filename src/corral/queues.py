@@ -89,12 +89,10 @@ class Queue(Generic[_T]):
     _notempty: threading.Condition
 
     def __init__(self, maxsize: int = 0, *, ctx: context.BaseContext | None = None) -> None:
-        if ctx is None:
-            ctx = context._default_context.get_context()
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
-        self._ring = _ring.Ring(ctx, maxsize, joinable=self._joinable)
+        self._ring = _ring.Ring(context.as_context(ctx), maxsize, joinable=self._joinable)
         self._ignore_epipe = False
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
@@ -349,9 +347,7 @@ class SimpleQueue(Generic[_T]):
     """
 
     def __init__(self, *, ctx: context.BaseContext | None = None) -> None:
-        if ctx is None:
-            ctx = context._default_context.get_context()
-        self._ring = _ring.Ring(ctx)
+        self._ring = _ring.Ring(context.as_context(ctx))
         self._closed = False
         self._reset()
 

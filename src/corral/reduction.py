@@ -348,19 +348,14 @@ def recvfds(sock: socket.socket, size: int) -> list[int]:
 
 def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
     """Send the file descriptor ``handle`` over a socket-based ``Connection``."""
-    with socket.fromfd(_fd_socket(conn), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sendfds(sock, [handle])
 
 
 def recv_handle(conn: Any) -> int:
     """Receive a file descriptor sent by ``send_handle``."""
-    with socket.fromfd(_fd_socket(conn), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         return recvfds(sock, 1)[0]
-
-
-def _fd_socket(conn: Any) -> int:
-    fd_socket = getattr(conn, "_fd_socket", None)  # corral's: a duplex Pipe() end differs
-    return fd_socket() if fd_socket is not None else conn.fileno()
 
 
 def DupFd(fd: int) -> Any:
@@ -389,21 +384,6 @@ def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
     from .connection import Connection
 
     return Connection(token.detach(), readable, writable)
-
-
-def reduce_pipe_pair(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    """Reduce one end of a two-pipe duplex ``Pipe()`` (``_wire._PipePair``)."""
-    return rebuild_pipe_pair, (
-        DupFd(conn.fileno()),
-        DupFd(conn._whandle),
-        DupFd(conn._fd_socket()),
-    )
-
-
-def rebuild_pipe_pair(rtoken: Any, wtoken: Any, stoken: Any) -> Any:
-    from ._wire import _PipePair
-
-    return _PipePair(rtoken.detach(), wtoken.detach(), stoken.detach())
 
 
 def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:

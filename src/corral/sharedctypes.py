@@ -101,7 +101,7 @@ def _locked(obj: Any, lock: Any, ctx: Any) -> Any:
     if lock is False:
         return obj
     if lock in (True, None):
-        lock = (ctx or context._default_context.get_context()).RLock()
+        lock = context.as_context(ctx).RLock()
     if not hasattr(lock, "acquire"):
         msg = f"{lock!r} has no method 'acquire'"
         raise AttributeError(msg)
@@ -120,7 +120,7 @@ def synchronized(obj: Any, lock: Any = None, ctx: Any = None) -> Any:
     if isinstance(obj, SynchronizedBase):
         msg = "object already synchronized"
         raise TypeError(msg)
-    ctx = ctx or context._default_context.get_context()
+    ctx = context.as_context(ctx)
     if isinstance(obj, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
     if isinstance(obj, ctypes.Array):
@@ -160,7 +160,7 @@ class SynchronizedBase:
     def __init__(self, obj: Any, lock: Any = None, ctx: Any = None) -> None:
         self._obj = obj
         if lock is None:
-            lock = (ctx or context._default_context.get_context()).RLock()
+            lock = context.as_context(ctx).RLock()
         self._lock = lock
         self.acquire = lock.acquire
         self.release = lock.release

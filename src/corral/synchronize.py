@@ -53,8 +53,7 @@ class SemLock:
     release: _Release
 
     def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any) -> None:
-        if ctx is None:
-            ctx = context._default_context.get_context()
+        ctx = context.as_context(ctx)
         self._is_fork_ctx = ctx.get_start_method() == "fork"
         unlink_now = self._is_fork_ctx
         for _attempt in range(100):
@@ -228,6 +227,7 @@ class Condition:
     release: _Release
 
     def __init__(self, lock: Any = None, *, ctx: Any) -> None:
+        ctx = context.as_context(ctx)
         self._lock = lock or ctx.RLock()
         self._sleeping_count = ctx.Semaphore(0)
         self._woken_count = ctx.Semaphore(0)
@@ -336,6 +336,7 @@ class Event:
     """A flag shared between processes: set/clear/is_set/wait."""
 
     def __init__(self, *, ctx: Any) -> None:
+        ctx = context.as_context(ctx)
         self._cond = ctx.Condition(ctx.Lock())
         self._flag = ctx.Semaphore(0)
 
@@ -389,6 +390,7 @@ class Barrier(threading.Barrier):
             msg = "parties must be > 0"
             raise ValueError(msg)
         wrapper = BufferWrapper(2 * _INT_SIZE)
+        ctx = context.as_context(ctx)
         self.__setstate__((parties, action, timeout, ctx.Condition(), wrapper))
         self._state = 0
         self._count = 0

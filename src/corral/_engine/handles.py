@@ -225,10 +225,9 @@ class ProcessWorkerHandle(WorkerHandle):
     def close(self) -> None:
         self.permits._unlink_name()
         self.conn.close()
-        try:
-            self.process.close()
-        except ValueError:
-            pass  # still running after a kill (cannot happen after reaping)
+        # Not close(): code written for the stdlib joins pool._pool and
+        # executor._processes after shutdown. The fds go once it is reaped.
+        self.process._release()
 
 
 class ThreadWorkerHandle(WorkerHandle):
