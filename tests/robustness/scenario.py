@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -97,6 +98,36 @@ class Scenario:
                 pytest.fail(f"script ended before printing {expected!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
             if line.startswith(expected):
                 return line.strip()
+
+    def wait_until_blocked(self, timeout: float = 30) -> None:
+        """Wait until the scenario's main thread sleeps in a system call (hard deadline).
+
+        Call it after the line the script prints just before the blocking call under
+        test: a signal sent then lands in that call, not in the Python code before it
+        (CPython checks for signals between bytecodes, and a signal that arrives just
+        before a blocking C call is only seen when the call returns). A main thread
+        that shares the GIL with other threads may also sleep waiting for the GIL, so
+        scripts with threads announce readiness from the far side (a worker running
+        the task) as well.
+        """
+        proc = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        # No event tells another process that a thread went to sleep: poll its state.
+        while proc.status() != psutil.STATUS_SLEEPING:
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"the script's main thread never blocked within {timeout}s")
+            threading.Event().wait(0.002)
+
+    def send_signal_when_blocked(self, sig: int, group: bool = False) -> float:
+        """Deliver sig once the main thread is blocked; return the monotonic time sent."""
+        self.wait_until_blocked()
+        sent = time.monotonic()
+        if group:
+            os.killpg(self.sid, sig)
+        else:
+            self.proc.send_signal(sig)
+        return sent
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         try:
