@@ -272,23 +272,25 @@ def test_recycling_keeps_results_right(tmp_path, method):
 CTRL_C = """
 ctx = corral.get_context(sys.argv[1])
 where = sys.argv[2]
+
+def hang_announced(_=None):
+    print("running", flush=True)  # from the worker: the call under test has begun
+    return hang()
+
 if __name__ == "__main__":
     try:
         if where == "executor":
             with ProcessPoolExecutor(2, mp_context=ctx) as ex:
-                fs = [ex.submit(hang) for _ in range(4)]
-                print("ready", flush=True)
+                fs = [ex.submit(hang_announced) for _ in range(4)]
                 fs[0].result()
         elif where == "apply":
             with ctx.Pool(2) as pool:
                 for i in range(20):
                     pool.apply(square, (i,))  # idle workers are parked: apply goes direct
-                print("ready", flush=True)
-                pool.apply(hang)
+                pool.apply(hang_announced)
         else:
             with ctx.Pool(2) as pool:
-                print("ready", flush=True)
-                pool.map(hang, range(4), chunksize=1)
+                pool.map(hang_announced, range(4), chunksize=1)
     except KeyboardInterrupt:
         print("interrupted", time.monotonic(), flush=True)
 """
@@ -297,16 +299,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("where", ["pool", "apply", "executor"])
 @pytest.mark.parametrize("target", ["parent", "group"])
 def test_ctrl_c_stops_everything(tmp_path, where, target):
-    import os
-    import time
-
     scenario = Scenario(tmp_path, CTRL_C, "fork", where)
-    scenario.wait_for_line("ready")
-    sent = time.monotonic()
-    if target == "group":
-        os.killpg(scenario.sid, signal.SIGINT)
-    else:
-        scenario.proc.send_signal(signal.SIGINT)
+    scenario.wait_for_line("running")  # a worker runs the task: the parent waits for it
+    sent = scenario.send_signal_when_blocked(signal.SIGINT, group=target == "group")
     _code, out, err = scenario.finish(timeout=30)
     assert "interrupted" in out, err
     stamp = float(out.split("interrupted")[1].split()[0])
@@ -317,10 +312,15 @@ def test_ctrl_c_stops_everything(tmp_path, where, target):
 
 PARENT_KILLED = """
 ctx = corral.get_context(sys.argv[1])
+
+def hang_announced():
+    print("running", os.getpid(), flush=True)  # from the worker: past its start-up
+    return hang(600)
+
 if __name__ == "__main__":
     pool = ctx.Pool(2)
-    busy = pool.apply_async(hang, (600,))
     print("workers", *[p.pid for p in pool._pool], flush=True)
+    busy = [pool.apply_async(hang_announced) for _ in range(2)]
     threading.Event().wait(600)
 """
 
@@ -334,6 +334,8 @@ def test_workers_exit_when_parent_is_killed(tmp_path, method):
     scenario = Scenario(tmp_path, PARENT_KILLED, method)
     line = scenario.wait_for_line("workers")
     workers = [psutil.Process(int(pid)) for pid in line.split()[1:]]
+    running = {scenario.wait_for_line("running"), scenario.wait_for_line("running")}
+    assert len(running) == 2  # both workers started and run a task: now kill the parent
     os.kill(scenario.proc.pid, signal.SIGKILL)
     scenario.proc.wait(10)
     _gone, alive = psutil.wait_procs(workers, timeout=2.0)
