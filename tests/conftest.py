@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,44 @@ def _shm_entries() -> set[str]:
     return kept
 
 
+def _not_foreign(names: set[str]) -> set[str]:
+    """Of new /dev/shm names, those that may be this test's: not another program's.
+
+    The machine is shared: other programs (other test runs among them) create and
+    remove entries while a test runs. Two kinds are theirs, not ours: an entry that
+    goes away by itself within a moment (glibc's sem_open makes a ``sem.XXXXXX``
+    temporary and renames it; another test run unlinks its segment), and one that a
+    live process outside this process tree has mapped or open. A leak of ours is
+    neither: every process this test started is gone, and nothing removes it.
+    """
+    deadline = time.monotonic() + 1.0
+    while names and time.monotonic() < deadline:
+        names = {name for name in names if os.path.exists(f"/dev/shm/{name}")}
+        if names:
+            threading.Event().wait(0.05)  # no event announces another program's unlink
+    if not names:
+        return names
+    mine = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    paths = {f"/dev/shm/{name}": name for name in names}
+    foreign = set()
+    for pid in psutil.pids():
+        if pid in mine:
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                used = {line.split(maxsplit=5)[-1].strip() for line in maps if "/dev/shm/" in line}
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to look into
+        for fd in fds:
+            try:
+                used.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+        foreign |= {paths[path] for path in used.intersection(paths)}
+    return names - foreign
+
+
 def _threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name != "corral-resource-sharer"}
 
@@ -116,7 +155,7 @@ def no_leaks() -> Iterator[None]:
     gc.collect()
     leaked_fds = _open_fds() - fds_before
     assert not leaked_fds, f"test left fds open: {_describe_fds(leaked_fds)}"
-    leaked_shm = _shm_entries() - shm_before
+    leaked_shm = _not_foreign(_shm_entries() - shm_before)
     assert not leaked_shm, f"test left /dev/shm entries: {leaked_shm}"
 
 
