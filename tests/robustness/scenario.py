@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -79,25 +81,40 @@ class Scenario:
             start_new_session=True,
         )
         self.sid = self.proc.pid
+        self._unread = ""  # read from stdout by wait_for_line, not yet handed out
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
 
     def wait_for_line(self, expected: str, timeout: float = 30) -> str:
-        """Read stdout lines until one starts with ``expected`` (hard deadline)."""
-        import selectors
+        """Read stdout lines until one starts with ``expected`` (hard deadline).
 
+        Reads the pipe itself, not through ``proc.stdout``: a buffered readline may
+        take two lines from the pipe at once, and select() then sees nothing left
+        to read although the second line is waiting in the buffer.
+        """
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                self.kill()
-                pytest.fail(f"no line starting with {expected!r} within {timeout}s")
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                self.kill()
-                pytest.fail(f"script ended before printing {expected!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-            if line.startswith(expected):
-                return line.strip()
+        try:
+            while True:
+                line, newline, rest = self._unread.partition("\n")
+                if newline:
+                    self._unread = rest
+                    if line.startswith(expected):
+                        return line.strip()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    self.kill()
+                    pytest.fail(f"no line starting with {expected!r} within {timeout}s")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.kill()
+                    err = self.proc.stderr.read()  # type: ignore[union-attr]
+                    pytest.fail(f"script ended before printing {expected!r}: {err}")
+                self._unread += self._decoder.decode(chunk)
+        finally:
+            sel.close()
 
     def wait_until_blocked(self, timeout: float = 30) -> None:
         """Wait until the scenario's main thread sleeps in a system call (hard deadline).
@@ -137,7 +154,7 @@ class Scenario:
             out, err = self.proc.communicate()
             pytest.fail(f"scenario timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
         assert_no_survivors(self.sid)
-        return self.proc.returncode, out, err
+        return self.proc.returncode, self._unread + out, err
 
     def kill(self) -> None:
         for proc in session_members(self.sid):
