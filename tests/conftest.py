@@ -9,6 +9,7 @@ resource tracker and its pipe) are not counted.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import re
@@ -27,6 +28,32 @@ import corral
 from corral import _forkserver, _resource_sharer, resource_tracker
 
 START_METHODS = corral.get_all_start_methods()
+
+
+def _private_dev_shm() -> bool:
+    """Give this test run a /dev/shm of its own: a tmpfs, in a mount namespace of its own.
+
+    The machine may be shared with other programs (other test runs among them) that
+    create and remove /dev/shm entries while a test runs; in a private /dev/shm every
+    entry is made by this process or its children, so the leak check below cannot
+    blame a test for someone else's segment. Needs CAP_SYS_ADMIN and a single-threaded
+    process (unshare(2) refuses CLONE_NEWNS once threads share the filesystem
+    context); otherwise the run keeps the machine's /dev/shm and ``_not_foreign``
+    tells other programs' entries apart as well as it can.
+    """
+    if os.environ.get("CORRAL_TESTS_SHARED_DEV_SHM") or threading.active_count() > 1:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 0x40000
+    if libc.unshare(clone_newns) != 0:
+        return False
+    # Private propagation first, so the new mount does not leak to the host.
+    if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+        return False
+    return libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", 0, b"mode=1777") == 0
+
+
+PRIVATE_DEV_SHM = os.path.isdir("/dev/shm") and _private_dev_shm()
 
 # The shared-memory heap keeps its first arena (a memfd, plus the duplicate fd
 # that mmap holds) for the life of the process, as the stdlib's heap does.

@@ -15,6 +15,7 @@ import pytest
 
 import corral
 from corral import shared_memory
+from tests.conftest import _not_foreign
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -138,9 +139,9 @@ def test_killed_while_registering_a_name_leaves_none(kind):
         assert r.recv_bytes() == b"registering"
         os.kill(p.pid, signal.SIGKILL)
         p.join(30)
-        left = set(os.listdir("/dev/shm")) - before
+        left = _not_foreign(set(os.listdir("/dev/shm")) - before)
         assert left == set()
     finally:
         r.close()
-        for name in set(os.listdir("/dev/shm")) - before:  # do not pollute the machine
+        for name in _not_foreign(set(os.listdir("/dev/shm")) - before):  # ours only
             os.unlink(f"/dev/shm/{name}")
