@@ -95,6 +95,7 @@ class Scenario:
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
+        skipped = []
         try:
             while True:
                 line, newline, rest = self._unread.partition("\n")
@@ -102,11 +103,15 @@ class Scenario:
                     self._unread = rest
                     if line.startswith(expected):
                         return line.strip()
+                    skipped.append(line)
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sel.select(remaining):
                     self.kill()
-                    pytest.fail(f"no line starting with {expected!r} within {timeout}s")
+                    pytest.fail(
+                        f"no line starting with {expected!r} within {timeout}s "
+                        f"(other lines: {skipped}, partial line: {self._unread!r})"
+                    )
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     self.kill()
