@@ -42,6 +42,11 @@ def hang(seconds=60):
 
 def pid_of_worker(_=None):
     return os.getpid()
+
+def say(*words):
+    # One write() per line: print() makes one per piece when stdout is unbuffered
+    # (PYTHONUNBUFFERED), and lines printed by several workers then interleave.
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())
 """
 
 

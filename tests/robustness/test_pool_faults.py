@@ -274,7 +274,7 @@ ctx = corral.get_context(sys.argv[1])
 where = sys.argv[2]
 
 def hang_announced(_=None):
-    print("running", flush=True)  # from the worker: the call under test has begun
+    say("running")  # from the worker: the call under test has begun
     return hang()
 
 if __name__ == "__main__":
@@ -314,7 +314,7 @@ PARENT_KILLED = """
 ctx = corral.get_context(sys.argv[1])
 
 def hang_announced():
-    print("running", os.getpid(), flush=True)  # from the worker: past its start-up
+    say("running", os.getpid())  # from the worker: past its start-up
     return hang(600)
 
 if __name__ == "__main__":
