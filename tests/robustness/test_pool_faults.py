@@ -232,6 +232,31 @@ def test_task_timeout_replaces_the_worker(tmp_path, method):
     assert "executor timeout" in out and "executor after 16" in out
 
 
+SLOW_START = """
+ctx = corral.get_context(sys.argv[1])
+
+def slow_start():
+    threading.Event().wait(1.0)  # start-up (imports, initializer) as slow as a loaded machine's
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=ctx, task_timeout=0.5, initializer=slow_start) as ex:
+        print("executor", ex.submit(square, 4).result(30))
+    with ctx.Pool(1, task_timeout=0.5, initializer=slow_start) as pool:
+        print("pool", pool.apply_async(square, (4,)).get(30))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug (issue 13, reported): the deadline is armed when the task is sent, "
+    "so a worker's start-up counts against task_timeout",
+)
+def test_task_timeout_does_not_count_the_worker_start_up(tmp_path):
+    code, out, err = run(tmp_path, SLOW_START, "fork")
+    assert code == 0, err
+    assert "executor 16" in out and "pool 16" in out
+
+
 # --------------------------------------------------------------------------- 6. recycling
 
 RECYCLING = """
