@@ -46,6 +46,12 @@ def wait_for(event_conn):
     event_conn.recv()
 
 
+def announce_then_wait(conn):
+    """Say "waiting" once inside the target (signals sent after it land here), then wait."""
+    conn.send("waiting")
+    conn.recv()
+
+
 def echo_forever(conn):
     while True:
         msg = conn.recv()

@@ -69,7 +69,8 @@ def test_exit_codes(ctx, target, args, code):
 def test_terminate_and_kill(ctx):
     for method, sig in (("terminate", signal.SIGTERM), ("kill", signal.SIGKILL)):
         r, w = ctx.Pipe()
-        p = start(ctx, helpers.wait_for, r)
+        p = start(ctx, helpers.announce_then_wait, r)
+        assert w.poll(TIMEOUT) and w.recv() == "waiting"  # in the target, past start-up
         assert p.is_alive()
         getattr(p, method)()
         p.join(TIMEOUT)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +42,11 @@ def hang(seconds=60):
 
 def pid_of_worker(_=None):
     return os.getpid()
+
+def say(*words):
+    # One write() per line: print() makes one per piece when stdout is unbuffered
+    # (PYTHONUNBUFFERED), and lines printed by several workers then interleave.
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())
 """
 
 
@@ -78,25 +86,75 @@ class Scenario:
             start_new_session=True,
         )
         self.sid = self.proc.pid
+        self._unread = ""  # read from stdout by wait_for_line, not yet handed out
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
 
     def wait_for_line(self, expected: str, timeout: float = 30) -> str:
-        """Read stdout lines until one starts with ``expected`` (hard deadline)."""
-        import selectors
+        """Read stdout lines until one starts with ``expected`` (hard deadline).
 
+        Reads the pipe itself, not through ``proc.stdout``: a buffered readline may
+        take two lines from the pipe at once, and select() then sees nothing left
+        to read although the second line is waiting in the buffer.
+        """
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
+        skipped = []
+        try:
+            while True:
+                line, newline, rest = self._unread.partition("\n")
+                if newline:
+                    self._unread = rest
+                    if line.startswith(expected):
+                        return line.strip()
+                    skipped.append(line)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    self.kill()
+                    pytest.fail(
+                        f"no line starting with {expected!r} within {timeout}s "
+                        f"(other lines: {skipped}, partial line: {self._unread!r})"
+                    )
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.kill()
+                    err = self.proc.stderr.read()  # type: ignore[union-attr]
+                    pytest.fail(f"script ended before printing {expected!r}: {err}")
+                self._unread += self._decoder.decode(chunk)
+        finally:
+            sel.close()
+
+    def wait_until_blocked(self, timeout: float = 30) -> None:
+        """Wait until the scenario's main thread sleeps in a system call (hard deadline).
+
+        Call it after the line the script prints just before the blocking call under
+        test: a signal sent then lands in that call, not in the Python code before it
+        (CPython checks for signals between bytecodes, and a signal that arrives just
+        before a blocking C call is only seen when the call returns). A main thread
+        that shares the GIL with other threads may also sleep waiting for the GIL, so
+        scripts with threads announce readiness from the far side (a worker running
+        the task) as well.
+        """
+        proc = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        # No event tells another process that a thread went to sleep: poll its state.
+        while proc.status() != psutil.STATUS_SLEEPING:
+            if time.monotonic() > deadline:
                 self.kill()
-                pytest.fail(f"no line starting with {expected!r} within {timeout}s")
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                self.kill()
-                pytest.fail(f"script ended before printing {expected!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-            if line.startswith(expected):
-                return line.strip()
+                pytest.fail(f"the script's main thread never blocked within {timeout}s")
+            threading.Event().wait(0.002)
+
+    def send_signal_when_blocked(self, sig: int, group: bool = False) -> float:
+        """Deliver sig once the main thread is blocked; return the monotonic time sent."""
+        self.wait_until_blocked()
+        sent = time.monotonic()
+        if group:
+            os.killpg(self.sid, sig)
+        else:
+            self.proc.send_signal(sig)
+        return sent
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         try:
@@ -106,7 +164,7 @@ class Scenario:
             out, err = self.proc.communicate()
             pytest.fail(f"scenario timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
         assert_no_survivors(self.sid)
-        return self.proc.returncode, out, err
+        return self.proc.returncode, self._unread + out, err
 
     def kill(self) -> None:
         for proc in session_members(self.sid):

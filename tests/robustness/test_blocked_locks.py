@@ -42,14 +42,16 @@ def test_acquire_timeout_is_honoured(kind):
 
 
 BLOCKED = """
+import traceback
 lock = corral.{kind}({arg})
 if __name__ == "__main__":
     {prepare}
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)  # inside the try: a signal from here on is caught
         lock.acquire()
-    except KeyboardInterrupt:
-        print("interrupted", time.monotonic(), flush=True)
+    except KeyboardInterrupt as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1].line
+        print("interrupted", time.monotonic(), where, flush=True)
 """
 
 
@@ -60,8 +62,9 @@ if __name__ == "__main__":
 def test_ctrl_c_interrupts_a_blocked_acquire(tmp_path, kind, arg, prepare):
     scenario = Scenario(tmp_path, BLOCKED.format(kind=kind, arg=arg, prepare=prepare), "fork")
     scenario.wait_for_line("ready")
-    sent = time.monotonic()
-    scenario.proc.send_signal(signal.SIGINT)
+    sent = scenario.send_signal_when_blocked(signal.SIGINT)  # asleep in acquire()
     _code, out, err = scenario.finish(timeout=30)
     assert "interrupted" in out, err
-    assert float(out.split("interrupted")[1].split()[0]) - sent < 2.0
+    stamp, where = out.split("interrupted")[1].split(maxsplit=1)
+    assert where.strip() == "lock.acquire()"  # the blocked call is what gave way
+    assert float(stamp) - sent < 2.0

@@ -15,6 +15,8 @@ import pytest
 
 import corral
 from corral import shared_memory
+from tests.conftest import _not_foreign
+from tests.robustness.scenario import Scenario
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,8 +37,9 @@ CREATOR = textwrap.dedent("""
         shm = shared_memory.SharedMemory(create=True, size=100)
         worker = ctx.Process(target=child, args=(lock, value, shm.name, ready))
         worker.start()
-        ready.wait(30)
-        print(resource_tracker._tracker_pid, worker.pid, lock._semlock.name, shm.name, flush=True)
+        assert ready.wait(30)  # the child attached: now every process holds a name
+        print("names", resource_tracker._tracker_pid, worker.pid, lock._semlock.name, shm.name,
+              flush=True)
         threading.Event().wait(60)
 """)
 
@@ -48,32 +51,25 @@ def _exists(name: str) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm to look into")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_names_of_a_killed_process_group_are_removed(tmp_path, sig):
-    script = tmp_path / "creator.py"  # a file: spawn children re-import it
-    script.write_text(CREATOR)
-    with subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            tracker_pid, child_pid, sem_name, shm_name = proc.stdout.readline().split()
-            tracker, child = psutil.Process(int(tracker_pid)), psutil.Process(int(child_pid))
-            assert _exists("sem." + sem_name.lstrip("/")) and _exists(shm_name)
-            os.killpg(proc.pid, sig)  # parent and child, as a terminal or a supervisor would
-            proc.wait(10)
-            child.wait(10)
-            tracker.wait(10)  # it outlives the group, cleans up, and exits
-            assert not _exists("sem." + sem_name.lstrip("/"))
-            assert not _exists(shm_name)
-            warning = proc.stderr.read()  # the tracker's line, on the creator's stderr
-            assert re.search(r"\d+ leaked semaphore objects", warning), warning
-            assert "1 leaked shared_memory objects" in warning, warning
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    scenario = Scenario(tmp_path, CREATOR)  # a file: spawn children re-import it
+    try:
+        line = scenario.wait_for_line("names")
+        tracker_pid, child_pid, sem_name, shm_name = line.split()[1:]
+        tracker, child = psutil.Process(int(tracker_pid)), psutil.Process(int(child_pid))
+        assert _exists("sem." + sem_name.lstrip("/")) and _exists(shm_name)
+        os.killpg(scenario.sid, sig)  # parent and child, as a terminal or a supervisor would
+        scenario.proc.wait(10)
+        child.wait(10)
+        tracker.wait(10)  # it outlives the group, cleans up, and exits
+        assert not _exists("sem." + sem_name.lstrip("/"))
+        assert not _exists(shm_name)
+        _code, _out, warning = scenario.finish(timeout=10)  # the tracker's line is on stderr
+        assert re.search(r"\d+ leaked semaphore objects", warning), warning
+        assert "1 leaked shared_memory objects" in warning, warning
+    finally:
+        if scenario.proc.poll() is None:
+            scenario.kill()
+            scenario.finish(timeout=10)
 
 
 NORMAL_EXIT = textwrap.dedent("""
@@ -138,9 +134,9 @@ def test_killed_while_registering_a_name_leaves_none(kind):
         assert r.recv_bytes() == b"registering"
         os.kill(p.pid, signal.SIGKILL)
         p.join(30)
-        left = set(os.listdir("/dev/shm")) - before
+        left = _not_foreign(set(os.listdir("/dev/shm")) - before)
         assert left == set()
     finally:
         r.close()
-        for name in set(os.listdir("/dev/shm")) - before:  # do not pollute the machine
+        for name in _not_foreign(set(os.listdir("/dev/shm")) - before):  # ours only
             os.unlink(f"/dev/shm/{name}")
