@@ -176,7 +176,7 @@ def _answer_and_send_fds(
     steps = _handshake.answer_steps(authkey)
     steps.send(None)  # wait for the challenge
     response, _ = steps.send(conn.recv_bytes(_handshake.MAX_FRAME))
-    conn.send_bytes(response)  # type: ignore[arg-type]
+    conn.send_bytes(response)
     reduction.sendfds(sock, fds)
     try:
         steps.send(conn.recv_bytes(_handshake.MAX_FRAME))  # the verdict
