@@ -51,15 +51,30 @@ def bare_fork(count: int) -> float:
     return (time.perf_counter() - t0) / count
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (user + system)."""
+    import resource
+
+    me, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def serve(library: str) -> None:
-    """Worker interpreter: answer "method count" lines with seconds per start+join."""
+    """Worker interpreter: answer "method count" lines with wall and CPU seconds per start+join.
+
+    CPU time (ours and our children's: under forkserver the server's children
+    are not ours, so it counts only this side) does not include waiting for a
+    CPU, so it moves much less than wall time when the machine is loaded.
+    """
     import importlib
 
     mp = importlib.import_module(library)
     for line in sys.stdin:
         method, count = line.split()
         ctx = mp.get_context(method)
-        print(start_join(ctx, int(count)), flush=True)
+        cpu = cpu_seconds()
+        wall = start_join(ctx, int(count))
+        print(wall, (cpu_seconds() - cpu) / int(count), flush=True)
 
 
 class Worker:
@@ -77,10 +92,15 @@ class Worker:
             env=env,
         )
 
+        self.cpu: dict[str, list[float]] = {}
+
     def measure(self, method: str, count: int) -> float:
+        """Wall seconds per start+join; the CPU seconds are kept in ``self.cpu``."""
         self.proc.stdin.write(f"{method} {count}\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        wall, cpu = map(float, self.proc.stdout.readline().split())
+        self.cpu.setdefault(method, []).append(cpu)
+        return wall
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -88,6 +108,8 @@ class Worker:
 
 
 def main() -> list[dict]:
+    import statistics
+
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _harness import compare
 
@@ -99,12 +121,21 @@ def main() -> list[dict]:
             count = METHODS[method]
             ours.measure(method, 2)  # warm up: imports, forkserver start
             theirs.measure(method, 2)
+            ours.cpu.clear()
+            theirs.cpu.clear()
             rows.append(
                 compare(
                     f"Process start+join ({method})",
                     lambda m=method, c=count: ours.measure(m, c),
                     lambda m=method, c=count: theirs.measure(m, c),
                 )
+            )
+            a, b = statistics.median(ours.cpu[method]), statistics.median(theirs.cpu[method])
+            scope = "this side only" if method == "forkserver" else "parent + child"
+            print(
+                f"{'  CPU per start+join (' + scope + ')':<44} corral {a * 1e6:9.0f} us  "
+                f"stdlib {b * 1e6:9.0f} us  corral uses {a / b:5.2f}x the CPU",
+                flush=True,
             )
     finally:
         ours.close()
