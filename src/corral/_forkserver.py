@@ -177,11 +177,17 @@ def _answer_and_send_fds(
     steps.send(None)  # wait for the challenge
     response, _ = steps.send(conn.recv_bytes(_handshake.MAX_FRAME))
     conn.send_bytes(response)
-    reduction.sendfds(sock, fds)
+    send_error = None
+    try:
+        reduction.sendfds(sock, fds)
+    except OSError as exc:  # a refusing server may have closed already: say why
+        send_error = exc
     try:
         steps.send(conn.recv_bytes(_handshake.MAX_FRAME))  # the verdict
     except StopIteration:
         pass
+    if send_error is not None:
+        raise send_error
 
 
 _forkserver = ForkServer()

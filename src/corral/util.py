@@ -200,8 +200,8 @@ def register_after_fork(obj: Any, func: Callable[[Any], None]) -> None:
 
 def _run_after_forkers() -> None:
     if not _afterfork_registry:
-        # The common case; iterating a WeakValueDictionary (its guard, the
-        # sort) touched ~20 pages, each a copy-on-write fault in a forked child.
+        # The common case: iterating a WeakValueDictionary (its guard, the
+        # sort) writes to pages that are copy-on-write in a forked child.
         return
     for (_index, _ident, func), obj in sorted(_afterfork_registry.items(), key=_first):
         try:
