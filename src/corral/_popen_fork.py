@@ -46,6 +46,8 @@ class Popen:
         # Objects pickled for the child that must outlive its start-up
         # (named semaphores it opens by name); released once it exits.
         self.keepalive: list[Any] = []
+        self.released = False  # the fds are closed; returncode is kept
+        self._release_when_reaped = False
         self._launch(process_obj)
 
     def duplicate_for_child(self, fd: int) -> int:
@@ -92,8 +94,19 @@ class Popen:
                 return None
             if pid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
-                self.keepalive.clear()
+                self._reaped()
         return self.returncode
+
+    def _reaped(self) -> None:
+        self.keepalive.clear()
+        if self._release_when_reaped:
+            self.close()
+
+    def release_when_reaped(self) -> None:
+        """Close the fds now if the child is reaped, else as soon as it is."""
+        self._release_when_reaped = True
+        if self.returncode is not None:
+            self.close()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the child; None if it is still running after timeout seconds."""
@@ -124,6 +137,7 @@ class Popen:
 
     def close(self) -> None:
         self.keepalive.clear()
+        self.released = True
         if self.finalizer is not None:
             self.finalizer()
 

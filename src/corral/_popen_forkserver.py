@@ -72,5 +72,5 @@ class Popen(_ForkPopen):
             except (OSError, EOFError):
                 # The server died without reporting: the child's fate is unknown.
                 self.returncode = 255
-            self.keepalive.clear()
+            self._reaped()
         return self.returncode

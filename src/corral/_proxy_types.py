@@ -9,9 +9,11 @@ from __future__ import annotations
 import array
 import time
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic
 
 from ._proxy import BaseProxy, MakeProxyType
+from ._typevars import T as _T  # a ValueProxy's value, for a type checker
 
 __all__ = (
     "AcquirerProxy",
@@ -106,17 +108,17 @@ class AcquirerProxy(BaseProxy):
 
     _exposed_: tuple[str, ...] = ("acquire", "release")
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> Any:
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         args = (blocking,) if timeout is None else (blocking, timeout)
         return self._callmethod("acquire", args)
 
-    def release(self) -> Any:
+    def release(self) -> None:
         return self._callmethod("release")
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> bool:
         return self._callmethod("acquire")
 
-    def __exit__(self, *exc: object) -> Any:
+    def __exit__(self, *exc: object) -> None:
         return self._callmethod("release")
 
 
@@ -125,16 +127,16 @@ class ConditionProxy(AcquirerProxy):
 
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None) -> bool:
         return self._callmethod("wait", (timeout,))
 
-    def notify(self, n: int = 1) -> Any:
+    def notify(self, n: int = 1) -> None:
         return self._callmethod("notify", (n,))
 
-    def notify_all(self) -> Any:
+    def notify_all(self) -> None:
         return self._callmethod("notify_all")
 
-    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         """Wait until predicate() is true (checked here, after each wakeup) or timeout."""
         result = predicate()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -154,16 +156,16 @@ class EventProxy(BaseProxy):
 
     _exposed_ = ("is_set", "set", "clear", "wait")
 
-    def is_set(self) -> Any:
+    def is_set(self) -> bool:
         return self._callmethod("is_set")
 
-    def set(self) -> Any:
+    def set(self) -> None:
         return self._callmethod("set")
 
-    def clear(self) -> Any:
+    def clear(self) -> None:
         return self._callmethod("clear")
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None) -> bool:
         return self._callmethod("wait", (timeout,))
 
 
@@ -172,25 +174,25 @@ class BarrierProxy(BaseProxy):
 
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None) -> int:
         return self._callmethod("wait", (timeout,))
 
-    def abort(self) -> Any:
+    def abort(self) -> None:
         return self._callmethod("abort")
 
-    def reset(self) -> Any:
+    def reset(self) -> None:
         return self._callmethod("reset")
 
     @property
-    def parties(self) -> Any:
+    def parties(self) -> int:
         return self._callmethod("__getattribute__", ("parties",))
 
     @property
-    def n_waiting(self) -> Any:
+    def n_waiting(self) -> int:
         return self._callmethod("__getattribute__", ("n_waiting",))
 
     @property
-    def broken(self) -> Any:
+    def broken(self) -> bool:
         return self._callmethod("__getattribute__", ("broken",))
 
 
@@ -217,20 +219,22 @@ class NamespaceProxy(BaseProxy):
         object.__getattribute__(self, "_callmethod")("__delattr__", (key,))
 
 
-class ValueProxy(BaseProxy):
-    """Proxy of a Value: ``get()``, ``set(v)`` and the ``value`` property."""
+class ValueProxy(BaseProxy, Generic[_T]):
+    """Proxy of a Value: ``get()``, ``set(v)`` and the ``value`` property.
+
+    ``ValueProxy[int]`` holds an int.
+    """
 
     _exposed_ = ("get", "set")
 
-    def get(self) -> Any:
-        return self._callmethod("get")
+    def get(self) -> _T:
+        value: _T = self._callmethod("get")
+        return value
 
-    def set(self, value: Any) -> Any:
+    def set(self, value: _T) -> None:
         return self._callmethod("set", (value,))
 
     value = property(get, set)
-
-    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 BaseListProxy = MakeProxyType(
@@ -268,6 +272,12 @@ DictProxy._method_to_typeid_ = {"__iter__": "Iterator"}  # type: ignore[attr-def
 
 
 ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))
+
+# DictProxy[str, int] and the like in annotations evaluated at run time (the
+# stdlib's are subscriptable from 3.13; _sync_types.pyi types them for checkers).
+for _proxy_type in (DictProxy, ListProxy, ArrayProxy):
+    _proxy_type.__class_getitem__ = classmethod(types.GenericAlias)  # type: ignore[attr-defined]
+del _proxy_type
 
 
 BasePoolProxy = MakeProxyType(

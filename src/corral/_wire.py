@@ -13,17 +13,21 @@ designs that were measured and dropped.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import select
 import socket
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn
 
 from . import _buffers, reduction
+from ._typevars import RecvT as _RecvT
+from ._typevars import SendT as _SendT
 from .errors import BufferTooShort
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ("Connection", "Pipe", "wait")
 
@@ -42,16 +46,17 @@ _pack_i = _header_i.pack
 _unpack_i = _header_i.unpack
 
 
-class Connection:
+class Connection(Generic[_SendT, _RecvT]):
     """One end of a connection: a pipe end or a connected socket, by file descriptor.
 
     ``send``/``recv`` move picklable objects, ``send_bytes``/``recv_bytes``
     move raw bytes. A closed connection raises ``OSError("handle is closed")``;
     using a read-only end for writing (or the reverse) raises ``OSError``.
+    ``Connection[int, str]`` tells a type checker what this end sends and
+    receives (both ``Any`` by default).
     """
 
     _handle: int | None = None
-    _whandle: int | None = None  # where writes go: the same fd, except for _PipePair
 
     def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
         handle = handle.__index__()
@@ -61,7 +66,7 @@ class Connection:
         if not readable and not writable:
             msg = "at least one of `readable` and `writable` must be True"
             raise ValueError(msg)
-        self._handle = self._whandle = handle
+        self._handle = handle
         self._readable = readable
         self._writable = writable
 
@@ -113,10 +118,6 @@ class Connection:
     def writable(self) -> bool:
         return self._writable
 
-    def _fd_socket(self) -> int:
-        """The socket that carries file descriptors (``reduction.send_handle``)."""
-        return self.fileno()
-
     def fileno(self) -> int:
         """The file descriptor of the connection."""
         self._check_closed()
@@ -128,7 +129,7 @@ class Connection:
             handle, self._handle = self._handle, None
             os.close(handle)
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,7 +171,7 @@ class Connection:
             raise ValueError(msg)
         self._send_bytes(view[offset : offset + size])
 
-    def send(self, obj: Any) -> None:
+    def send(self, obj: _SendT) -> None:
         """Pickle obj and send it as one message.
 
         Raises:
@@ -188,7 +189,7 @@ class Connection:
         if n < _SMALL:
             # Header and payload in one write: one syscall, one record, one wake-up.
             data = _pack_i(n) + buf
-            written = os.write(self._whandle, data)  # type: ignore[arg-type]
+            written = os.write(self._handle, data)  # type: ignore[arg-type]
             if written != n + 4:
                 self._write_all(memoryview(data)[written:])
             return
@@ -196,7 +197,7 @@ class Connection:
         self._write_all(memoryview(header), memoryview(buf).cast("B"))
 
     def _write_all(self, *views: memoryview) -> None:
-        fd = self._whandle
+        fd = self._handle
         pending = [v for v in views if v.nbytes]
         while pending:
             if len(pending) > 1:
@@ -273,7 +274,7 @@ class Connection:
             view.cast("B")[offset : offset + size] = data
             return size
 
-    def recv(self) -> Any:
+    def recv(self) -> _RecvT:
         """Receive one message and unpickle it.
 
         Raises:
@@ -394,16 +395,14 @@ def _ms(seconds: float) -> int:
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """Return a pair of connected ``Connection`` objects.
 
-    With ``duplex`` (the default) both ends can send and receive: on Linux two
-    OS pipes, one per direction, plus a Unix socket pair that carries file
-    descriptors for ``reduction.send_handle`` (see ``_PipePair``); elsewhere a
-    Unix socket pair. Otherwise the first end only receives and the second
-    only sends (an OS pipe). Reads never take bytes beyond the message they
-    return, so several processes may share one end, as with the stdlib.
+    With ``duplex`` (the default) both ends can send and receive: a Unix
+    stream socket pair, as in the stdlib, so each end's ``fileno()`` is one fd
+    that reads and writes (and carries file descriptors for
+    ``reduction.send_handle``). Otherwise the first end only receives and the
+    second only sends (an OS pipe). Reads never take bytes beyond the message
+    they return, so several processes may share one end, as with the stdlib.
     """
     if duplex:
-        if _HAVE_PIPE_SIZE:
-            return _PipePair.pair()
         return stream_pair()
     r, w = os.pipe()
     reader = Connection(r, writable=False)
@@ -411,81 +410,11 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
 
 
 def stream_pair() -> tuple[Connection, Connection]:
-    """A duplex pair over one stream socket pair (the pool engine parses its frames itself)."""
+    """A duplex pair over one stream socket pair (``Pipe()``; pool workers' channels)."""
     s1, s2 = socket.socketpair()
     s1.settimeout(None)  # blocking, whatever socket.setdefaulttimeout says
     s2.settimeout(None)
     return Connection(s1.detach()), Connection(s2.detach())
-
-
-_HAVE_PIPE_SIZE = hasattr(fcntl, "F_SETPIPE_SZ")
-# Bytes an OS pipe holds when Pipe() can raise it: more than a Unix stream
-# socket pair holds by default, so a program that writes a burst before
-# reading blocks no earlier than with the stdlib's duplex Pipe().
-_PIPE_SIZE = 1 << 18
-
-
-class _PipePair(Connection):
-    """One end of a duplex ``Pipe()`` made of two OS pipes (Linux).
-
-    Reads come from one pipe, writes go to the other, and ``fileno()`` is the
-    reading end (what ``wait()`` and ``poll()`` watch). A pipe moves a small
-    message for less than a socket does: 2.4-2.6x the stdlib's duplex
-    ``Pipe()`` throughput at 1 KiB where a socket pair gave 1.3-1.4x, with the
-    same round trip. File descriptors cannot travel through a pipe, so each end
-    also holds one end of a socket pair for ``send_handle``/``recv_handle``.
-    """
-
-    _fdsock: int | None = None
-
-    @classmethod
-    def pair(cls) -> tuple[_PipePair, _PipePair]:
-        fds: list[int] = []
-        try:
-            for _ in range(2):
-                r, w = os.pipe()
-                fds += (r, w)
-                try:
-                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-                except OSError:
-                    pass  # over the user's pipe-page limit: the default 64 KiB
-            a, b = socket.socketpair()
-            fds += (a.detach(), b.detach())
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        r1, w1, r2, w2, s1, s2 = fds
-        return cls(r1, w2, s1), cls(r2, w1, s2)
-
-    def __init__(self, rfd: int, wfd: int, sockfd: int) -> None:
-        super().__init__(rfd)
-        self._whandle = wfd
-        self._fdsock = sockfd
-
-    def _fd_socket(self) -> int:
-        """The socket that carries file descriptors (``reduction.send_handle``)."""
-        self._check_closed()
-        return self._fdsock  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self._handle is not None:
-            fds = (self._handle, self._whandle, self._fdsock)
-            self._handle = self._whandle = self._fdsock = None
-            for fd in fds:
-                os.close(fd)  # type: ignore[arg-type]
-
-    def __del__(self, _close: Any = os.close) -> None:
-        if self._handle is not None:
-            for fd in (self._handle, self._whandle, self._fdsock):
-                try:
-                    _close(fd)
-                except OSError:
-                    pass
-            self._handle = self._whandle = self._fdsock = None
-
-    def __reduce__(self) -> Any:
-        return reduction.reduce_pipe_pair(self)
 
 
 def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:

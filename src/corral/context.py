@@ -12,12 +12,33 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+import types
+from collections.abc import Callable, Iterable, Sequence
 
 from . import process
 from . import reduction as _reduction_module
 from .errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:
+    import ctypes
+    import logging
+    from typing import Any, ClassVar, Literal, TypeVar, overload
+
+    from . import pool, queues, synchronize
+    from ._wire import Connection
+    from .managers import SyncManager
+    from .sharedctypes import Synchronized, SynchronizedArray, SynchronizedString
+
+    _T = TypeVar("_T")
+    # A ctypes type (ctypes' own private base, as typeshed spells it).
+    _CT = TypeVar("_CT", bound="ctypes._CData")
+else:
+
+    def overload(fn: Any) -> Any:
+        """typing.overload without importing typing: the last definition wins."""
+        return fn
+
 
 __all__ = (
     "BaseContext",
@@ -37,7 +58,7 @@ class BaseContext:
     AuthenticationError = AuthenticationError
 
     _name: str | None = None
-    Process: type[process.BaseProcess]
+    Process: ClassVar[type[process.BaseProcess]]
 
     current_process = staticmethod(process.current_process)
     parent_process = staticmethod(process.parent_process)
@@ -55,97 +76,169 @@ class BaseContext:
             raise NotImplementedError(msg)
         return count
 
-    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:
+    def Pipe(self, duplex: bool = True) -> tuple[Connection, Connection]:
         """Return two connected ``Connection`` objects (see ``corral.connection.Pipe``)."""
         from .connection import Pipe
 
         return Pipe(duplex)
 
-    def Lock(self) -> Any:
+    def Lock(self) -> synchronize.Lock:
         """A non-recursive lock shared with children (``corral.synchronize.Lock``)."""
         from .synchronize import Lock
 
         return Lock(ctx=self.get_context())
 
-    def RLock(self) -> Any:
+    def RLock(self) -> synchronize.RLock:
         """A recursive lock shared with children (``corral.synchronize.RLock``)."""
         from .synchronize import RLock
 
         return RLock(ctx=self.get_context())
 
-    def Condition(self, lock: Any = None) -> Any:
+    def Condition(
+        self, lock: synchronize.Lock | synchronize.RLock | None = None
+    ) -> synchronize.Condition:
         """A condition variable shared with children (``corral.synchronize.Condition``)."""
         from .synchronize import Condition
 
         return Condition(lock, ctx=self.get_context())
 
-    def Semaphore(self, value: int = 1) -> Any:
+    def Semaphore(self, value: int = 1) -> synchronize.Semaphore:
         """A semaphore shared with children (``corral.synchronize.Semaphore``)."""
         from .synchronize import Semaphore
 
         return Semaphore(value, ctx=self.get_context())
 
-    def BoundedSemaphore(self, value: int = 1) -> Any:
+    def BoundedSemaphore(self, value: int = 1) -> synchronize.BoundedSemaphore:
         """A bounded semaphore shared with children."""
         from .synchronize import BoundedSemaphore
 
         return BoundedSemaphore(value, ctx=self.get_context())
 
-    def Event(self) -> Any:
+    def Event(self) -> synchronize.Event:
         """An event flag shared with children (``corral.synchronize.Event``)."""
         from .synchronize import Event
 
         return Event(ctx=self.get_context())
 
-    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+    def Barrier(
+        self,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+    ) -> synchronize.Barrier:
         """A barrier for ``parties`` processes (``corral.synchronize.Barrier``)."""
         from .synchronize import Barrier
 
         return Barrier(parties, action, timeout, ctx=self.get_context())
 
+    @overload
+    def RawValue(self, typecode_or_type: type[_CT], *args: Any) -> _CT: ...
+    @overload
+    def RawValue(self, typecode_or_type: str, *args: Any) -> Any: ...
     def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:
         """A ctypes object in shared memory, without a lock."""
         from .sharedctypes import RawValue
 
         return RawValue(typecode_or_type, *args)
 
+    @overload
+    def RawArray(
+        self, typecode_or_type: type[_CT], size_or_initializer: int | Sequence[Any]
+    ) -> ctypes.Array[_CT]: ...
+    @overload
+    def RawArray(self, typecode_or_type: str, size_or_initializer: int | Sequence[Any]) -> Any: ...
     def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> Any:
         """A ctypes array in shared memory, without a lock."""
         from .sharedctypes import RawArray
 
         return RawArray(typecode_or_type, size_or_initializer)
 
+    # Typed as typeshed types the stdlib's: a ctypes type gives a typed value, a
+    # typecode a Synchronized[Any]; lock=False gives the raw (unknown) object.
+    @overload
+    def Value(
+        self,
+        typecode_or_type: type[ctypes._SimpleCData[_T]],
+        *args: Any,
+        lock: Literal[True] | synchronize.Lock | synchronize.RLock = True,
+    ) -> Synchronized[_T]: ...
+    @overload
+    def Value(
+        self,
+        typecode_or_type: str,
+        *args: Any,
+        lock: Literal[True] | synchronize.Lock | synchronize.RLock = True,
+    ) -> Synchronized[Any]: ...
+    @overload
+    def Value(
+        self,
+        typecode_or_type: str | type[ctypes._CData],
+        *args: Any,
+        lock: bool | synchronize.Lock | synchronize.RLock = True,
+    ) -> Any: ...
     def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         """A ctypes object in shared memory, guarded by a lock (``corral.sharedctypes``)."""
         from .sharedctypes import Value
 
         return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
 
+    @overload
+    def Array(
+        self,
+        typecode_or_type: type[ctypes.c_char],
+        size_or_initializer: int | Sequence[Any],
+        *,
+        lock: Literal[True] | synchronize.Lock | synchronize.RLock = True,
+    ) -> SynchronizedString: ...
+    @overload
+    def Array(
+        self,
+        typecode_or_type: type[ctypes._SimpleCData[_T]],
+        size_or_initializer: int | Sequence[Any],
+        *,
+        lock: Literal[True] | synchronize.Lock | synchronize.RLock = True,
+    ) -> SynchronizedArray[_T]: ...
+    @overload
+    def Array(
+        self,
+        typecode_or_type: str,
+        size_or_initializer: int | Sequence[Any],
+        *,
+        lock: Literal[True] | synchronize.Lock | synchronize.RLock = True,
+    ) -> SynchronizedArray[Any]: ...
+    @overload
+    def Array(
+        self,
+        typecode_or_type: str | type[ctypes._CData],
+        size_or_initializer: int | Sequence[Any],
+        *,
+        lock: bool | synchronize.Lock | synchronize.RLock = True,
+    ) -> Any: ...
     def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
         """A ctypes array in shared memory, guarded by a lock (``corral.sharedctypes``)."""
         from .sharedctypes import Array
 
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
 
-    def Queue(self, maxsize: int = 0) -> Any:
+    def Queue(self, maxsize: int = 0) -> queues.Queue[Any]:
         """A FIFO queue shared with children (``corral.queues.Queue``)."""
         from .queues import Queue
 
         return Queue(maxsize, ctx=self.get_context())
 
-    def JoinableQueue(self, maxsize: int = 0) -> Any:
+    def JoinableQueue(self, maxsize: int = 0) -> queues.JoinableQueue[Any]:
         """A queue with ``task_done``/``join`` (``corral.queues.JoinableQueue``)."""
         from .queues import JoinableQueue
 
         return JoinableQueue(maxsize, ctx=self.get_context())
 
-    def SimpleQueue(self) -> Any:
+    def SimpleQueue(self) -> queues.SimpleQueue[Any]:
         """A queue without a feeder thread (``corral.queues.SimpleQueue``)."""
         from .queues import SimpleQueue
 
         return SimpleQueue(ctx=self.get_context())
 
-    def Manager(self) -> Any:
+    def Manager(self) -> SyncManager:
         """A started ``SyncManager`` whose server runs in a process of this context.
 
         Shut it down with ``shutdown()`` or a ``with`` block; it also stops
@@ -160,15 +253,23 @@ class BaseContext:
     def Pool(
         self,
         processes: int | None = None,
-        initializer: Any = None,
-        initargs: Any = (),
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
-        **options: Any,
-    ) -> Any:
+        *,
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+        isolate_failures: bool = True,
+    ) -> pool.Pool:
         """A pool of worker processes of this context (``corral.pool.Pool``).
 
-        ``options`` are corral's extra keywords: ``task_timeout``,
-        ``max_memory_per_child``, ``isolate_failures``.
+        ``task_timeout``, ``max_memory_per_child`` and ``isolate_failures`` are
+        corral's additions (see ``corral.pool.Pool``).
+
+        Raises:
+            ValueError: ``processes`` < 1, bad ``maxtasksperchild`` or ``task_timeout``.
+            TypeError: ``initializer`` is not callable.
+            OSError: a worker could not be started.
         """
         from .pool import Pool
 
@@ -178,9 +279,19 @@ class BaseContext:
             initargs,
             maxtasksperchild,
             context=self.get_context(),
-            **options,
+            task_timeout=task_timeout,
+            max_memory_per_child=max_memory_per_child,
+            isolate_failures=isolate_failures,
         )
 
+    @overload
+    def get_context(self, method: Literal["fork"]) -> ForkContext: ...
+    @overload
+    def get_context(self, method: Literal["spawn"]) -> SpawnContext: ...
+    @overload
+    def get_context(self, method: Literal["forkserver"]) -> ForkServerContext: ...
+    @overload
+    def get_context(self, method: str | None = None) -> BaseContext: ...
     def get_context(self, method: str | None = None) -> BaseContext:
         """Return the context of a start method ('fork', 'spawn', 'forkserver').
 
@@ -197,7 +308,12 @@ class BaseContext:
         ctx._check_available()
         return ctx
 
+    @overload
+    def get_start_method(self, allow_none: Literal[False] = False) -> str: ...
+    @overload
+    def get_start_method(self, allow_none: bool) -> str | None: ...
     def get_start_method(self, allow_none: bool = False) -> str | None:
+        """Return the start method's name ('fork', 'spawn' or 'forkserver')."""
         return self._name
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
@@ -217,13 +333,13 @@ class BaseContext:
     def reducer(self, reduction: Any) -> None:
         globals()["reduction"] = reduction
 
-    def get_logger(self) -> Any:
+    def get_logger(self) -> logging.Logger:
         """Return the package logger (see ``corral.util.get_logger``)."""
         from .util import get_logger
 
         return get_logger()
 
-    def log_to_stderr(self, level: int | str | None = None) -> Any:
+    def log_to_stderr(self, level: int | str | None = None) -> logging.Logger:
         """Log to stderr with the stdlib's format (see ``corral.util.log_to_stderr``)."""
         from .util import log_to_stderr
 
@@ -282,7 +398,20 @@ class DefaultContext(BaseContext):
         self._default_context = context
         self._actual_context: BaseContext | None = None
 
+    @overload
+    def get_context(self, method: Literal["fork"]) -> ForkContext: ...
+    @overload
+    def get_context(self, method: Literal["spawn"]) -> SpawnContext: ...
+    @overload
+    def get_context(self, method: Literal["forkserver"]) -> ForkServerContext: ...
+    @overload
+    def get_context(self, method: str | None = None) -> BaseContext: ...
     def get_context(self, method: str | None = None) -> BaseContext:
+        """Return the context of a start method; with None, the default one (fixing it).
+
+        Raises:
+            ValueError: the method is unknown or not available on this platform.
+        """
         if method is None:
             if self._actual_context is None:
                 self._actual_context = self._default_context
@@ -304,6 +433,10 @@ class DefaultContext(BaseContext):
             return
         self._actual_context = self.get_context(method)
 
+    @overload
+    def get_start_method(self, allow_none: Literal[False] = False) -> str: ...
+    @overload
+    def get_start_method(self, allow_none: bool) -> str | None: ...
     def get_start_method(self, allow_none: bool = False) -> str | None:
         """Return the default start method; None if not fixed yet and allow_none."""
         if self._actual_context is None:
@@ -351,17 +484,17 @@ class ForkServerProcess(process.BaseProcess):
 
 class ForkContext(BaseContext):
     _name = "fork"
-    Process = ForkProcess
+    Process: ClassVar[type[ForkProcess]] = ForkProcess
 
 
 class SpawnContext(BaseContext):
     _name = "spawn"
-    Process = SpawnProcess
+    Process: ClassVar[type[SpawnProcess]] = SpawnProcess
 
 
 class ForkServerContext(BaseContext):
     _name = "forkserver"
-    Process = ForkServerProcess
+    Process: ClassVar[type[ForkServerProcess]] = ForkServerProcess
 
     def _check_available(self) -> None:
         if not _reduction_module.HAVE_SEND_HANDLE:
@@ -395,6 +528,54 @@ def _all_start_methods() -> list[str]:
 
 
 _default_context = DefaultContext(_concrete_contexts[_default_method()])
+
+
+def as_context(ctx: object, argument: str = "ctx") -> Any:
+    """Return the context a public API taking a context argument should use.
+
+    * ``None``: the default context's concrete context.
+    * A corral context: itself.
+    * A stdlib ``multiprocessing`` context (``multiprocessing.get_context(...)``)
+      or a module standing for the default context (``multiprocessing``,
+      ``corral``): corral's context of the same start method. Only its
+      ``get_start_method()`` is read; the stdlib's machinery (its ``Process``,
+      locks, authkeys) is never mixed with corral's.
+    * Any other object with a ``Process`` attribute: a context of the caller's
+      own making (the stdlib's tests pass a mock with a fake ``Process``), used
+      as it is, as the stdlib would.
+
+    Args:
+        ctx: the object passed as the API's context.
+        argument: the parameter's name, for the error message.
+
+    Raises:
+        TypeError: ctx is none of the above (a string, a number, ...).
+        ValueError: its start method is unknown or not available here.
+    """
+    if ctx is None:
+        return _default_context.get_context()
+    if isinstance(ctx, BaseContext):
+        return ctx
+    if _is_stdlib_context(ctx):
+        return _default_context.get_context(ctx.get_start_method())  # type: ignore[attr-defined]
+    if getattr(ctx, "Process", None) is None:
+        msg = (
+            f"{argument} must be a multiprocessing context such as "
+            f"corral.get_context('spawn') (or None), not {type(ctx).__name__} {ctx!r}"
+        )
+        raise TypeError(msg)
+    return ctx
+
+
+def _is_stdlib_context(ctx: object) -> bool:
+    """A stdlib context, or a module whose functions are a default context's."""
+    if isinstance(ctx, types.ModuleType):
+        return callable(getattr(ctx, "get_start_method", None))
+    # Matched by name: corral never imports the stdlib package.
+    return any(
+        cls.__module__ == "multiprocessing.context" and cls.__name__ == "BaseContext"
+        for cls in type(ctx).__mro__
+    )
 
 
 def _force_start_method(method: str) -> None:

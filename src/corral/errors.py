@@ -31,6 +31,8 @@ Hierarchy::
                 │   └── TaskExitError (also SystemExit) the task called sys.exit()
                 ├── InitializerError  the pool's initializer raised; the pool is
                 │                     broken for good, every call fails at once
+                ├── WorkerStartupError    new workers kept dying before they were
+                │                     ready (3 in a row): broken for good, as above
                 ├── TaskUnpicklingError   the worker could not unpickle the task
                 └── ResultUnpicklingError the parent could not unpickle a result
 
@@ -50,8 +52,17 @@ from __future__ import annotations
 
 import builtins
 import pickle
-import signal
-from concurrent.futures import BrokenExecutor
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:  # defined in _pool_errors, found here through __getattr__ below
+    from ._pool_errors import BrokenProcessPool as BrokenProcessPool
+    from ._pool_errors import InitializerError as InitializerError
+    from ._pool_errors import ResultUnpicklingError as ResultUnpicklingError
+    from ._pool_errors import TaskExitError as TaskExitError
+    from ._pool_errors import TaskUnpicklingError as TaskUnpicklingError
+    from ._pool_errors import WorkerLostError as WorkerLostError
+    from ._pool_errors import WorkerStartupError as WorkerStartupError
+    from ._pool_errors import describe_exitcode as describe_exitcode
 
 __all__ = (
     "AuthenticationError",
@@ -70,6 +81,7 @@ __all__ = (
     "TaskUnpicklingError",
     "TimeoutError",
     "WorkerLostError",
+    "WorkerStartupError",
 )
 
 
@@ -165,94 +177,6 @@ class ManagerConnectionError(ConnectionError, EOFError):
     """
 
 
-class BrokenProcessPool(BrokenExecutor):
-    """A process pool could not run a task (the stdlib's name and base class).
-
-    corral raises its subclasses below; ``BrokenProcessPool`` itself is raised
-    only when a pool was shut down by force (``terminate``/``kill_workers``)
-    with the task still pending, or, with ``isolate_failures=False``, when any
-    worker died.
-    """
-
-
-def describe_exitcode(exitcode: int | None) -> str:
-    """Render an exit code as ``"exit code 3"`` or ``"signal SIGKILL(-9)"``."""
-    if exitcode is None:
-        return "an unknown exit status"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"signal {name}({exitcode})"
-    return f"exit code {exitcode}"
-
-
-class WorkerLostError(BrokenProcessPool):
-    """The worker process that held this task died before returning its result.
-
-    Only the task(s) the worker was running fail; tasks it had been sent but had
-    not started are run by other workers, a replacement worker starts, and the
-    pool keeps accepting work. Attributes: ``pid``, ``exitcode`` (negative for a
-    signal, as ``Process.exitcode``).
-    Likely causes: a crash in C code (segfault), ``os._exit()``, the out-of-memory
-    killer, or someone sending the worker a signal.
-    """
-
-    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None) -> None:
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-
-    @classmethod
-    def for_worker(cls, pid: int | None, exitcode: int | None, what: str) -> WorkerLostError:
-        """Build the error for a worker ``pid`` that ended with ``exitcode``."""
-        msg = (
-            f"worker process {pid} died with {describe_exitcode(exitcode)} while {what}; "
-            "the pool replaced it and runs the other tasks. A crash in native code, "
-            "os._exit(), the out-of-memory killer or an outside kill can cause this."
-        )
-        return cls(msg, pid, exitcode)
-
-
-class TaskExitError(WorkerLostError, SystemExit):
-    """The task called ``sys.exit()`` (or raised ``SystemExit``); its worker exited.
-
-    It is also a ``SystemExit``, which is what the stdlib's executor re-raises in
-    this case; ``code`` holds the exit status the task asked for.
-    """
-
-    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None) -> None:
-        super().__init__(message, pid, exitcode)
-        self.code = exitcode
-
-
-class InitializerError(BrokenProcessPool):
-    """The pool's ``initializer`` raised in a worker.
-
-    The pool is then broken for good: every pending and later call fails at once
-    with this error (no respawn loop). The initializer's traceback is chained as
-    ``__cause__``. Fix the initializer, then create a new pool.
-    """
-
-
-class TaskUnpicklingError(BrokenProcessPool):
-    """The worker could not unpickle the task's function or arguments.
-
-    Only this task fails. The worker-side traceback is chained as ``__cause__``.
-    Likely cause: an object whose ``__reduce__`` fails or whose class is not
-    importable in the worker (with spawn/forkserver, define it in a module).
-    """
-
-
-class ResultUnpicklingError(BrokenProcessPool):
-    """The parent could not unpickle a task's result (or its exception).
-
-    Only this task fails. The message carries the pickled object's type name and
-    the error raised while unpickling it.
-    """
-
-
 class TaskTimeoutError(TimeoutError, builtins.TimeoutError):
     """A task ran longer than its ``task_timeout``.
 
@@ -260,3 +184,36 @@ class TaskTimeoutError(TimeoutError, builtins.TimeoutError):
     error, a replacement worker started, and the other tasks continue. It is both
     ``corral.TimeoutError`` and the builtin ``TimeoutError``.
     """
+
+
+# The pool's errors derive from concurrent.futures.BrokenExecutor, and importing
+# concurrent.futures costs more than all of ``import multiprocessing`` (it pulls
+# in logging): they are defined in _pool_errors, imported on first use. They
+# are still ``corral.errors.X`` (their __module__ says so; pickle finds them here).
+_POOL_ERRORS = frozenset(
+    {
+        "BrokenProcessPool",
+        "InitializerError",
+        "ResultUnpicklingError",
+        "TaskExitError",
+        "TaskUnpicklingError",
+        "WorkerLostError",
+        "WorkerStartupError",
+        "describe_exitcode",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _POOL_ERRORS:
+        from . import _pool_errors
+
+        value = getattr(_pool_errors, name)
+        globals()[name] = value
+        return value
+    msg = f"module 'corral.errors' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _POOL_ERRORS)

@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from . import context as _context
 from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
@@ -39,21 +39,34 @@ from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: 
 
 __all__ = ("BrokenProcessPool", "ProcessPoolExecutor")
 
-_live_executors: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+# For a type checker: what a task returns (_T) and the parameters it takes (_P).
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+# Engines with work that must finish before the interpreter exits, whether or
+# not their executor still exists or was shut down with wait=False (bpo-39205):
+# engine -> (the pid that owns it, its executor's feeds). An engine stays alive
+# while its thread runs, so weak keys drop exactly the engines that are done.
+_live_engines: weakref.WeakKeyDictionary[Engine, tuple[int, set[Feed]]] = (
+    weakref.WeakKeyDictionary()
+)
 _interpreter_exiting = False
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
 
 def _on_interpreter_exit() -> None:
-    """Finish submitted work of every executor still open, as the stdlib does."""
+    """Finish the submitted work of every executor, as the stdlib does."""
     global _interpreter_exiting
     _interpreter_exiting = True
-    for executor in list(_live_executors):
+    for engine, (owner_pid, feeds) in list(_live_engines.items()):
         # A forked child inherits this hook and copies of its parent's
-        # executors: those are not its own to shut down.
-        if executor._owner_pid == os.getpid():
-            executor.shutdown(wait=True)
+        # engines: those are not its own to wait for.
+        if owner_pid == os.getpid():
+            _close_engine(engine, feeds)
+            for feed in list(feeds):
+                feed.thread.join()
+            engine.join()
 
 
 def _register_exit_hook() -> None:
@@ -105,6 +118,8 @@ class ProcessPoolExecutor(Executor):
             mp_context = _context._default_context.get_context(
                 "spawn" if max_tasks_per_child else None
             )
+        else:
+            mp_context = _context.as_context(mp_context, "mp_context")
         if initializer is not None and not callable(initializer):
             msg = "initializer must be a callable"
             raise TypeError(msg)
@@ -136,7 +151,7 @@ class ProcessPoolExecutor(Executor):
         self._feeds: set[Feed] = set()
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # ----------------------------------------------------------- introspection
 
@@ -171,7 +186,7 @@ class ProcessPoolExecutor(Executor):
             engine.start()
             self._engine = engine
             self._finalizer = weakref.finalize(self, _close_engine, engine, self._feeds)
-            _live_executors.add(self)
+            _live_engines[engine] = (self._owner_pid, self._feeds)
         return engine
 
     def _check_open(self) -> Engine:
@@ -187,7 +202,7 @@ class ProcessPoolExecutor(Executor):
             raise BrokenProcessPool(msg) from engine.broken
         return engine
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; return its ``Future``.
 
         An object that cannot be pickled fails the returned future at once
@@ -214,11 +229,11 @@ class ProcessPoolExecutor(Executor):
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """Lazy ``map(fn, *iterables)`` in the workers, results in input order.
 
         Raises:
@@ -274,7 +289,6 @@ class ProcessPoolExecutor(Executor):
             for feed in list(self._feeds):
                 feed.thread.join()
             engine.join()
-        _live_executors.discard(self)
 
     def terminate_workers(self) -> None:
         """Stop every worker now (SIGTERM, then SIGKILL) and shut down.
@@ -303,7 +317,6 @@ class ProcessPoolExecutor(Executor):
             hard=hard,
         )
         engine.join()
-        _live_executors.discard(self)
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is not None and not issubclass(exc_type, Exception):

@@ -24,11 +24,11 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import _manager_wire as wire
-from . import _proxy, process, util
+from . import _proxy, process, reduction, util
 from ._lifeline import on_parent_death
 
 # Names importable from here, as from the stdlib's module ("X as X": re-exported).
@@ -41,22 +41,39 @@ from ._proxy import RebuildProxy as RebuildProxy
 from ._proxy import Token as Token
 from ._proxy_types import AcquirerProxy as AcquirerProxy
 from ._proxy_types import Array as Array
-from ._proxy_types import ArrayProxy as ArrayProxy
 from ._proxy_types import BarrierProxy as BarrierProxy
-from ._proxy_types import BaseListProxy as BaseListProxy
 from ._proxy_types import ConditionProxy as ConditionProxy
-from ._proxy_types import DictProxy as DictProxy
 from ._proxy_types import EventProxy as EventProxy
 from ._proxy_types import IteratorProxy as IteratorProxy
-from ._proxy_types import ListProxy as ListProxy
 from ._proxy_types import Namespace as Namespace
 from ._proxy_types import NamespaceProxy as NamespaceProxy
 from ._proxy_types import PoolProxy as PoolProxy
 from ._proxy_types import Value as Value
 from ._proxy_types import ValueProxy as ValueProxy
+from ._typevars import T as _T
 from .errors import ManagerConnectionError as ManagerConnectionError
 from .errors import ProcessError, RemoteTraceback
 from .errors import RemoteError as RemoteError
+
+# The generic proxies and SyncManager's registered methods, as a type checker
+# sees them (_sync_types declares what MakeProxyType and register make).
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._sync_types import ArrayProxy as ArrayProxy
+    from ._sync_types import BaseListProxy as BaseListProxy
+    from ._sync_types import DictProxy as DictProxy
+    from ._sync_types import ListProxy as ListProxy
+    from ._sync_types import SyncManagerMethods as _SyncManagerMethods
+    from .shared_memory import ShareableList as _ShareableList
+    from .shared_memory import SharedMemory as _SharedMemory
+else:
+    from ._proxy_types import ArrayProxy as ArrayProxy
+    from ._proxy_types import BaseListProxy as BaseListProxy
+    from ._proxy_types import DictProxy as DictProxy
+    from ._proxy_types import ListProxy as ListProxy
+
+    _SyncManagerMethods = object
 
 __all__ = (
     "BaseManager",
@@ -65,6 +82,20 @@ __all__ = (
     "SyncManager",
     "Token",
 )
+
+
+def _reduce_view_as_list(view: Any) -> tuple[type[list[Any]], tuple[list[Any]]]:
+    return list, (list(view),)
+
+
+# Dict views (a DictProxy's keys(), values(), items()) are sent as lists, as by
+# the stdlib, whose managers module registers the same for every pickle: a view
+# cannot be pickled, and a list is what a caller in another process can use.
+# (Registered as a type plain pickle refuses: the fast path stays plain pickle.)
+_view_types: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+for _view_type in _view_types:
+    reduction._register_refused(_view_type, _reduce_view_as_list)
+del _view_type, _view_types
 
 
 class State:
@@ -133,10 +164,9 @@ class BaseManager:
             msg = f"authkey should be a byte string, not {type(authkey).__name__}"
             raise TypeError(msg)
         wire.codec(serializer)  # a bad name fails here, not in the server
-        if ctx is None:
-            from .context import _default_context
+        from .context import as_context
 
-            ctx = _default_context.get_context()
+        ctx = as_context(ctx)
         self._address = address
         self._authkey = process.AuthenticationString(authkey)
         self._state = State()
@@ -338,7 +368,7 @@ class BaseManager:
             if not self._process.is_alive():
                 self._process = None
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self) -> Self:
         if self._state.value == State.INITIAL:
             self.start()
         if self._state.value != State.STARTED:
@@ -368,11 +398,13 @@ class BaseManager:
 
     def _debug_info(self) -> str:
         """A description of the shared objects and their reference counts."""
-        return self._request((wire.INFO,))
+        info: str = self._request((wire.INFO,))
+        return info
 
     def _number_of_objects(self) -> int:
         """How many shared objects the server holds."""
-        return self._request((wire.COUNT,))
+        count: int = self._request((wire.COUNT,))
+        return count
 
     @classmethod
     def register(
@@ -470,7 +502,7 @@ def _pool(*args: Any, **kwds: Any) -> Any:
     return Pool(*args, **kwds)
 
 
-class SyncManager(BaseManager):
+class SyncManager(BaseManager, _SyncManagerMethods):
     """A manager with the synchronization types, ``list``, ``dict``, ``Namespace``, ``Pool``.
 
     ``corral.Manager()`` returns a started one.
@@ -565,7 +597,7 @@ class SharedMemoryManager(BaseManager):
         _check_initial(self._state, "SharedMemoryServer")
         return self._make_server()
 
-    def SharedMemory(self, size: int) -> Any:
+    def SharedMemory(self, size: int) -> _SharedMemory:
         """A new ``SharedMemory`` segment of size bytes, unlinked at the manager's shutdown."""
         from .shared_memory import SharedMemory
 
@@ -573,7 +605,7 @@ class SharedMemoryManager(BaseManager):
         self._track(segment)
         return segment
 
-    def ShareableList(self, sequence: Any) -> Any:
+    def ShareableList(self, sequence: Iterable[_T] | None) -> _ShareableList[_T]:
         """A new ``ShareableList`` of sequence, unlinked at the manager's shutdown."""
         from .shared_memory import ShareableList
 

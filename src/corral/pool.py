@@ -28,21 +28,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import context as _context
 from . import util
 from ._engine import CALL, MAP, STARMAP, Engine, ProcessSpawner, Task, ThreadSpawner, encode_call
 from ._engine.direct import run_direct
 from ._engine.feed import Feed, FeedTimeout, default_window
+from ._typevars import T as _T
 from .errors import BrokenProcessPool, TimeoutError
 from .errors import MaybeEncodingError as MaybeEncodingError
 from .errors import RemoteTraceback as RemoteTraceback
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ("Pool", "ThreadPool")
 
@@ -54,6 +57,9 @@ TERMINATE = "TERMINATE"
 
 _DEFAULT: Any = object()
 
+# For a type checker: what a task takes (_S); what it returns is _T.
+_S = TypeVar("_S")
+
 
 def _check_positive_timeout(task_timeout: float | None) -> None:
     if task_timeout is not None and not task_timeout > 0:
@@ -61,13 +67,16 @@ def _check_positive_timeout(task_timeout: float | None) -> None:
         raise ValueError(msg)
 
 
-class ApplyResult:
-    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
+class ApplyResult(Generic[_T]):
+    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``.
+
+    ``ApplyResult[int]`` (alias ``AsyncResult[int]``) is the result of a call returning int.
+    """
 
     def __init__(
         self,
         pool: Pool | None,
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[_T], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
         self._pool = pool  # keeps the pool alive while the result is pending
@@ -96,7 +105,7 @@ class ApplyResult:
         """Wait until the result is available or ``timeout`` seconds pass."""
         self._event.wait(timeout)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> _T:
         """Return the result; re-raise the task's exception.
 
         Raises:
@@ -105,7 +114,8 @@ class ApplyResult:
         if not self._event.wait(timeout):
             raise TimeoutError
         if self._success:
-            return self._value
+            result: _T = self._value
+            return result
         raise self._value
 
     def _set(self, ok: bool, value: Any) -> None:
@@ -120,20 +130,21 @@ class ApplyResult:
             self._event.set()
             self._pool = None
 
-    __class_getitem__: Any = classmethod(types.GenericAlias)
-
 
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult):
-    """The result of ``map_async``/``starmap_async``: one list, filled chunk by chunk."""
+class MapResult(ApplyResult[list[_T]]):
+    """The result of ``map_async``/``starmap_async``: one list, filled chunk by chunk.
+
+    ``MapResult[int]`` is an ``AsyncResult[list[int]]``.
+    """
 
     def __init__(
         self,
         pool: Pool | None,
         chunk_lengths: list[int],
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
         super().__init__(pool, callback, error_callback)
@@ -161,18 +172,21 @@ class MapResult(ApplyResult):
             ApplyResult._set(self, bool(self._success), self._value)
 
 
-class IMapIterator:
-    """The iterator ``imap`` returns; ``next(timeout)`` raises ``corral.TimeoutError``."""
+class IMapIterator(Generic[_T]):
+    """The iterator ``imap`` returns; ``next(timeout)`` raises ``corral.TimeoutError``.
+
+    ``IMapIterator[int]`` yields the ints the task returns.
+    """
 
     def __init__(self, feed: Feed) -> None:
         self._feed = feed
         self._items: list[Any] = []  # the current chunk's results, reversed
         self._finalizer = util.Finalize(self, feed.stop)
 
-    def __iter__(self) -> IMapIterator:
+    def __iter__(self) -> IMapIterator[_T]:
         return self
 
-    def next(self, timeout: float | None = None) -> Any:
+    def next(self, timeout: float | None = None) -> _T:
         """The next result; re-raise a task's exception at its place.
 
         Raises:
@@ -180,7 +194,8 @@ class IMapIterator:
             corral.TimeoutError: none arrived within ``timeout`` seconds.
         """
         if self._items:
-            return self._items.pop()
+            item: _T = self._items.pop()
+            return item
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -198,7 +213,7 @@ class IMapIterator:
     __next__ = next
 
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator[_T]):
     """The iterator ``imap_unordered`` returns: results in completion order."""
 
 
@@ -235,7 +250,12 @@ class Pool:
         max_memory_per_child: int | None = None,
         isolate_failures: bool = True,
     ) -> None:
-        self._ctx = context or _context._default_context
+        # None keeps the default context itself: workers started later follow
+        # set_start_method(force=True); any other object is normalised.
+        if context is None:
+            self._ctx: Any = _context._default_context
+        else:
+            self._ctx = _context.as_context(context, "context")
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -328,12 +348,12 @@ class Pool:
 
     def apply(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         args: Iterable[Any] = (),
-        kwds: dict[str, Any] | None = None,
+        kwds: Mapping[str, Any] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> Any:
+    ) -> _T:
         """Call ``func(*args, **kwds)`` in a worker and return its result.
 
         With an idle worker and no ``task_timeout`` the caller talks to the
@@ -347,7 +367,7 @@ class Pool:
         self._check_running()
         timeout = self._timeout(task_timeout)
         payload = self._encode(func, tuple(args), kwds or {})
-        result = ApplyResult(self, None, None)
+        result: ApplyResult[_T] = ApplyResult(self, None, None)
         task = Task(CALL, payload, result._set, timeout)
         if timeout is not None or not run_direct(self._engine, task):
             self._engine.submit(task)
@@ -355,14 +375,14 @@ class Pool:
 
     def apply_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         args: Iterable[Any] = (),
-        kwds: dict[str, Any] | None = None,
-        callback: Callable[[Any], object] | None = None,
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[_T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> ApplyResult:
+    ) -> ApplyResult[_T]:
         """Start ``func(*args, **kwds)`` in a worker; return an ``AsyncResult``.
 
         Raises:
@@ -379,13 +399,13 @@ class Pool:
     def _map_async(
         self,
         kind: int,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Any],
         chunksize: int | None,
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: Any,
-    ) -> MapResult:
+    ) -> MapResult[_T]:
         self._check_running()
         timeout = self._timeout(task_timeout)
         if not hasattr(iterable, "__len__"):
@@ -408,7 +428,7 @@ class Pool:
                 break
             chunks.append(chunk)
         payloads = [self._encode(func, chunk, None) for chunk in chunks]
-        result = MapResult(self, [len(c) for c in chunks], callback, error_callback)
+        result: MapResult[_T] = MapResult(self, [len(c) for c in chunks], callback, error_callback)
         tasks = [
             Task(
                 kind,
@@ -424,25 +444,25 @@ class Pool:
 
     def map(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> list[Any]:
+    ) -> list[_T]:
         """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error."""
         return self._map_async(MAP, func, iterable, chunksize, None, None, task_timeout).get()
 
     def map_async(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None = None,
-        callback: Callable[[Any], object] | None = None,
+        callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> MapResult:
+    ) -> MapResult[_T]:
         """Start ``map``; return a ``MapResult``."""
         return self._map_async(
             MAP, func, iterable, chunksize, callback, error_callback, task_timeout
@@ -450,25 +470,25 @@ class Pool:
 
     def starmap(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> list[Any]:
+    ) -> list[_T]:
         """Like ``map`` with ``func(*args)`` for each ``args`` in ``iterable``."""
         return self._map_async(STARMAP, func, iterable, chunksize, None, None, task_timeout).get()
 
     def starmap_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
-        callback: Callable[[Any], object] | None = None,
+        callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> MapResult:
+    ) -> MapResult[_T]:
         """Start ``starmap``; return a ``MapResult``."""
         return self._map_async(
             STARMAP, func, iterable, chunksize, callback, error_callback, task_timeout
@@ -476,12 +496,12 @@ class Pool:
 
     def _imap(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int,
         ordered: bool,
         task_timeout: Any,
-    ) -> IMapIterator:
+    ) -> IMapIterator[_T]:
         self._check_running()
         timeout = self._timeout(task_timeout)
         if chunksize < 1:
@@ -498,23 +518,23 @@ class Pool:
 
     def imap(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int = 1,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> Iterator[Any]:
+    ) -> IMapIterator[_T]:
         """Lazy ``map``: results in input order as they arrive."""
         return self._imap(func, iterable, chunksize, True, task_timeout)
 
     def imap_unordered(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int = 1,
         *,
         task_timeout: float | None = _DEFAULT,
-    ) -> Iterator[Any]:
+    ) -> IMapIterator[_T]:
         """Lazy ``map``: results in completion order."""
         return self._imap(func, iterable, chunksize, False, task_timeout)
 
@@ -550,7 +570,7 @@ class Pool:
         self._feeds.clear()
         self._engine.join()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         self._check_running()
         return self
 

@@ -13,16 +13,19 @@ import os
 import signal
 import sys
 import threading
-import weakref
+from _weakrefset import WeakSet  # what weakref.WeakSet is, without importing weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ("BaseProcess", "active_children", "current_process", "parent_process")
 
 _children: set[BaseProcess] = set()
 _process_counter = itertools.count(1)
 # Every Process object created here; the stdlib's test fixtures inspect it.
-_dangling: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
+_dangling: WeakSet[BaseProcess] = WeakSet()
 
 
 def current_process() -> BaseProcess:
@@ -185,9 +188,22 @@ class BaseProcess:
                 raise ValueError(msg)
             self._popen.close()
             self._popen = None
-            del self._sentinel
+            self.__dict__.pop("_sentinel", None)
             _children.discard(self)
         self._closed = True
+
+    def _release(self) -> None:
+        """Release the OS resources of the child once it is reaped; keep the object usable.
+
+        Pools call this for the workers they are done with instead of
+        ``close()``: code written for the stdlib joins ``pool._pool`` or
+        ``executor._processes`` after shutdown, and the stdlib never closes
+        those. ``join()``, ``is_alive()`` and ``exitcode`` keep working (the
+        exit code is kept); ``sentinel`` raises ValueError once released. A
+        child not reaped yet is released when it is.
+        """
+        if self._popen is not None:
+            self._popen.release_when_reaped()
 
     @property
     def name(self) -> str:
@@ -241,9 +257,16 @@ class BaseProcess:
         """An fd that becomes ready (readable) when the process ends.
 
         Raises:
-            ValueError: the process was not started.
+            ValueError: the process was not started, or it is a pool's worker
+                that has ended and been released (see ``_release``).
         """
         self._check_closed()
+        if self._popen is not None and self._popen.released:
+            msg = (
+                "the process has ended and its pool released its sentinel; "
+                "use join(), is_alive() or exitcode to learn how it ended"
+            )
+            raise ValueError(msg)
         try:
             return self._sentinel
         except AttributeError:

@@ -22,16 +22,17 @@ from __future__ import annotations
 import collections
 import threading
 import time
-import types
 import weakref
 from queue import Empty, Full
-from typing import Any
+from typing import Any, Generic
 
 from . import _ring, context, reduction, util
+from ._typevars import T as _T  # the type of the items, for a type checker (Queue[int])
 from .reduction import _dumps
 from .synchronize import SEM_VALUE_MAX
 
 __all__ = ("JoinableQueue", "Queue", "SimpleQueue")
+
 
 _loads = reduction._loads
 _CLOSE = object()  # tells the feeder thread to finish
@@ -74,21 +75,24 @@ def _get(ring: _ring.Ring, block: bool, deadline: float | None) -> bytes:
             return data
 
 
-class Queue:
+class Queue(Generic[_T]):
     """A FIFO queue shared between processes (pass it to children at start).
 
     ``put`` raises ``queue.Full`` and ``get`` raises ``queue.Empty`` as the
-    stdlib's; both raise ``ValueError`` after ``close()``.
+    stdlib's; both raise ``ValueError`` after ``close()``. ``ctx`` is the
+    context whose locks it uses, by default the default context's (the stdlib
+    requires it; ``corral.Queue()`` passes it). ``Queue[int]`` tells a type
+    checker what the queue carries.
     """
 
     _joinable = False
     _notempty: threading.Condition
 
-    def __init__(self, maxsize: int = 0, *, ctx: Any) -> None:
+    def __init__(self, maxsize: int = 0, *, ctx: context.BaseContext | None = None) -> None:
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
-        self._ring = _ring.Ring(ctx, maxsize, joinable=self._joinable)
+        self._ring = _ring.Ring(context.as_context(ctx), maxsize, joinable=self._joinable)
         self._ignore_epipe = False
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
@@ -130,7 +134,7 @@ class Queue:
         self._offer = self._ring.offer_fast
         self._take = self._ring.take
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put obj on the queue, waiting for room up to timeout seconds if block.
 
         Raises:
@@ -185,7 +189,7 @@ class Queue:
                     _ring.discard(data, ring._tracker_fd)
                 raise Full
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return an item, waiting up to timeout seconds if block.
 
         Raises:
@@ -197,7 +201,8 @@ class Queue:
         data = self._take()
         if data is None:
             data = _get(self._ring, block, _deadline(block, timeout))
-        return _loads(data)
+        item: _T = _loads(data)
+        return item
 
     def qsize(self) -> int:
         """The number of items put and not yet taken.
@@ -217,10 +222,10 @@ class Queue:
         """Whether ``maxsize`` items are in the queue."""
         return self._ring.full()
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         return self.get(False)
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         return self.put(obj, False)
 
     def close(self) -> None:
@@ -281,7 +286,7 @@ class Queue:
         buffer: collections.deque[Any],
         notempty: threading.Condition,
         ring: _ring.Ring,
-        queue: Queue,
+        queue: Queue[Any],
     ) -> None:
         """The feeder thread: store buffered messages, in batches, as room appears.
 
@@ -316,10 +321,8 @@ class Queue:
 
         traceback.print_exception(exc)
 
-    __class_getitem__: Any = classmethod(types.GenericAlias)
 
-
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """A ``Queue`` whose consumers mark items done, so producers can ``join()``."""
 
     _joinable = True
@@ -337,11 +340,14 @@ class JoinableQueue(Queue):
         self._ring.join()
 
 
-class SimpleQueue:
-    """A queue with no feeder thread: ``put`` stores directly (waiting for room if full)."""
+class SimpleQueue(Generic[_T]):
+    """A queue with no feeder thread: ``put`` stores directly (waiting for room if full).
 
-    def __init__(self, *, ctx: Any) -> None:
-        self._ring = _ring.Ring(ctx)
+    ``ctx`` as for ``Queue``.
+    """
+
+    def __init__(self, *, ctx: context.BaseContext | None = None) -> None:
+        self._ring = _ring.Ring(context.as_context(ctx))
         self._closed = False
         self._reset()
 
@@ -366,7 +372,7 @@ class SimpleQueue:
         self._closed = False
         self._reset()
 
-    def get(self) -> Any:
+    def get(self) -> _T:
         """Remove and return an item, waiting for one.
 
         Raises:
@@ -377,9 +383,10 @@ class SimpleQueue:
         data = self._take()
         if data is None:
             data = _get(self._ring, True, None)
-        return _loads(data)
+        item: _T = _loads(data)
+        return item
 
-    def put(self, obj: Any) -> None:
+    def put(self, obj: _T) -> None:
         """Put obj on the queue, waiting for room if it is full.
 
         Raises:
@@ -394,5 +401,3 @@ class SimpleQueue:
             data = ring.frame(data)
             while ring.offer(data) is not _STORED:
                 ring.wait_writable(None)
-
-    __class_getitem__: Any = classmethod(types.GenericAlias)

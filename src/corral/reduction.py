@@ -8,11 +8,16 @@ Everything corral sends goes through ``_dumps``:
    own pickling, which only the slower path honours).
 2. If that fails, or the pickle refers to ``__main__`` while ``__main__`` is a
    script a child cannot re-import (interactive session, ``python -c``), the
-   ``ForkingPickler``: cloudpickle underneath, so lambdas, closures, local
-   functions and ``__main__`` objects go *by value*, plus the registered
-   reducers (sockets, ...).
-3. If that fails too: ``SerializationError`` naming the part of the object that
-   cannot be pickled (``args[1].lock -> <_thread.lock ...>``).
+   ``ForkingPickler``: the same C pickler with the registered reducers
+   (sockets, ...), where a function or class that cannot be pickled by
+   reference (lambda, closure, local definition, such a ``__main__``) and
+   modules go *by value*, with cloudpickle (``_by_value``). Everything else
+   pickles as with the stdlib: same types on arrival, same errors.
+3. If that fails too: ``SerializationError`` (a ``TypeError`` and a
+   ``pickle.PicklingError``), whose message is the pickle module's followed by
+   the part of the object that cannot be pickled
+   (``obj.args[1].lock -> <_thread.lock ...>``). Other exceptions (raised by an
+   object's ``__reduce__``, say) propagate unchanged, as with the stdlib.
 
 File descriptors inside pickled objects (``DupFd``) travel with the child's
 start when pickled during ``Process.start()``, and otherwise through the
@@ -30,14 +35,16 @@ import pickle
 import socket
 import sys
 import threading
+import types
 from collections import ChainMap
-from collections.abc import Callable, Iterator
-from typing import Any
-
-import cloudpickle
 
 from . import context
 from .errors import SerializationError
+
+TYPE_CHECKING = False  # typing is not imported at run time (import speed)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
 __all__ = (
     "HAVE_SEND_HANDLE",
@@ -64,20 +71,37 @@ HAVE_SEND_HANDLE = (
 _custom_reducers_registered = False
 
 
-class ForkingPickler(cloudpickle.Pickler):
+class ForkingPickler(pickle.Pickler):
     """The pickler used for everything sent to another process.
 
-    A cloudpickle pickler (lambdas, closures, local and ``__main__`` functions
-    by value; importable ones by reference) that also applies the reducers
-    registered with ``register``.
+    The stdlib's C pickler with the reducers registered with ``register``;
+    functions and classes a child cannot import by name (lambdas, closures,
+    local and ``__main__`` definitions) and modules go by value (cloudpickle).
     """
 
     _extra_reducers: dict[type, Callable[[Any], Any]] = {}
 
     def __init__(self, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
-        # The C pickler reads dispatch_table once, in __init__: set it first.
-        self.dispatch_table = ChainMap(self._extra_reducers, cloudpickle.Pickler.dispatch_table)
-        super().__init__(file, PROTOCOL if protocol is None else protocol, **kwargs)
+        self._protocol = PROTOCOL if protocol is None else protocol
+        # The C pickler reads dispatch_table once, in __init__: set it first. A
+        # dict (as the stdlib's): a ChainMap lookup, done for every object, is a
+        # Python call.
+        table = copyreg.dispatch_table.copy()
+        table.update(self._extra_reducers)
+        self.dispatch_table = table
+        super().__init__(file, self._protocol, **kwargs)
+
+    def reducer_override(self, obj: Any) -> Any:
+        """By value for modules and for functions and classes not importable by name."""
+        kind = type(obj)
+        if kind is _FunctionType or issubclass(kind, type):
+            if _pickles_by_reference(obj):
+                return NotImplemented
+        elif kind is not _ModuleType:
+            return NotImplemented
+        from . import _by_value  # imports cloudpickle: only when something needs it
+
+        return _by_value.reduce(obj, self._protocol, self._extra_reducers)
 
     @classmethod
     def register(cls, type: type, reduce: Callable[[Any], Any]) -> None:
@@ -88,7 +112,11 @@ class ForkingPickler(cloudpickle.Pickler):
 
     @classmethod
     def dumps(cls, obj: Any, protocol: int | None = None) -> bytes:
-        """Pickle obj as corral sends it (see the module docstring)."""
+        """Pickle obj as corral sends it (see the module docstring).
+
+        Raises:
+            SerializationError: obj (or a part of it) cannot be pickled.
+        """
         if protocol is None or protocol == PROTOCOL:
             return _dumps(obj)
         return _slow_dumps(obj, protocol)
@@ -96,7 +124,53 @@ class ForkingPickler(cloudpickle.Pickler):
     loads = staticmethod(pickle.loads)
 
 
+_FunctionType = types.FunctionType
+_ModuleType = types.ModuleType
+_MISSING = object()
+_SINGLETON_TYPES = (type(None), type(NotImplemented), type(...))
+
+
+def _pickles_by_reference(obj: Any) -> bool:
+    """Whether the child finds obj (a function or class) by module and name, as pickle does.
+
+    Not for a ``__main__`` the child cannot re-import, nor for a module that is
+    not imported here (cloudpickle decides the same way).
+    """
+    if obj in _SINGLETON_TYPES:
+        return True  # pickle has a reduction for these, though builtins lacks the names
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module_name, str) or not isinstance(qualname, str):
+        return True  # pickle searches for it, or reports what it cannot find
+    module = sys.modules.get(module_name)
+    if module is None:
+        return False
+    if module_name == "__main__" and not (
+        _main_reimportable if module is _main_module else _check_main(module)
+    ):
+        return False
+    found: Any = module
+    for name in qualname.split("."):
+        try:
+            found = getattr(found, name, _MISSING)
+        except Exception:  # a module __getattr__ or descriptor that raises
+            return False
+        if found is _MISSING:
+            return False
+    return found is obj
+
+
 register = ForkingPickler.register
+
+
+def _register_refused(type: type, reduce: Callable[[Any], Any]) -> None:
+    """``register`` for a type plain pickle refuses (sockets, dict views).
+
+    The fast path fails on such an object and the slow path applies the
+    reducer, so the fast path can keep plain ``pickle.dumps``.
+    """
+    ForkingPickler._extra_reducers[type] = reduce
+
 
 # The fast path's table: the stdlib's reducers, then the registered ones first.
 _plain_dispatch_table = ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)
@@ -225,9 +299,10 @@ def _describe_failure(obj: Any, exc: BaseException) -> str:
     if len(text) > 120:
         text = text[:117] + "..."
     where = f"{path} -> {text}" if path != "obj" else text
+    # The pickle module's message first, as the stdlib's: code may match on it.
     return (
-        f"cannot pickle {where} ({type(culprit).__module__}.{type(culprit).__qualname__}) "
-        f"to send it to another process: {exc}. Pass picklable data instead, "
+        f"{exc}: {where} ({type(culprit).__module__}.{type(culprit).__qualname__}) "
+        "cannot be sent to another process. Pass picklable data instead, "
         "or create this object inside the child."
     )
 
@@ -273,19 +348,14 @@ def recvfds(sock: socket.socket, size: int) -> list[int]:
 
 def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
     """Send the file descriptor ``handle`` over a socket-based ``Connection``."""
-    with socket.fromfd(_fd_socket(conn), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sendfds(sock, [handle])
 
 
 def recv_handle(conn: Any) -> int:
     """Receive a file descriptor sent by ``send_handle``."""
-    with socket.fromfd(_fd_socket(conn), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         return recvfds(sock, 1)[0]
-
-
-def _fd_socket(conn: Any) -> int:
-    fd_socket = getattr(conn, "_fd_socket", None)  # corral's: a duplex Pipe() end differs
-    return fd_socket() if fd_socket is not None else conn.fileno()
 
 
 def DupFd(fd: int) -> Any:
@@ -316,21 +386,6 @@ def rebuild_connection(token: Any, readable: bool, writable: bool) -> Any:
     return Connection(token.detach(), readable, writable)
 
 
-def reduce_pipe_pair(conn: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    """Reduce one end of a two-pipe duplex ``Pipe()`` (``_wire._PipePair``)."""
-    return rebuild_pipe_pair, (
-        DupFd(conn.fileno()),
-        DupFd(conn._whandle),
-        DupFd(conn._fd_socket()),
-    )
-
-
-def rebuild_pipe_pair(rtoken: Any, wtoken: Any, stoken: Any) -> Any:
-    from ._wire import _PipePair
-
-    return _PipePair(rtoken.detach(), wtoken.detach(), stoken.detach())
-
-
 def _reduce_socket(sock: socket.socket) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     token = DupFd(sock.fileno())
     return _rebuild_socket, (token, sock.family, sock.type, sock.proto)
@@ -340,7 +395,7 @@ def _rebuild_socket(token: Any, family: int, kind: int, proto: int) -> socket.so
     return socket.socket(family, kind, proto, fileno=token.detach())
 
 
-ForkingPickler._extra_reducers[socket.socket] = _reduce_socket
+_register_refused(socket.socket, _reduce_socket)
 
 
 class AbstractReducer:

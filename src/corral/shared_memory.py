@@ -36,12 +36,12 @@ import mmap
 import os
 import secrets
 import struct
-import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Generic
 
 from . import resource_tracker
+from ._typevars import T as _T  # the items' type, for a type checker
 
 __all__ = ("ShareableList", "SharedMemory")
 
@@ -243,7 +243,7 @@ def _slot_format(value: Any) -> str:
     return _scalar_format(value)
 
 
-class ShareableList:
+class ShareableList(Generic[_T]):
     """A fixed-length list in shared memory (see the module docstring for its layout).
 
     Args:
@@ -255,7 +255,7 @@ class ShareableList:
         TypeError: an item is not an int, float, bool, str, bytes or None.
     """
 
-    def __init__(self, sequence: Any = None, *, name: str | None = None) -> None:
+    def __init__(self, sequence: Iterable[_T] | None = None, *, name: str | None = None) -> None:
         if name is None or sequence is not None:
             items = list(sequence or ())
             formats = [_slot_format(item) for item in items]
@@ -307,7 +307,7 @@ class ShareableList:
         struct.pack_into("b", buf, self._kinds_start + position, _kind(value))
         struct.pack_into(fmt, buf, self._data_start + self._offsets[position], _encoded(value))
 
-    def __getitem__(self, position: int) -> Any:
+    def __getitem__(self, position: int) -> _T:
         position = self._position(position, "index out of range")
         buf = self.shm.buf
         (raw,) = struct.unpack_from(
@@ -316,7 +316,7 @@ class ShareableList:
         (kind,) = struct.unpack_from("b", buf, self._kinds_start + position)
         return _DECODERS[kind](raw)
 
-    def __setitem__(self, position: int, value: Any) -> None:
+    def __setitem__(self, position: int, value: _T) -> None:
         """Store ``value`` in place.
 
         Raises:
@@ -338,7 +338,7 @@ class ShareableList:
     def __len__(self) -> int:
         return int(struct.unpack_from("q", self.shm.buf, 0)[0])
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_T]:
         return (self[position] for position in range(self._count))
 
     def __reduce__(self) -> Any:
@@ -352,11 +352,11 @@ class ShareableList:
         """The struct formats of all items, concatenated."""
         return "".join(self._get_packing_format(i) for i in range(self._count))
 
-    def count(self, value: Any) -> int:
+    def count(self, value: _T) -> int:
         """How many items equal ``value``."""
         return sum(value == item for item in self)
 
-    def index(self, value: Any) -> int:
+    def index(self, value: _T) -> int:
         """The first position holding ``value``.
 
         Raises:
@@ -367,5 +367,3 @@ class ShareableList:
                 return position
         msg = f"{value!r} not in this container"
         raise ValueError(msg)
-
-    __class_getitem__: Any = classmethod(types.GenericAlias)

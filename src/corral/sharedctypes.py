@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Generic, overload
 
 from . import context, heap, reduction
+from ._typevars import T as _T  # a value's or item's type: int for c_int
 
 __all__ = ("Array", "RawArray", "RawValue", "Value", "copy", "synchronized")
+
 
 typecode_to_type: dict[str, Any] = {
     "c": ctypes.c_char,
@@ -98,7 +101,7 @@ def _locked(obj: Any, lock: Any, ctx: Any) -> Any:
     if lock is False:
         return obj
     if lock in (True, None):
-        lock = (ctx or context._default_context.get_context()).RLock()
+        lock = context.as_context(ctx).RLock()
     if not hasattr(lock, "acquire"):
         msg = f"{lock!r} has no method 'acquire'"
         raise AttributeError(msg)
@@ -117,7 +120,7 @@ def synchronized(obj: Any, lock: Any = None, ctx: Any = None) -> Any:
     if isinstance(obj, SynchronizedBase):
         msg = "object already synchronized"
         raise TypeError(msg)
-    ctx = ctx or context._default_context.get_context()
+    ctx = context.as_context(ctx)
     if isinstance(obj, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
     if isinstance(obj, ctypes.Array):
@@ -157,7 +160,7 @@ class SynchronizedBase:
     def __init__(self, obj: Any, lock: Any = None, ctx: Any = None) -> None:
         self._obj = obj
         if lock is None:
-            lock = (ctx or context._default_context.get_context()).RLock()
+            lock = context.as_context(ctx).RLock()
         self._lock = lock
         self.acquire = lock.acquire
         self.release = lock.release
@@ -208,21 +211,22 @@ def _locked_field(name: str) -> property:
     return property(get, set_, doc=f"{name!r}, read and written under the lock")
 
 
-class Synchronized(SynchronizedBase):
-    """A shared scalar: ``.value`` under the lock."""
+class Synchronized(SynchronizedBase, Generic[_T]):
+    """A shared scalar: ``.value`` under the lock (``Synchronized[int]`` for a c_int)."""
 
     # Written out rather than _locked_field("value"): the attribute access
     # instead of getattr() keeps a locked increment at the stdlib's speed.
     @property
-    def value(self) -> Any:
+    def value(self) -> _T:
         self.acquire()
         try:
-            return self._obj.value
+            value: _T = self._obj.value
+            return value
         finally:
             self.release()
 
     @value.setter
-    def value(self, new: Any) -> None:
+    def value(self, new: _T) -> None:
         self.acquire()
         try:
             self._obj.value = new
@@ -230,12 +234,20 @@ class Synchronized(SynchronizedBase):
             self.release()
 
 
-class SynchronizedArray(SynchronizedBase):
-    """A shared array: ``len``, items and slices under the lock."""
+class SynchronizedArray(SynchronizedBase, Generic[_T]):
+    """A shared array: ``len``, items and slices under the lock.
+
+    ``SynchronizedArray[float]`` for a c_double array: items are ``float``,
+    slices ``list[float]``.
+    """
 
     def __len__(self) -> int:
         return len(self._obj)
 
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
     def __getitem__(self, index: Any) -> Any:
         self.acquire()
         try:
@@ -243,6 +255,10 @@ class SynchronizedArray(SynchronizedBase):
         finally:
             self.release()
 
+    @overload
+    def __setitem__(self, index: int, value: _T) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
     def __setitem__(self, index: Any, value: Any) -> None:
         self.acquire()
         try:
@@ -251,7 +267,7 @@ class SynchronizedArray(SynchronizedBase):
             self.release()
 
 
-class SynchronizedString(SynchronizedArray):
+class SynchronizedString(SynchronizedArray[bytes]):
     """A shared ``c_char`` array: also ``.value`` (up to the first NUL) and ``.raw``."""
 
     value = _locked_field("value")

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from . import context, process, resource_tracker, util
 
@@ -32,12 +32,28 @@ SEM_VALUE_MAX = _multiprocessing.SemLock.SEM_VALUE_MAX
 _INT_SIZE = struct.calcsize("i")
 
 
+class _Acquire(Protocol):
+    """The shape of ``acquire``: bound straight to the semaphore's C method."""
+
+    def __call__(self, block: bool = True, timeout: float | None = None) -> bool: ...
+
+
+class _Release(Protocol):
+    def __call__(self) -> None: ...
+
+
 class SemLock:
-    """Base of the semaphore-backed primitives: acquire/release and sharing rules."""
+    """Base of the semaphore-backed primitives: acquire/release and sharing rules.
+
+    ``acquire(block=True, timeout=None) -> bool`` and ``release()`` are the C
+    semaphore's own methods, bound per instance (no Python call in between).
+    """
+
+    acquire: _Acquire
+    release: _Release
 
     def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any) -> None:
-        if ctx is None:
-            ctx = context._default_context.get_context()
+        ctx = context.as_context(ctx)
         self._is_fork_ctx = ctx.get_start_method() == "fork"
         unlink_now = self._is_fork_ctx
         for _attempt in range(100):
@@ -65,7 +81,17 @@ class SemLock:
             # The name must exist until every child has opened it: children
             # keep us alive through their Popen (see __getstate__), and the
             # name goes when the last reference here does, or at exit.
-            util.Finalize(self, _unlink_semaphore, (name,), exitpriority=0)
+            self._unlinker = util.Finalize(self, _unlink_semaphore, (name,), exitpriority=0)
+
+    def _unlink_name(self) -> None:
+        """Remove the semaphore's name now; processes that opened it keep using it.
+
+        For a semaphore that every process it was meant for has opened already
+        (a pool worker's, once the worker is running). Pickling it later fails.
+        """
+        unlinker = getattr(self, "_unlinker", None)
+        if unlinker is not None:
+            unlinker()
 
     @staticmethod
     def _after_fork(obj: SemLock) -> None:
@@ -76,7 +102,8 @@ class SemLock:
         self.release = self._semlock.release
 
     def __enter__(self) -> bool:
-        return self._semlock.__enter__()
+        acquired: bool = self._semlock.__enter__()
+        return acquired
 
     def __exit__(self, *args: object) -> None:
         self._semlock.__exit__(*args)
@@ -121,7 +148,8 @@ class Semaphore(SemLock):
 
     def get_value(self) -> int:
         """The current count (not available on macOS, where it raises NotImplementedError)."""
-        return self._semlock._get_value()
+        value: int = self._semlock._get_value()
+        return value
 
     def _value_text(self) -> str:
         try:
@@ -195,7 +223,11 @@ class Condition:
     later waiter. (The names are the stdlib's: its tests inspect them.)
     """
 
+    acquire: _Acquire
+    release: _Release
+
     def __init__(self, lock: Any = None, *, ctx: Any) -> None:
+        ctx = context.as_context(ctx)
         self._lock = lock or ctx.RLock()
         self._sleeping_count = ctx.Semaphore(0)
         self._woken_count = ctx.Semaphore(0)
@@ -211,7 +243,8 @@ class Condition:
         self._make_methods()
 
     def __enter__(self) -> bool:
-        return self._lock.__enter__()
+        acquired: bool = self._lock.__enter__()
+        return acquired
 
     def __exit__(self, *args: object) -> None:
         self._lock.__exit__(*args)
@@ -246,7 +279,8 @@ class Condition:
         for _ in range(depth):
             self._lock.release()
         try:
-            return self._wait_semaphore.acquire(True, timeout)
+            woken: bool = self._wait_semaphore.acquire(True, timeout)
+            return woken
         finally:
             self._woken_count.release()
             for _ in range(depth):
@@ -302,6 +336,7 @@ class Event:
     """A flag shared between processes: set/clear/is_set/wait."""
 
     def __init__(self, *, ctx: Any) -> None:
+        ctx = context.as_context(ctx)
         self._cond = ctx.Condition(ctx.Lock())
         self._flag = ctx.Semaphore(0)
 
@@ -355,6 +390,7 @@ class Barrier(threading.Barrier):
             msg = "parties must be > 0"
             raise ValueError(msg)
         wrapper = BufferWrapper(2 * _INT_SIZE)
+        ctx = context.as_context(ctx)
         self.__setstate__((parties, action, timeout, ctx.Condition(), wrapper))
         self._state = 0
         self._count = 0

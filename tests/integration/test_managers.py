@@ -393,3 +393,53 @@ def test_manager_types_interoperate_with_stdlib_names():
     assert set(multiprocessing.managers.__all__) <= set(dir(corral.managers))
     for name in ("ListProxy", "DictProxy", "Namespace", "RemoteError", "AutoProxy", "Server"):
         assert hasattr(corral.managers, name), name
+
+
+def _result_types(m):
+    """The type of what each dict, list, Namespace, Value and Array method returns."""
+    d = m.dict({"a": 1, "nested": {"x": [1]}, "lst": [1, 2]})
+    lst = m.list([3, {"k": "v"}, (1, 2)])
+    ns = m.Namespace(number=1, items=[1], mapping={"a": 1})
+    calls = {
+        "dict.keys": d.keys,
+        "dict.values": d.values,
+        "dict.items": d.items,
+        "dict.copy": d.copy,
+        "dict.get": lambda: d.get("nested"),
+        "dict.get default": lambda: d.get("missing"),
+        "dict.__getitem__": lambda: d["lst"],
+        "dict.setdefault": lambda: d.setdefault("nested", None),
+        "dict.__len__": lambda: len(d),
+        "dict.__contains__": lambda: "a" in d,
+        "dict.__str__": lambda: str(d),
+        "dict.pop": lambda: d.pop("a"),
+        "dict.popitem": d.popitem,
+        "dict.__iter__": lambda: iter(d),
+        "list.__getitem__": lambda: lst[1],
+        "list.__getitem__ tuple": lambda: lst[2],
+        "list slice": lambda: lst[0:2],
+        "list.__add__": lambda: lst + [1],  # noqa: RUF005  (the proxy operator)
+        "list.__mul__": lambda: lst * 2,
+        "list.count": lambda: lst.count(3),
+        "list.index": lambda: lst.index(3),
+        "list.pop": lst.pop,
+        "Namespace attribute": lambda: ns.mapping,
+        "Namespace list": lambda: ns.items,
+        "Namespace int": lambda: ns.number,
+        "Value": lambda: m.Value("i", 3).value,
+        "Array slice": lambda: m.Array("i", [1, 2])[:],
+        "Array item": lambda: m.Array("i", [1, 2])[0],
+    }
+    return {name: type(call()).__name__ for name, call in calls.items()}
+
+
+_stdlib_result_types: dict[str, str] = {}
+
+
+def test_proxy_results_have_the_stdlib_types(ctx):
+    if not _stdlib_result_types:
+        with multiprocessing.Manager() as theirs:
+            _stdlib_result_types.update(_result_types(theirs))
+    with ctx.Manager() as ours:
+        assert _result_types(ours) == _stdlib_result_types
+    assert _stdlib_result_types["dict.values"] == "list"

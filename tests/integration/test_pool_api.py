@@ -104,8 +104,15 @@ def test_many_single_item_submissions_from_a_feed_thread_all_arrive():
 
 
 def _engine_settled(engine):
-    # Two requests in a row: the engine has finished the step in which it
-    # handled the first (and parked its idle workers) when the second runs.
+    # Every worker has said READY (only ready workers are parked), and two
+    # requests in a row: the engine has finished the step in which it handled
+    # the first (and parked its idle workers) when the second runs.
+    deadline = time.monotonic() + 30
+    while not all(w.ready for w in engine._workers.values()):
+        assert time.monotonic() < deadline, "the workers never became ready"
+        done = threading.Event()
+        engine._call_soon(done.set)
+        assert done.wait(10)
     for _ in range(2):
         done = threading.Event()
         engine._call_soon(done.set)

@@ -176,3 +176,87 @@ def test_semaphores_created_in_children_are_unlinked(tmp_path, method):
     assert result.stderr == ""
     leaked = {name for name in set(os.listdir("/dev/shm")) - before if "corral" in name}
     assert leaked == set()
+
+
+def test_import_corral_leaves_out_what_it_does_not_need(tmp_path):
+    """cloudpickle, typing, concurrent.futures (and logging) load on first use only."""
+    code = """
+    import sys
+    import corral
+    unneeded = ("cloudpickle", "typing", "concurrent.futures", "logging", "weakref")
+    print(sorted(name for name in unneeded if name in sys.modules))
+    import corral.managers  # registers reducers for dict views
+    import corral.reduction as r
+    import pickle
+    r._dumps([1, {"a": (2.0, b"x")}, len, r.ForkingPickler, {1: 2}.values()])
+    pickle.loads(r._slow_dumps([r.ForkingPickler, sys.exit, type(None), type(...)], 5))
+    print("cloudpickle" in sys.modules)
+    r._dumps(lambda: 1)
+    print("cloudpickle" in sys.modules)
+    print(corral.WorkerLostError.__module__, "concurrent.futures" in sys.modules)
+    """
+    result = run_script(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:4] == ["[]", "False", "True", "corral.errors True"]
+
+
+CHILD_IMPORTS_SCRIPT = """
+import sys
+import corral
+
+def report(conn):
+    conn.send(sorted(name for name in ("cloudpickle",) if name in sys.modules))
+
+if __name__ == "__main__":
+    ctx = corral.get_context(sys.argv[1])
+    r, w = ctx.Pipe()
+    p = ctx.Process(target=report, args=(w,))
+    p.start()
+    print(r.recv())
+    p.join(30)
+    print("exit", p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_child_does_not_import_cloudpickle_for_importable_targets(tmp_path, method):
+    result = run_script(tmp_path, CHILD_IMPORTS_SCRIPT, method)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "exit 0"]
+
+
+OPEN_FILE_SCRIPT = """
+import sys
+import importlib
+
+def read_first_line(f, conn):
+    conn.send(type(f).__name__)
+
+if __name__ == "__main__":
+    mp = importlib.import_module(sys.argv[1])
+    ctx = mp.get_context(sys.argv[2])
+    r, w = ctx.Pipe()
+    with open(__file__) as f:
+        p = ctx.Process(target=read_first_line, args=(f, w))
+        try:
+            p.start()
+        except Exception as exc:
+            print("start:", isinstance(exc, TypeError), str(exc).split(":")[0])
+        else:
+            print("child got", r.recv())
+            p.join(30)
+        try:
+            w.send(f)
+        except Exception as exc:
+            print("send:", isinstance(exc, TypeError), str(exc).split(":")[0])
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_an_open_file_is_refused_as_by_the_stdlib(tmp_path, method):
+    """spawn/forkserver pickle the Process (the file is refused); fork inherits it."""
+    ours = run_script(tmp_path, OPEN_FILE_SCRIPT, "corral", method)
+    theirs = run_script(tmp_path, OPEN_FILE_SCRIPT, "multiprocessing", method)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout, (ours.stdout, theirs.stdout)
+    assert "send: True cannot pickle '_io.TextIOWrapper' object" in ours.stdout

@@ -322,27 +322,28 @@ def test_a_big_message_cut_short_by_the_peer_closing_is_an_error():
     r.close()
 
 
-@pytest.mark.skipif(not corral._wire._HAVE_PIPE_SIZE, reason="two-pipe Pipe() is Linux-only")
-def test_duplex_pipe_holds_a_burst_at_least_as_large_as_a_socket_pair():
-    def burst(write) -> int:
-        count = 0
-        try:
-            while count < 10_000:
-                write(b"x" * 1024)
-                count += 1
-        except BlockingIOError:
-            pass
-        return count
-
-    s1, s2 = socket.socketpair()  # what the stdlib's duplex Pipe() is
-    s1.setblocking(False)
-    socket_holds = burst(lambda data: s1.sendall(struct.pack("!i", len(data)) + data))
+def test_a_duplex_end_is_one_fd_that_reads_and_writes_like_the_stdlibs():
+    # Code written for the stdlib writes raw frames to conn.fileno() and waits
+    # on it for both directions (CPython's test_missing_fd_transfer does).
     a, b = Pipe()
-    assert a.fileno() != a._whandle  # reads and writes on two pipes
-    os.set_blocking(a._whandle, False)
-    pipe_holds = burst(a.send_bytes)
-    assert pipe_holds >= socket_holds
-    assert [len(b.recv_bytes()) for _ in range(pipe_holds)] == [1024] * pipe_holds
-    for end in (a, b, s1, s2):
-        end.close()
-    assert a.closed and b.closed
+    for mine, peer in ((a, b), (b, a)):
+        os.write(mine.fileno(), struct.pack("!i", 5) + b"hello")
+        assert wait([peer.fileno()], timeout=10) == [peer.fileno()]
+        assert peer.recv_bytes() == b"hello"
+        kind = socket.socket(fileno=os.dup(mine.fileno()))
+        assert (kind.family, kind.type) == (socket.AF_UNIX, socket.SOCK_STREAM)
+        kind.close()
+    a.close()
+    b.close()
+
+
+def test_recv_handle_of_bytes_without_a_descriptor_is_a_runtime_error():
+    from corral import reduction
+
+    a, b = Pipe()
+    os.write(a.fileno(), b"\0")
+    assert b.poll(10)
+    with pytest.raises(RuntimeError):
+        reduction.recv_handle(b)
+    a.close()
+    b.close()

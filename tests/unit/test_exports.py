@@ -122,3 +122,19 @@ def test_no_stdlib_multiprocessing_imported_by_corral():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout.strip()
     assert out == "[]"
+
+
+def test_dir_has_no_public_name_missing_from_all():
+    """As the stdlib's ``MiscTestCase.test__all__`` checks (``test.support.check__all__``)."""
+    import types
+
+    stray = set()
+    for name in dir(corral):
+        if name.startswith("_") or name in {"SUBDEBUG", "SUBWARNING"}:
+            continue
+        obj = getattr(corral, name)
+        module = getattr(obj, "__module__", None)
+        if module == "corral" or (module is None and not isinstance(obj, types.ModuleType)):
+            stray.add(name)
+    assert stray <= set(corral.__all__)
+    assert {"ProcessPoolExecutor", "WorkerLostError", "BrokenProcessPool"} <= set(dir(corral))

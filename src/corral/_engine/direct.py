@@ -20,7 +20,7 @@ Ctrl-C arrived) hands the worker, the task and the records read so far back to
 the engine thread (``Engine.hand_back``), which treats them exactly as if it had
 sent the task itself. A caller interrupted while sending cannot know whether the
 task left; the engine then retires that worker, whose death tells it
-(``received_upto``) whether to requeue the task.
+(``received_count``) whether to requeue the task.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from __future__ import annotations
 import select
 from typing import Any
 
-from .protocol import EXITING, INIT_FAIL, RECEIVED, RETIRING, outcome_of
+from .protocol import EXITING, INIT_FAIL, READY, RECEIVED, RETIRING, REVOKED, outcome_of
 
-_NOT_FINAL = frozenset({RECEIVED, EXITING, INIT_FAIL, RETIRING})
+_NOT_FINAL = frozenset({RECEIVED, EXITING, INIT_FAIL, RETIRING, READY, REVOKED})
 
 
 class _HandBack(Exception):
@@ -60,6 +60,8 @@ def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
     sent = False
     try:
         worker.tasks_sent += 1
+        worker.sent_count += 1
+        worker.post_permits(1)
         sent = True  # from here on the worker may have it (see the module docstring)
         if not worker.send([(task_id, task.kind, task.payload)]):
             _flush(worker)
@@ -103,12 +105,13 @@ def _await_outcome(worker: Any, task_id: int, records: list[Any]) -> tuple[bool,
         status, record_id, a, b = records[-1]
         if status in _NOT_FINAL or record_id != task_id:
             if status == RECEIVED and record_id == task_id and len(records) == 1:
-                worker.received_upto = task_id
+                worker.received_count = a
                 records.clear()
                 continue
             raise _HandBack(closed=False)
         if len(records) > 2 or (len(records) == 2 and records[0][:2] != (RECEIVED, task_id)):
             raise _HandBack(closed=False)
-        worker.received_upto = task_id
+        if len(records) == 2:
+            worker.received_count = records[0][2]
         records.clear()
         return outcome_of(worker.codec, status, a, b)

@@ -35,6 +35,14 @@ How a task travels (``Pool.apply_async``, ``ProcessPoolExecutor.submit``)::
         SIGKILL it 0.5 s later if it is still there.
     recycling: the worker stops itself after max_tasks or above max_memory
         (RETIRING record); whatever it still held is requeued.
+    start-up: a worker gets tasks only after its READY record (its initializer
+        ran). Three workers in a row that die before READY, none ready in
+        between, break the pool with WorkerStartupError (a spawn script
+        without the main guard would otherwise restart workers forever).
+    taking back: when nothing is queued and a worker is idle, a worker whose
+        current task has run for 10 ms (or 4x the average task) gives back
+        the tasks it was sent ahead and has not started (permits: see
+        protocol.py), so no task waits behind a hung one.
 
 Only the engine thread touches the queue, the workers and the timers; callers
 talk to it through ``submit`` (an append and a wake-up) and ``_call_soon``.
@@ -65,6 +73,7 @@ from ..errors import (
     TaskExitError,
     TaskTimeoutError,
     WorkerLostError,
+    WorkerStartupError,
     describe_exitcode,
 )
 from .handles import WorkerHandle
@@ -73,8 +82,11 @@ from .protocol import (
     EXITING,
     INIT_FAIL,
     OK,
+    READY,
     RECEIVED,
     RETIRING,
+    REVOKE_MARK,
+    REVOKED,
     outcome_of,
     with_cause,
 )
@@ -86,12 +98,27 @@ _log = logging.getLogger("multiprocessing")
 _KILL_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 _PREFETCH_TARGET = 0.002  # hand a worker about this many seconds of work at once
 _PREFETCH_MAX = 64
+# Tasks sent ahead to a worker are taken back for an idle worker once the
+# worker's current task has run this long (or 4 times the average task, if more).
+_TAKE_BACK_AFTER = 0.01
+# Workers that die before READY, in a row, before the pool gives up (WorkerStartupError).
+_STARTUP_DEATHS_LIMIT = 3
 
 
 class Task:
     """One unit of work: a call, or a chunk of a map."""
 
-    __slots__ = ("claim", "kind", "on_done", "payload", "tag", "taken", "task_id", "timeout")
+    __slots__ = (
+        "claim",
+        "kind",
+        "on_done",
+        "payload",
+        "seq",
+        "tag",
+        "taken",
+        "task_id",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -110,6 +137,7 @@ class Task:
         self.claim = claim  # called as the task goes to a worker; False drops it
         self.tag = tag  # the front end's own reference (its Future)
         self.taken = False  # claimed by a caller that runs it directly (direct.py)
+        self.seq = 0  # its number on the channel of the worker it was last sent to
 
 
 class Engine(LendingMixin):
@@ -156,6 +184,8 @@ class Engine(LendingMixin):
         self._want_back = False  # the engine needs lent workers back (work queued, closing)
         self._lending = spawner.lendable and not spawner.max_tasks
         self._avg_task_time = 0.0
+        self._take_back_at: float | None = None  # the pending take-back timer's time
+        self._startup_deaths = 0  # workers in a row that died before READY
         self._stop_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -403,7 +433,10 @@ class Engine(LendingMixin):
     def _dispatch(self) -> None:
         queue = self._queue
         if not queue:
-            return
+            if self._idle_ready():
+                self._take_back_waiting()
+            if not queue:
+                return
         if self._parked:
             self._unpark_all()
         limit = self._prefetch()
@@ -411,7 +444,12 @@ class Engine(LendingMixin):
         ready = [
             w
             for w in self._workers.values()
-            if not w.stopping and not w.lent and not w.parked and len(w.held) < limit
+            if w.ready
+            and not w.revoking
+            and not w.stopping
+            and not w.lent
+            and not w.parked
+            and len(w.held) < limit
         ]
         if not ready:
             return
@@ -438,16 +476,76 @@ class Engine(LendingMixin):
             was_idle = not worker.held
             worker.held.extend(batch)
             worker.tasks_sent += len(batch)
+            seq = worker.sent_count
+            for task in batch:
+                seq += 1
+                task.seq = seq
+            worker.sent_count = seq
             if was_idle:
                 worker.running_since = now
                 self._arm_deadline(worker, batch[0], now)
+            worker.post_permits(len(batch))
             self._send(worker, [(t.task_id, t.kind, t.payload) for t in batch])
             if quota and worker.tasks_sent >= quota:
+                worker.quota_reached = True
                 worker.stopping = True  # it retires after these; send it nothing more
             if not queue:
                 break
         if queue and self._lent:
             self._want_back = True
+
+    # ----------------------------------------------------------- taking back
+
+    def _idle_ready(self) -> bool:
+        """Is some worker ready for a task and holding none?"""
+        return any(
+            w.ready and not w.held and not w.stopping and not w.revoking and not w.lent
+            for w in self._workers.values()
+        )
+
+    def _take_back_waiting(self) -> None:
+        """Take back tasks waiting behind a long-running task, for an idle worker.
+
+        Called when nothing is queued and a worker is idle. A worker whose
+        current task has run for longer than ``_take_back_after()`` gives back
+        the tasks it has not started (protocol: "Taking tasks back"); a worker
+        not there yet gets a timer, so a hung task is noticed without any other
+        event.
+        """
+        now = time.monotonic()
+        after = self._take_back_after()
+        soonest = None
+        for worker in self._workers.values():
+            if len(worker.held) < 2 or worker.lent or worker.revoking:
+                continue
+            due = worker.running_since + after
+            if due <= now:
+                self._revoke(worker)
+            elif soonest is None or due < soonest:
+                soonest = due
+        if soonest is not None and (self._take_back_at is None or soonest < self._take_back_at):
+            self._take_back_at = soonest
+            self._add_timer(soonest, self._clear_take_back_timer)
+
+    def _clear_take_back_timer(self) -> None:
+        self._take_back_at = None  # the step that runs this timer dispatches again
+
+    def _take_back_after(self) -> float:
+        return max(_TAKE_BACK_AFTER, 4 * self._avg_task_time)
+
+    def _revoke(self, worker: WorkerHandle) -> None:
+        held = worker.held
+        taken = worker.take_back_permits(len(held) - 1)
+        if not taken:
+            return  # it has started them all already (their records are on the way)
+        revoked = [held.pop() for _ in range(taken)]
+        worker.tasks_sent -= taken
+        if worker.quota_reached:  # below its max_tasks again: it may get more later
+            worker.quota_reached = False
+            worker.stopping = False
+        worker.revoking = True
+        self._send(worker, REVOKE_MARK)
+        self._queue.extendleft(revoked)  # popped newest first: extendleft restores the order
 
     def _arm_deadline(self, worker: WorkerHandle, task: Task, now: float) -> None:
         if task.timeout is not None:
@@ -486,7 +584,15 @@ class Engine(LendingMixin):
                 self._on_initializer_failure(a, b)
                 return
             if status == RECEIVED:
-                worker.received_upto = task_id
+                worker.received_count = a
+                continue
+            if status == READY:
+                worker.ready = True
+                worker.started()
+                self._startup_deaths = 0
+                continue
+            if status == REVOKED:
+                worker.revoking = False
                 continue
             if status == RETIRING:
                 worker.stopping = True
@@ -579,8 +685,12 @@ class Engine(LendingMixin):
         self._selector.unregister(worker.death_fd)
         del self._workers[worker.worker_id]
         worker.close()
-        if worker.held and worker.held[0].task_id > worker.received_upto:
+        if worker.held and worker.held[0].seq > worker.received_count:
             self._requeue(worker)  # it died before reading them: nothing was started
+        if not worker.ready and not worker.stopping and self.state != STOPPING:
+            self._on_startup_death(worker, exitcode)
+            if self.broken is not None:
+                return
         if worker.held:
             task = worker.held.popleft()
             error = WorkerLostError.for_worker(worker.pid, exitcode, "running this task")
@@ -594,6 +704,36 @@ class Engine(LendingMixin):
                     f"the pool is broken because a {WorkerLostError.for_worker(worker.pid, exitcode, 'idle')}"  # noqa: E501
                 )
             )
+
+    def _on_startup_death(self, worker: WorkerHandle, exitcode: int | None) -> None:
+        """A worker died before READY: the circuit breaker that stops endless restarts."""
+        self._startup_deaths += 1
+        if self._startup_deaths < _STARTUP_DEATHS_LIMIT:
+            return
+        method = self.spawner.start_method
+        msg = (
+            f"{self._startup_deaths} worker processes in a row died before they were ready "
+            f"to run tasks (the last, process {worker.pid}, with "
+            f"{describe_exitcode(exitcode)}); the pool cannot run tasks and was stopped."
+        )
+        if method in ("spawn", "forkserver"):
+            msg += (
+                f" With the {method!r} start method every worker imports the main module "
+                "again: a script that starts a pool or process at import time, without the "
+                "\"if __name__ == '__main__':\" guard, or a main module that raises when it "
+                "is imported, kills every new worker this way (their tracebacks are printed "
+                "above). Put the code that starts pools under the guard:\n\n"
+                "    if __name__ == '__main__':\n"
+                "        freeze_support()   # only needed for frozen executables\n"
+                "        ..."
+            )
+        else:
+            msg += (
+                " Something kills new workers as they start (out of memory, a signal from "
+                "another program, or a failing os.register_at_fork hook); see the workers' "
+                "output above."
+            )
+        self._break(WorkerStartupError(msg))
 
     def _top_up(self) -> None:
         if self.state != RUNNING and not (self.state == CLOSING and self._queue):

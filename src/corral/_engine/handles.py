@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import _wire
-from .protocol import ObjectCodec, PickleCodec
+from .. import _wire, synchronize
+from .protocol import REVOKE_MARK, ObjectCodec, PickleCodec
 from .worker import process_worker_main, thread_worker_main
 
 _HEADER = struct.Struct("!i")
@@ -43,14 +43,37 @@ class WorkerHandle:
         self.pid: int | None = None
         self.held: deque[Any] = deque()  # tasks sent and not yet reported, in order
         self.running_since = 0.0  # when the first held task started
-        self.received_upto = 0  # the worker has read every task with an id up to this
-        self.tasks_sent = 0
+        self.sent_count = 0  # tasks ever sent on the channel (a task's seq is its number)
+        self.received_count = 0  # of those, how many the worker has read (RECEIVED)
+        self.tasks_sent = 0  # tasks sent and not taken back, for max_tasks
+        self.ready = False  # the worker has said READY (its start-up is over)
+        self.revoking = False  # tasks were taken back; waiting for its REVOKED
+        self.quota_reached = False  # it was sent its max_tasks: it retires after them
         self.stopping = False  # told to exit, or about to: send it nothing more
         self.exit_status: int | None = None  # a task asked the worker to exit
         # Lending (see Engine.borrow), guarded by the engine's _lend_lock.
         self.parked = False  # idle, channel unwatched, free to borrow
         self.lent = False  # a caller thread is using the channel
         self.death_seen = False  # the engine saw it die while it was lent
+
+    permits: Any  # the worker takes one before each task (protocol: "Taking tasks back")
+
+    def post_permits(self, n: int) -> None:
+        """Allow the worker to start ``n`` more tasks (called before sending them)."""
+        release = self.permits.release
+        for _ in range(n):
+            release()
+
+    def take_back_permits(self, most: int) -> int:
+        """Take up to ``most`` permits the worker has not used; return how many."""
+        acquire = self.permits.acquire
+        taken = 0
+        while taken < most and acquire(False):
+            taken += 1
+        return taken
+
+    def started(self) -> None:
+        """The worker said READY."""
 
     def send(self, message: Any) -> bool:
         """Queue ``message`` for the worker; return True if nothing is left to write."""
@@ -81,8 +104,9 @@ class ProcessWorkerHandle(WorkerHandle):
 
     codec = PickleCodec
 
-    def __init__(self, worker_id: int, process: Any, conn: Any) -> None:
+    def __init__(self, worker_id: int, process: Any, conn: Any, permits: Any) -> None:
         super().__init__(worker_id)
+        self.permits = permits
         self.process = process
         self.pid = process.pid
         self.conn = conn
@@ -93,6 +117,10 @@ class ProcessWorkerHandle(WorkerHandle):
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
         self._outbuf: deque[memoryview] = deque()
+
+    def started(self) -> None:
+        """The worker said READY: it has opened its permit semaphore, whose name can go."""
+        self.permits._unlink_name()
 
     def send(self, message: Any) -> bool:
         """Queue ``message`` for the worker; return True if all of it left at once."""
@@ -195,11 +223,11 @@ class ProcessWorkerHandle(WorkerHandle):
             pass  # already gone or closed
 
     def close(self) -> None:
+        self.permits._unlink_name()
         self.conn.close()
-        try:
-            self.process.close()
-        except ValueError:
-            pass  # still running after a kill (cannot happen after reaping)
+        # Not close(): code written for the stdlib joins pool._pool and
+        # executor._processes after shutdown. The fds go once it is reaped.
+        self.process._release()
 
 
 class ThreadWorkerHandle(WorkerHandle):
@@ -217,6 +245,7 @@ class ThreadWorkerHandle(WorkerHandle):
     def __init__(self, worker_id: int, spawner: ThreadSpawner) -> None:
         super().__init__(worker_id)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.permits = threading.Semaphore(0)
         self._results: deque[list[Any]] = deque()
         self.channel_fd, self._wake_w = os.pipe()
         self.death_fd, self._death_w = os.pipe()
@@ -235,7 +264,7 @@ class ThreadWorkerHandle(WorkerHandle):
 
     def _run(self, *args: Any) -> None:
         try:
-            thread_worker_main(self._inbox, self._post, self._is_abandoned, *args)
+            thread_worker_main(self._inbox, self.permits, self._post, self._is_abandoned, *args)
         finally:
             with self._fd_lock:
                 self._finished = True
@@ -257,9 +286,13 @@ class ThreadWorkerHandle(WorkerHandle):
             except BlockingIOError:
                 pass  # the engine has a wake-up pending already
 
+    def post_permits(self, n: int) -> None:
+        self.permits.release(n)
+
     def send(self, message: Any) -> bool:
-        if message:  # an in-process queue cannot lose a batch: it counts as read
-            self.received_upto = message[-1][0]
+        if message and message != REVOKE_MARK:
+            # An in-process queue cannot lose a batch: it counts as read.
+            self.received_count = self.sent_count
         self._inbox.put(message)
         return True
 
@@ -319,6 +352,7 @@ class ProcessSpawner:
         name_prefix: str,
     ) -> None:
         self.ctx = ctx
+        self.start_method = ctx.get_start_method()
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks
@@ -333,11 +367,14 @@ class ProcessSpawner:
         first workers and clean up cleanly if one start fails.
         """
         parent_end, child_end = _wire.stream_pair()  # the engine parses a byte stream
+        permits = None
         try:
+            permits = synchronize.Semaphore(0, ctx=self.ctx)
             proc = self.ctx.Process(
                 target=process_worker_main,
                 args=(
                     child_end,
+                    permits,
                     os.getpid(),
                     self.initializer,
                     self.initargs,
@@ -351,10 +388,12 @@ class ProcessSpawner:
             proc.start()
         except BaseException:
             parent_end.close()
+            if permits is not None:
+                permits._unlink_name()
             raise
         finally:
             child_end.close()
-        return proc, lambda: ProcessWorkerHandle(worker_id, proc, parent_end)
+        return proc, lambda: ProcessWorkerHandle(worker_id, proc, parent_end, permits)
 
 
 class ThreadSpawner:
@@ -374,6 +413,7 @@ class ThreadSpawner:
         self.initargs = initargs
         self.max_tasks = max_tasks
         self.max_memory = None
+        self.start_method = "thread"
         self.logger_name = logger_name
         self.name_prefix = name_prefix
 

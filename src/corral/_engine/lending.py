@@ -60,6 +60,8 @@ class LendingMixin:
         for worker in self._workers.values():
             if (
                 not worker.held
+                and worker.ready
+                and not worker.revoking
                 and not worker.stopping
                 and not worker.parked
                 and not worker.lent
@@ -163,6 +165,7 @@ class LendingMixin:
             else:
                 worker.held.appendleft(task)
                 worker.running_since = time.monotonic()
+                task.seq = worker.sent_count  # the last task sent on its channel
         if not closed:
             self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))
             if retire and not worker.stopping:

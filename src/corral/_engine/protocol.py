@@ -1,7 +1,8 @@
 """What the engine and its workers say to each other.
 
 Engine -> worker: one message is a list of task tuples ``(task_id, kind, payload)``
-(``kind`` is CALL, MAP or STARMAP), or ``None`` meaning "finish and exit".
+(``kind`` is CALL, MAP or STARMAP), ``None`` meaning "finish and exit", or
+``REVOKE_MARK`` (see "Taking tasks back" below).
 
 Worker -> engine: one message is a list of records ``(status, task_id, a, b)``:
 
@@ -15,7 +16,10 @@ UNREADABLE (type name, message)                    worker traceback text
 EXITING    exit code the task asked for            --
 INIT_FAIL  (type name, message)                    initializer traceback text
 RETIRING   --                                      --
-RECEIVED   --  (task_id = the last task of a batch the worker has just read)
+RECEIVED   tasks read from the channel so far      --
+           (task_id = the last task of the batch just read)
+READY      --  (the initializer ran: the worker can run tasks)
+REVOKED    --  (the worker has read up to REVOKE_MARK)
 ========== ======================================= ==========================
 
 For process workers each result and exception is pickled on its own inside the
@@ -23,7 +27,21 @@ record, so that one object the parent cannot unpickle fails only its own task;
 the record list itself holds only builtins and is unpickled safely.
 RECEIVED lets the engine tell a task the worker was running when it died
 (fails) from one still sitting unread in a dead worker's socket (requeued).
-Thread workers (``ThreadPool``) pass objects as they are.
+READY tells the engine the worker survived its start-up (the circuit breaker
+counts workers that die before it). Thread workers (``ThreadPool``) pass
+objects as they are.
+
+Taking tasks back. The engine may send a worker a few tasks ahead (prefetch),
+and a task sent ahead must not wait behind one that hangs while another worker
+is idle. Each worker has a *permit* semaphore: the engine posts one permit per
+task before sending it, and the worker takes one (without blocking) before it
+starts each task. To take back the tasks a worker has not started, the engine
+takes as many permits as it can (never more than all but the oldest task it
+holds): since the worker runs its tasks in order and always takes a permit
+first, the last ``k`` tasks sent are exactly the ones that will never find a
+permit. The engine requeues them and sends ``REVOKE_MARK``; a worker that
+finds no permit drops the task and everything after it up to the mark,
+answers REVOKED, and only then gets new tasks.
 """
 
 from __future__ import annotations
@@ -56,6 +74,11 @@ EXITING = 4
 INIT_FAIL = 5
 RETIRING = 6
 RECEIVED = 7
+READY = 8
+REVOKED = 9
+
+# Engine -> worker: "the tasks you have not found a permit for end here".
+REVOKE_MARK = "revoke"
 
 _REPR_LIMIT = 300
 

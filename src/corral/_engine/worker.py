@@ -29,8 +29,11 @@ from .protocol import (
     EXITING,
     INIT_FAIL,
     MAP,
+    READY,
     RECEIVED,
     RETIRING,
+    REVOKE_MARK,
+    REVOKED,
     UNREADABLE,
     ObjectCodec,
     PickleCodec,
@@ -93,21 +96,26 @@ def resident_memory() -> int:
 
 
 def serve(
-    receive: Callable[[], list[Any] | None],
+    receive: Callable[[], Any],
     send: Callable[[list[Any]], None],
     codec: Any,
     max_tasks: int | None,
     max_memory: int | None,
+    take_permit: Callable[[bool], bool],
     acknowledge: bool = True,
     abandoned: Callable[[], bool] | None = None,
 ) -> int | None:
     """Run tasks until told to stop or recycled; return an exit status a task asked for.
 
+    ``take_permit(False)`` is called before each task; False means the engine
+    took the task back (see ``protocol``: "Taking tasks back").
     ``abandoned`` (thread workers): the engine gave up on this worker; what it
     still holds was failed or requeued, so it stops before its next task.
     """
     held: deque[Any] = deque()
     done = 0
+    read = 0  # tasks read from the channel, revoked ones included
+    send([(READY, 0, None, None)])
     while True:
         if abandoned is not None and abandoned():
             return None
@@ -115,10 +123,26 @@ def serve(
             batch = receive()
             if batch is None:
                 return None
+            if batch == REVOKE_MARK:  # nothing of ours was left to drop
+                send([(REVOKED, 0, None, None)])
+                continue
             held.extend(batch)
+            read += len(batch)
             if acknowledge:
-                send([(RECEIVED, batch[-1][0], None, None)])
+                send([(RECEIVED, batch[-1][0], read, None)])
             del batch  # an idle worker keeps no reference to a task's arguments...
+            continue
+        if not take_permit(False):
+            # Taken back: this task and every later one up to the mark.
+            held.clear()
+            while True:
+                message = receive()
+                if message is None:
+                    return None
+                if message == REVOKE_MARK:
+                    break
+                read += len(message)
+            send([(REVOKED, 0, None, None)])
             continue
         task_id, kind, payload = held.popleft()
         record, exit_status = run_one(codec, task_id, kind, payload)
@@ -174,6 +198,7 @@ def _exit_now() -> None:
 
 def process_worker_main(
     conn: Any,
+    permits: Any,
     parent_pid: int,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
@@ -191,18 +216,17 @@ def process_worker_main(
     def send(records: list[Any]) -> None:
         conn.send_bytes(pickle.dumps(records, pickle.HIGHEST_PROTOCOL))
 
-    def receive() -> list[Any] | None:
+    def receive() -> Any:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return None  # the parent closed the channel or died
-        batch: list[Any] | None = pickle.loads(data)
-        return batch
+        return pickle.loads(data)
 
     try:
         if not _initialized(initializer, initargs, send, logger_name):
             return
-        exit_status = serve(receive, send, PickleCodec, max_tasks, max_memory)
+        exit_status = serve(receive, send, PickleCodec, max_tasks, max_memory, permits.acquire)
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent went away while we were reporting
     finally:
@@ -213,6 +237,7 @@ def process_worker_main(
 
 def thread_worker_main(
     inbox: Any,
+    permits: Any,
     post: Callable[[list[Any]], None],
     abandoned: Callable[[], bool],
     initializer: Callable[..., object] | None,
@@ -223,4 +248,13 @@ def thread_worker_main(
     """Entry point of a ``ThreadPool`` worker thread."""
     if not _initialized(initializer, initargs, post, logger_name):
         return
-    serve(inbox.get, post, ObjectCodec, max_tasks, None, acknowledge=False, abandoned=abandoned)
+    serve(
+        inbox.get,
+        post,
+        ObjectCodec,
+        max_tasks,
+        None,
+        permits.acquire,
+        acknowledge=False,
+        abandoned=abandoned,
+    )

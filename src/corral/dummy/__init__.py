@@ -10,11 +10,15 @@ from __future__ import annotations
 import array
 import threading
 import weakref
+from collections.abc import Callable, Iterable
 from queue import Queue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import connection
 from .connection import Pipe
+
+if TYPE_CHECKING:
+    from ..pool import ThreadPool
 
 __all__ = (
     "Array",
@@ -153,7 +157,11 @@ def Manager() -> Any:
     return sys.modules[__name__]
 
 
-def Pool(processes: int | None = None, initializer: Any = None, initargs: Any = ()) -> Any:
+def Pool(
+    processes: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+) -> ThreadPool:
     """A ``ThreadPool``: the ``Pool`` API on worker threads (``corral.pool.ThreadPool``)."""
     from ..pool import ThreadPool
 
