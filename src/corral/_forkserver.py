@@ -75,10 +75,9 @@ class ForkServer:
             sock.connect(self._address)
             conn = connection.Connection(os.dup(sock.fileno()))
             try:
-                _handshake.run_blocking(conn, _handshake.answer_steps(self._authkey))
+                _answer_and_send_fds(conn, sock, self._authkey, [child_r, *fds])
             finally:
                 conn.close()
-            reduction.sendfds(sock, [child_r, *fds])
             return sock.detach(), parent_w
         except BaseException:
             sock.close()
@@ -159,6 +158,36 @@ class ForkServer:
             util.close_fds(self._alive_w)
         self._address = self._alive_w = self._pid = self._authkey = None
         self._lock = threading.Lock()
+
+
+def _answer_and_send_fds(
+    conn: connection.Connection, sock: socket.socket, authkey: bytes, fds: list[int]
+) -> None:
+    """Answer the server's challenge and send the fds without waiting for its verdict.
+
+    The server reads the fds only after it has checked the answer (a refused
+    client's fds are dropped unread with the socket), so waiting for
+    ``#WELCOME#`` first only cost a round trip per start.
+
+    Raises:
+        AuthenticationError: the server refused our answer.
+        EOFError: the server closed the connection.
+    """
+    steps = _handshake.answer_steps(authkey)
+    steps.send(None)  # wait for the challenge
+    response, _ = steps.send(conn.recv_bytes(_handshake.MAX_FRAME))
+    conn.send_bytes(response)
+    send_error = None
+    try:
+        reduction.sendfds(sock, fds)
+    except OSError as exc:  # a refusing server may have closed already: say why
+        send_error = exc
+    try:
+        steps.send(conn.recv_bytes(_handshake.MAX_FRAME))  # the verdict
+    except StopIteration:
+        pass
+    if send_error is not None:
+        raise send_error
 
 
 _forkserver = ForkServer()

@@ -60,7 +60,9 @@ class Popen(_ForkPopen):
             passfds.append(exit_w)
             to_close.append(exit_w)
         try:
-            cmd = _spawn.get_command_line(pipe_handle=child_r)
+            # The child is told how we watch each other: importing _popen_fork
+            # there to find out cost ~1 ms of its start-up.
+            cmd = _spawn.get_command_line(pipe_handle=child_r, parent_pidfd=int(HAVE_PIDFD))
             self.pid = _spawn.spawn_posix(_spawn.get_executable(), cmd, passfds)
         except BaseException:
             util.close_fds(parent_w, *to_close, *([] if HAVE_PIDFD else [exit_r]))

@@ -124,18 +124,24 @@ def spawn_posix(path: str, args: list[str], passfds: list[int]) -> int:
 
 
 def spawn_main(
-    pipe_handle: int, parent_pid: int | None = None, tracker_fd: int | None = None
+    pipe_handle: int,
+    parent_pid: int | None = None,
+    tracker_fd: int | None = None,
+    parent_pidfd: int | None = None,
 ) -> None:
-    """Entry point of a spawned child: read the parent's pickles from pipe_handle and run."""
-    parent_sentinel = None if _uses_pidfd_for_parent() else os.dup(pipe_handle)
+    """Entry point of a spawned child: read the parent's pickles from pipe_handle and run.
+
+    ``parent_pidfd`` is 1 when the parent watches us with a pidfd and closes
+    its end of the pipe (we then watch it with a pidfd too), 0 when it keeps
+    the pipe's write end open until it exits (its EOF is our sign).
+    """
+    if parent_pidfd is None:  # a command line written without it
+        from ._popen_fork import HAVE_PIDFD
+
+        parent_pidfd = HAVE_PIDFD
+    parent_sentinel = None if parent_pidfd else os.dup(pipe_handle)
     exitcode = _main(pipe_handle, parent_sentinel)
     sys.exit(exitcode)
-
-
-def _uses_pidfd_for_parent() -> bool:
-    from ._popen_fork import HAVE_PIDFD
-
-    return HAVE_PIDFD
 
 
 def _main(fd: int, parent_sentinel: int | None) -> int:

@@ -152,7 +152,14 @@ def register(name: str, rtype: str) -> None:
     if rtype not in _CLEANUP_FUNCS:
         msg = f"unknown resource type {rtype!r}"
         raise ValueError(msg)
+    global _cleanup_pid
     with _lock:
+        if _cleanup_pid != os.getpid():
+            # A forked child registers its exit cleanup with its first name
+            # (the parent's was dropped at the fork): a child that registers
+            # nothing, the common case, has nothing to run at exit.
+            util.Finalize(None, _cleanup, exitpriority=0)
+            _cleanup_pid = os.getpid()
         _registered[(name, rtype)] = None
         if rtype != "noop":
             try:
@@ -188,9 +195,9 @@ def _forget_after_fork() -> None:
     _lock = threading.Lock()
     _registered.clear()
     _tracker_pid = None  # not this child's own child
-    util.Finalize(None, _cleanup, exitpriority=0)
 
 
 util.Finalize(None, _cleanup, exitpriority=0)
+_cleanup_pid = os.getpid()  # the process whose exit sequence runs _cleanup
 
 os.register_at_fork(after_in_child=_forget_after_fork)

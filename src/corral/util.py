@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# logging, tempfile and shutil are imported on first use: every process that
+# starts a child imports this module, and tempfile brings in random, whose
+# at-fork hook reseeds (a 2.5 KB getrandom) in every forked child; logging's
+# at-fork hooks take and re-create its locks around every fork.
+if TYPE_CHECKING:
+    import logging
 
 __all__ = (
     "DEFAULT_LOGGING_FORMAT",
@@ -93,6 +97,8 @@ def get_logger() -> logging.Logger:
     nothing is printed until a handler is added (see ``log_to_stderr``).
     """
     global _logger
+    import logging
+
     with _logger_lock:
         if _logger is None:
             logging.addLevelName(SUBDEBUG, "SUBDEBUG")
@@ -104,7 +110,7 @@ def get_logger() -> logging.Logger:
     return _logger
 
 
-class _ProcessNameFilter(logging.Filter):
+class _ProcessNameFilter:
     """Fill ``%(processName)s`` with corral's process name.
 
     The logging module asks ``sys.modules['multiprocessing']`` for the name,
@@ -129,6 +135,8 @@ def log_to_stderr(level: int | str | None = None) -> logging.Logger:
         The package logger.
     """
     global _log_to_stderr
+    import logging
+
     logger = get_logger()
     if not any(getattr(h, "_corral_stderr", False) for h in logger.handlers):
         handler = logging.StreamHandler()
@@ -156,6 +164,9 @@ def get_temp_dir() -> str:
     """
     global _temp_dir
     if _temp_dir is None or not os.path.isdir(_temp_dir):
+        import shutil
+        import tempfile
+
         path = tempfile.mkdtemp(prefix="corral-")
         info("created temp directory %s", path)
         Finalize(None, _remove_temp_dir, args=(shutil.rmtree, path), exitpriority=-100)
@@ -188,6 +199,10 @@ def register_after_fork(obj: Any, func: Callable[[Any], None]) -> None:
 
 
 def _run_after_forkers() -> None:
+    if not _afterfork_registry:
+        # The common case: iterating a WeakValueDictionary (its guard, the
+        # sort) writes to pages that are copy-on-write in a forked child.
+        return
     for (_index, _ident, func), obj in sorted(_afterfork_registry.items(), key=_first):
         try:
             func(obj)
@@ -331,7 +346,7 @@ def _run_finalizers(minpriority: int | None = None) -> None:
     With ``minpriority`` None every finalizer with a priority runs; otherwise
     only those whose priority is at least ``minpriority``.
     """
-    if _finalizer_registry is None:  # pragma: no cover - interpreter teardown
+    if not _finalizer_registry:  # none registered, or interpreter teardown
         return
     if minpriority is None:
 

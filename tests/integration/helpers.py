@@ -147,3 +147,15 @@ SUBCLASSES = {"fork": ForkSubclass, "spawn": SpawnSubclass, "forkserver": ForkSe
 
 
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+
+
+def register_segment_and_return(conn):
+    """Register a /dev/shm name with the resource tracker, report it, and return (not unlinking)."""
+    import _posixshmem
+
+    from corral import resource_tracker
+
+    name = f"/corral-test-{os.getpid()}"
+    resource_tracker.register(name, "shared_memory")
+    os.close(_posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    conn.send(name)

@@ -334,3 +334,14 @@ def test_several_processes_share_one_reading_end(ctx, duplex):
     assert sorted(got) == sorted(sent)
     for conn in (reader, writer, results_r, results_w):
         conn.close()
+
+
+def test_child_unlinks_names_it_registered_at_exit(ctx):
+    """A child's exit sequence unlinks what it registered (forked children register it lazily)."""
+    r, w = ctx.Pipe(duplex=False)
+    p = start(ctx, helpers.register_segment_and_return, w)
+    assert r.poll(TIMEOUT)
+    name = r.recv()
+    p.join(TIMEOUT)
+    assert p.exitcode == 0
+    assert not os.path.exists("/dev/shm" + name)

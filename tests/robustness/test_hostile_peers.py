@@ -8,6 +8,7 @@ bad client's failure is reported as AuthenticationError naming the cause.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import socket
@@ -149,6 +150,39 @@ def test_forkserver_refuses_requests_without_the_key():
             corral.connection.answer_challenge(conn, b"not the server key")
         conn.close()
     # The server is still alive and serves legitimate requests.
+    q = ctx.Process(target=int)
+    q.start()
+    q.join(timeout=30)
+    assert q.exitcode == 0
+
+
+def test_forkserver_client_refused_after_sending_its_fds_forks_nothing():
+    """Clients send their fds before the verdict: a wrong key still gets no child, and an error."""
+    import psutil
+
+    from corral import _forkserver
+
+    ctx = corral.get_context("forkserver")
+    p = ctx.Process(target=int)
+    p.start()
+    p.join(timeout=30)
+    server = _forkserver._forkserver
+    children_before = {c.pid for c in psutil.Process(server._pid).children()}
+    r, w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(server._address)
+            conn = corral.connection.Connection(os.dup(sock.fileno()))
+            try:
+                with pytest.raises((corral.AuthenticationError, EOFError, OSError)) as caught:
+                    _forkserver._answer_and_send_fds(conn, sock, b"not the server key", [r])
+            finally:
+                conn.close()
+        assert not isinstance(caught.value, EOFError), "the server gave no verdict"
+        assert {c.pid for c in psutil.Process(server._pid).children()} <= children_before
+    finally:
+        os.close(r)
+        os.close(w)
     q = ctx.Process(target=int)
     q.start()
     q.join(timeout=30)

@@ -87,3 +87,22 @@ def test_temp_dir_is_private():
     path = util.get_temp_dir()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     assert util.get_temp_dir() == path
+
+
+def test_thread_count_sees_every_os_thread():
+    """The fork warning's thread count (a stat of /proc/self/task) matches the OS's list."""
+    import os
+    import threading
+
+    from corral._popen_fork import _thread_count
+
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait, args=(30,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert _thread_count() == len(os.listdir("/proc/self/task")) >= 4
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(timeout=30)
