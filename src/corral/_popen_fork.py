@@ -48,6 +48,10 @@ class Popen:
         self.keepalive: list[Any] = []
         self.released = False  # the fds are closed; returncode is kept
         self._release_when_reaped = False
+        # Held while a non-blocking waitpid() and the returncode it yields are
+        # published: a pool's engine thread reaps its workers while user code
+        # may join the same Process object (pool._pool) from another thread.
+        self._reap_lock = threading.Lock()
         self._launch(process_obj)
 
     def duplicate_for_child(self, fd: int) -> int:
@@ -86,16 +90,43 @@ class Popen:
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         """Return the exit code (-N for signal N), or None if still running."""
-        if self.returncode is None:
+        if self.returncode is not None:
+            return self.returncode
+        if flag != os.WNOHANG:
+            if not HAVE_PIDFD:
+                return self._blocking_waitpid(flag)
+            # Wait on the pidfd, then reap without blocking under the lock, so
+            # that no thread ever reaps the child outside it.
+            from .connection import wait
+
             try:
-                pid, status = os.waitpid(self.pid, flag)
-            except OSError:
-                # Reaped elsewhere (e.g. SIGCHLD ignored): nothing to report.
-                return None
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-                self._reaped()
+                wait([self.sentinel], None)
+            except (OSError, ValueError):
+                pass  # released meanwhile by the thread that reaped it
+        with self._reap_lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except OSError:
+                    return None  # reaped elsewhere (e.g. SIGCHLD ignored)
+                if pid == self.pid:
+                    self._set_returncode(status)
         return self.returncode
+
+    def _blocking_waitpid(self, flag: int) -> int | None:
+        try:
+            pid, status = os.waitpid(self.pid, flag)
+        except OSError:
+            with self._reap_lock:  # reaped by another thread: published under the lock
+                return self.returncode
+        with self._reap_lock:
+            if self.returncode is None and pid == self.pid:
+                self._set_returncode(status)
+        return self.returncode
+
+    def _set_returncode(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._reaped()
 
     def _reaped(self) -> None:
         self.keepalive.clear()
@@ -114,8 +145,11 @@ class Popen:
             if timeout is not None:
                 from .connection import wait
 
-                if not wait([self.sentinel], timeout):
-                    return None
+                try:
+                    if not wait([self.sentinel], timeout):
+                        return None
+                except (OSError, ValueError):
+                    pass  # released meanwhile by the thread that reaped it
             return self.poll(os.WNOHANG if timeout == 0.0 else 0)
         return self.returncode
 

@@ -61,16 +61,22 @@ class Popen(_ForkPopen):
         self.pid = _forkserver.read_signed(self.sentinel)
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
-        if self.returncode is None:
-            from .connection import wait
+        if self.returncode is not None:
+            return self.returncode
+        from .connection import wait
 
-            timeout = 0 if flag == os.WNOHANG else None
-            if not wait([self.sentinel], timeout):
+        timeout = 0 if flag == os.WNOHANG else None
+        try:
+            if not wait([self.sentinel], timeout):  # blocking: outside the lock
                 return None
-            try:
-                self.returncode = _forkserver.read_signed(self.sentinel)
-            except (OSError, EOFError):
-                # The server died without reporting: the child's fate is unknown.
-                self.returncode = 255
-            self._reaped()
+        except (OSError, ValueError):  # released by the thread that read the status
+            pass
+        with self._reap_lock:  # one thread reads the status; the others see it
+            if self.returncode is None:
+                try:
+                    self.returncode = _forkserver.read_signed(self.sentinel)
+                except (OSError, EOFError):
+                    # The server died without reporting: the child's fate is unknown.
+                    self.returncode = 255
+                self._reaped()
         return self.returncode

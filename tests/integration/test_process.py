@@ -345,3 +345,45 @@ def test_child_unlinks_names_it_registered_at_exit(ctx):
     p.join(TIMEOUT)
     assert p.exitcode == 0
     assert not os.path.exists("/dev/shm" + name)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_join_from_one_thread_while_another_reaps(monkeypatch, method):
+    # A pool's engine thread reaps its workers while user code may join the
+    # same Process objects (pool._pool). The thread that loses the waitpid()
+    # race must see the exit code the other one is about to publish, never
+    # "still alive". The reaper is held between its waitpid() and publishing.
+    import threading
+
+    ctx = corral.get_context(method)
+    proc = ctx.Process(target=int)
+    proc.start()
+    real_waitpid = os.waitpid
+    reaped = threading.Event()
+    joiner_done = threading.Event()
+    reaper = threading.current_thread()
+
+    def slow_waitpid(pid, flags):
+        result = real_waitpid(pid, flags)
+        if threading.current_thread() is reaper and result[0] == pid:
+            reaped.set()
+            joiner_done.wait(1.0)  # the joiner runs in this window (or waits for us)
+        return result
+
+    seen = {}
+
+    def joiner():
+        assert reaped.wait(30)
+        proc.join(30)
+        seen["alive"] = proc.is_alive()
+        seen["exitcode"] = proc.exitcode
+        joiner_done.set()
+
+    monkeypatch.setattr(os, "waitpid", slow_waitpid)
+    thread = threading.Thread(target=joiner)
+    thread.start()
+    # This thread reaps as a pool's engine does: once the child has ended.
+    assert corral.connection.wait([proc.sentinel], 30)
+    assert proc._popen.poll() == 0
+    thread.join(30)
+    assert seen == {"alive": False, "exitcode": 0}
