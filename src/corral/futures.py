@@ -59,14 +59,24 @@ def _on_interpreter_exit() -> None:
     """Finish the submitted work of every executor, as the stdlib does."""
     global _interpreter_exiting
     _interpreter_exiting = True
-    for engine, (owner_pid, feeds) in list(_live_engines.items()):
-        # A forked child inherits this hook and copies of its parent's
-        # engines: those are not its own to wait for.
-        if owner_pid == os.getpid():
+    # A forked child inherits this hook and copies of its parent's engines:
+    # those are not its own to wait for.
+    own = [(e, feeds) for e, (pid, feeds) in list(_live_engines.items()) if pid == os.getpid()]
+    try:
+        for engine, feeds in own:
             _close_engine(engine, feeds)
             for feed in list(feeds):
                 feed.thread.join()
             engine.join()
+    except KeyboardInterrupt:
+        # Ctrl-C while exit waits for a task that does not end: stop the
+        # workers now instead of leaving the interpreter waiting.
+        error = BrokenProcessPool("the interpreter was interrupted while exiting")
+        for engine, _feeds in own:
+            engine.stop(error, hard=True)
+        for engine, _feeds in own:
+            engine.join(5.0)
+        raise
 
 
 def _register_exit_hook() -> None:

@@ -7,10 +7,16 @@ which checks that no process of it survives.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from tests.conftest import START_METHODS
-from tests.robustness.scenario import run
+from tests.robustness.scenario import Scenario, assert_no_survivors, run
 
 # ----------------------------------------------------------------- hung tasks
 
@@ -242,3 +248,60 @@ def test_pool_work_pending_at_exit_is_dropped_quickly(tmp_path, method):
     # As the stdlib's Pool does: at exit its finalizer terminates the pool.
     code, out, err = run(tmp_path, POOL_PENDING_AT_EXIT, method, timeout=30)
     assert (code, out, err) == (0, "main done\n", "")
+
+
+STDIN_SCRIPT = """
+import corral
+
+def double(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    with corral.get_context("spawn").Pool(2) as pool:
+        print(pool.map(double, range(3)))
+"""
+
+
+def test_script_on_stdin_under_spawn_names_the_real_cause():
+    # A spawn child cannot re-import a main module read from standard input:
+    # the breaker's message says so instead of advising the main guard.
+    proc = subprocess.Popen(
+        [sys.executable, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _out, err = proc.communicate(STDIN_SCRIPT, timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the script on stdin did not end within 60 s")
+    assert_no_survivors(proc.pid)
+    assert proc.returncode == 1
+    assert "WorkerStartupError" in err
+    assert "'<stdin>', which is not a file a child can read" in err
+
+
+HUNG_AT_EXIT = """
+if __name__ == "__main__":
+    ex = ProcessPoolExecutor(1, mp_context=corral.get_context(sys.argv[1]))
+    assert ex.submit(square, 3).result(30) == 9
+    ex.submit(hang, 600)
+    say("main done")
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_ctrl_c_while_exit_waits_for_a_hung_task_stops_it(tmp_path, method):
+    # At exit the executor's work still runs to its end, as the stdlib's does;
+    # a task that never ends holds the exit until Ctrl-C, which stops the
+    # workers at once and leaves nothing behind.
+    scenario = Scenario(tmp_path, HUNG_AT_EXIT, method)
+    scenario.wait_for_line("main done")
+    sent = scenario.send_signal_when_blocked(signal.SIGINT)
+    _code, _out, err = scenario.finish(timeout=30)  # Python keeps status 0 here
+    assert time.monotonic() - sent < 10
+    assert "KeyboardInterrupt" in err

@@ -60,6 +60,7 @@ import itertools
 import logging
 import os
 import selectors
+import sys
 import threading
 import time
 from collections import deque
@@ -79,6 +80,7 @@ from ..errors import (
 from .handles import WorkerHandle
 from .lending import LendingMixin
 from .protocol import (
+    CALL,
     EXITING,
     INIT_FAIL,
     OK,
@@ -558,9 +560,17 @@ class Engine(LendingMixin):
             or worker.held[0] is not task
         ):
             return  # finished in time, or its worker is already gone
+        if task.kind == CALL:
+            what = f"task ran longer than its task_timeout of {task.timeout:g} s"
+        else:  # a map's chunk: its deadline is task_timeout x the items in it
+            what = (
+                f"a chunk of a map ran longer than its deadline of {task.timeout:g} s "
+                "(task_timeout times the items in the chunk; pass chunksize=1 for a "
+                "deadline per item)"
+            )
         error = TaskTimeoutError(
-            f"task ran longer than its task_timeout of {task.timeout} s; worker process "
-            f"{worker.pid} was stopped and replaced, the other tasks continue"
+            f"{what}; worker process {worker.pid} was stopped and replaced, "
+            "the other tasks continue"
         )
         self._doom(worker, error)
 
@@ -716,7 +726,15 @@ class Engine(LendingMixin):
             f"to run tasks (the last, process {worker.pid}, with "
             f"{describe_exitcode(exitcode)}); the pool cannot run tasks and was stopped."
         )
-        if method in ("spawn", "forkserver"):
+        main_path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if method in ("spawn", "forkserver") and main_path and not os.path.isfile(main_path):
+            msg += (
+                f" With the {method!r} start method every worker imports the main module "
+                f"again, from {main_path!r}, which is not a file a child can read (a script "
+                "fed on standard input?). Run the script from a file, or use the 'fork' "
+                "start method; the workers' tracebacks are printed above."
+            )
+        elif method in ("spawn", "forkserver"):
             msg += (
                 f" With the {method!r} start method every worker imports the main module "
                 "again: a script that starts a pool or process at import time, without the "
