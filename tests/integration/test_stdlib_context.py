@@ -101,20 +101,11 @@ def _lines(out: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
+@pytest.mark.parametrize("front", ["pool", "executor"])
 @pytest.mark.parametrize("method", METHODS)
-def test_pool_with_a_stdlib_context_uses_corrals_processes(tmp_path, method):
-    status, out, err = run(tmp_path, STDLIB_PRELUDE + POOL, method, timeout=60)
-    assert status == 0, err
-    lines = _lines(out)
-    assert lines["map"] == "[0, 1, 4, 9, 16]"
-    assert lines["corral-workers"] == "True"
-    assert lines["start-method"] == repr({method})
-    assert "AuthenticationError" not in err
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_executor_with_a_stdlib_context_uses_corrals_processes(tmp_path, method):
-    status, out, err = run(tmp_path, STDLIB_PRELUDE + EXECUTOR, method, timeout=60)
+def test_pools_with_a_stdlib_context_use_corrals_processes(tmp_path, method, front):
+    body = POOL if front == "pool" else EXECUTOR
+    status, out, err = run(tmp_path, STDLIB_PRELUDE + body, method, timeout=60)
     assert status == 0, err
     lines = _lines(out)
     assert lines["map"] == "[0, 1, 4, 9, 16]"
