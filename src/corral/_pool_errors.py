@@ -11,16 +11,11 @@ from __future__ import annotations
 import signal
 from concurrent.futures import BrokenExecutor
 
-__all__ = (
-    "BrokenProcessPool",
-    "InitializerError",
-    "ResultUnpicklingError",
-    "TaskExitError",
-    "TaskUnpicklingError",
-    "WorkerLostError",
-    "WorkerStartupError",
-    "describe_exitcode",
-)
+from .errors import _POOL_ERRORS
+
+# The names are listed once, in errors (which must know them without importing
+# this module).
+__all__ = tuple(sorted(_POOL_ERRORS))
 
 
 class BrokenProcessPool(BrokenExecutor):

@@ -133,15 +133,21 @@ def test_many_clients_at_once():
         assert sorted(results) == [2 * i for i in range(count)]
 
 
-def test_forkserver_refuses_requests_without_the_key():
-    """A process that reaches the forkserver socket but lacks its key gets no fork."""
+def _running_forkserver():
+    """The forkserver context and its server, started by one child."""
     from corral import _forkserver
 
     ctx = corral.get_context("forkserver")
     p = ctx.Process(target=int)
     p.start()
     p.join(timeout=30)
-    server = _forkserver._forkserver
+    return ctx, _forkserver._forkserver
+
+
+def test_forkserver_refuses_requests_without_the_key():
+    """A process that reaches the forkserver socket but lacks its key gets no fork."""
+
+    ctx, server = _running_forkserver()
     address = server._address
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(address)
@@ -162,11 +168,7 @@ def test_forkserver_client_refused_after_sending_its_fds_forks_nothing():
 
     from corral import _forkserver
 
-    ctx = corral.get_context("forkserver")
-    p = ctx.Process(target=int)
-    p.start()
-    p.join(timeout=30)
-    server = _forkserver._forkserver
+    ctx, server = _running_forkserver()
     children_before = {c.pid for c in psutil.Process(server._pid).children()}
     r, w = os.pipe()
     try:
