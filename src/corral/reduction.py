@@ -241,10 +241,65 @@ def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
     return _slow_dumps(obj, PROTOCOL)
 
 
-def _slow_dumps(obj: Any, protocol: int) -> bytes:
+class _BufferCollector:
+    """``buffer_callback`` of a pickler: keeps buffers of ``min_size`` bytes and more out of band."""
+
+    __slots__ = ("buffers", "min_size")
+
+    def __init__(self, min_size: int) -> None:
+        self.min_size = min_size
+        self.buffers: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: pickle copies it into the stream
+            return True
+        if view.nbytes < self.min_size:
+            return True
+        self.buffers.append(view)
+        return False
+
+
+def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]]:
+    """Pickle obj as ``_dumps`` does, keeping large buffers out of the pickle.
+
+    Buffers that objects hand to pickle protocol 5 (``pickle.PickleBuffer``:
+    NumPy arrays, ``PickleBuffer(bytearray)``...) of ``min_size`` bytes or more
+    are not copied into the pickle; they are returned, in order, as flat
+    byte views of the objects' own memory, for ``pickle.loads(data,
+    buffers=...)`` on the other side.
+
+    Raises:
+        SerializationError: obj (or a part of it) cannot be pickled.
+    """
+    collector = _BufferCollector(min_size)
+    if type(obj) in _PLAIN_TYPES:
+        return pickle.dumps(obj, PROTOCOL), []
+    try:
+        if not _custom_reducers_registered:
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=collector)
+        else:
+            buf = io.BytesIO()
+            pickler = pickle.Pickler(buf, PROTOCOL, buffer_callback=collector)
+            pickler.dispatch_table = _plain_dispatch_table
+            pickler.dump(obj)
+            data = buf.getvalue()
+    except Exception:
+        pass
+    else:
+        main = sys.modules.get("__main__")
+        reimportable = _main_reimportable if main is _main_module else _check_main(main)
+        if reimportable or b"__main__" not in data:
+            return data, collector.buffers
+    collector.buffers.clear()
+    return _slow_dumps(obj, PROTOCOL, collector), collector.buffers
+
+
+def _slow_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
     buf = io.BytesIO()
     try:
-        ForkingPickler(buf, protocol).dump(obj)
+        ForkingPickler(buf, protocol, buffer_callback=buffer_callback).dump(obj)
     except (pickle.PicklingError, TypeError) as exc:
         if isinstance(exc, SerializationError):
             raise
