@@ -80,6 +80,7 @@ if TYPE_CHECKING:
 from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
 
 if TYPE_CHECKING:  # imported on first use, by __getattr__ below
+    from ._transfer import Shared as Shared
     from .errors import BrokenProcessPool as BrokenProcessPool
     from .errors import InitializerError as InitializerError
     from .errors import WorkerLostError as WorkerLostError
@@ -95,6 +96,7 @@ _LAZY = {
     "WorkerLostError": "errors",
     "WorkerStartupError": "errors",
     "ProcessPoolExecutor": "futures",
+    "Shared": "_transfer",
 }
 
 

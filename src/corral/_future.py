@@ -5,7 +5,7 @@ and ``isinstance`` checks work) with two changes, both for speed:
 
 - ``result()`` and ``exception()`` first try to run a task that is still
   queued themselves, on a parked worker, without the engine thread in between
-  (``_engine/direct.py``); whoever claims the task first, the engine or the
+  (``Engine.run_direct``); whoever claims the task first, the engine or the
   caller, runs it.
 - Its ``_condition`` is a ``_FutureCondition``: the same behaviour as the
   ``threading.Condition`` a plain ``Future`` builds, without that object's
@@ -24,7 +24,6 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from ._engine import Engine, Task
-from ._engine.direct import run_direct
 
 _PENDING = "PENDING"
 
@@ -135,7 +134,7 @@ class _Future(Future[Any]):
         self._direct = None
         if task is not None and self._state == _PENDING:
             setter: _FutureSetter = task.on_done  # type: ignore[assignment]
-            run_direct(setter.engine, task, queued=True)
+            setter.engine.run_direct(task, queued=True)
 
 
 class _FutureSetter:

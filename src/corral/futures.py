@@ -28,14 +28,17 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import context as _context
-from ._engine import CALL, STARMAP, Engine, ProcessSpawner, Task, encode_call
-from ._engine.feed import Feed, FeedTimeout, default_window
+from ._engine import CALL, STARMAP, Engine, EngineSpec, start_engine
+from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
+
+if TYPE_CHECKING:
+    from ._transfer import Shared
 
 __all__ = ("BrokenProcessPool", "ProcessPoolExecutor")
 
@@ -147,16 +150,19 @@ class ProcessPoolExecutor(Executor):
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._task_timeout = task_timeout
-        self._spawner = ProcessSpawner(
-            mp_context,
-            initializer,
-            tuple(initargs),
-            max_tasks_per_child,
-            max_memory_per_child,
-            "concurrent.futures",
-            "CorralExecutorWorker",
+        self._engine_spec = EngineSpec(
+            max_workers,
+            backend="process",
+            context=mp_context,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            max_tasks=max_tasks_per_child,
+            max_memory=max_memory_per_child,
+            isolate_failures=isolate_failures,
+            logger_name="concurrent.futures",
+            name=f"corral-executor-engine-{id(self):x}",
+            worker_name="CorralExecutorWorker",
         )
-        self._isolate_failures = isolate_failures
         self._engine: Engine | None = None
         self._feeds: set[Feed] = set()
         self._shutdown_lock = threading.Lock()
@@ -187,13 +193,7 @@ class ProcessPoolExecutor(Executor):
         engine = self._engine
         if engine is None:
             _register_exit_hook()
-            engine = Engine(
-                self._spawner,
-                self._max_workers,
-                isolate_failures=self._isolate_failures,
-                name=f"corral-executor-engine-{id(self):x}",
-            )
-            engine.start()
+            engine = start_engine(self._engine_spec)
             self._engine = engine
             self._finalizer = weakref.finalize(self, _close_engine, engine, self._feeds)
             _live_engines[engine] = (self._owner_pid, self._feeds)
@@ -225,13 +225,21 @@ class ProcessPoolExecutor(Executor):
         with self._shutdown_lock:
             engine = self._check_open()
         future = _Future()
+        setter = _FutureSetter(future, engine)
         try:
-            payload = encode_call(fn, args, kwargs)
+            task = engine.new_task(
+                CALL,
+                fn,
+                args,
+                kwargs,
+                setter,
+                timeout=self._task_timeout,
+                claim=setter.claim,
+                tag=future,
+            )
         except Exception as exc:
             future.set_exception(exc)
             return future
-        setter = _FutureSetter(future, engine)
-        task = Task(CALL, payload, setter, self._task_timeout, setter.claim, future)
         if self._task_timeout is None:
             future._direct = task
         engine.submit(task)
@@ -259,7 +267,6 @@ class ProcessPoolExecutor(Executor):
             window = default_window(self._max_workers)
             feed = Feed(
                 engine,
-                encode_call,
                 fn,
                 zip(*iterables),  # noqa: B905  (map stops at the shortest, as the stdlib's)
                 chunksize,
@@ -271,6 +278,23 @@ class ProcessPoolExecutor(Executor):
             self._feeds.add(feed)
             feed.start()
         return _map_results(feed, deadline, self._feeds)
+
+    def share(self, obj: _T) -> Shared[_T]:
+        """Place ``obj`` in shared memory once; return a handle to pass to any number of tasks.
+
+        Each task that gets the handle (anywhere in its arguments) receives
+        the object itself, rebuilt on read-only views of the shared memory.
+        The memory is freed by ``handle.release()``, when the last reference
+        to the handle is gone, or when the executor shuts down.
+
+        Raises:
+            RuntimeError: after ``shutdown()``.
+            SerializationError: ``obj`` cannot be pickled.
+        """
+        with self._shutdown_lock:
+            engine = self._check_open()
+        handle: Shared[_T] = engine.share(obj)
+        return handle
 
     # ----------------------------------------------------------- stopping
 
@@ -289,7 +313,7 @@ class ProcessPoolExecutor(Executor):
         if cancel_futures:
             for feed in list(self._feeds):
                 feed.stop()
-            for task in engine.drop_queued():
+            for task in engine.cancel_queued():
                 if task.tag is not None:
                     task.tag.cancel()
         for feed in list(self._feeds):

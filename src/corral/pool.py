@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import context as _context
 from . import util
-from ._engine import CALL, MAP, STARMAP, Engine, ProcessSpawner, Task, ThreadSpawner, encode_call
-from ._engine.direct import run_direct
-from ._engine.feed import Feed, FeedTimeout, default_window
+from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, start_engine
+from ._feed import Feed, FeedTimeout, default_window
 from ._typevars import T as _T
 from .errors import BrokenProcessPool, TimeoutError
 from .errors import MaybeEncodingError as MaybeEncodingError
@@ -46,6 +45,8 @@ from .errors import RemoteTraceback as RemoteTraceback
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from ._transfer import Shared
 
 __all__ = ("Pool", "ThreadPool")
 
@@ -273,41 +274,35 @@ class Pool:
         self._processes = processes
         self._maxtasksperchild = maxtasksperchild
         self._task_timeout = task_timeout
+        self._isolate_failures = isolate_failures
         self._feeds: set[Feed] = set()
-        self._engine = Engine(
-            self._make_spawner(
-                initializer, tuple(initargs), maxtasksperchild, max_memory_per_child
-            ),
-            processes,
-            isolate_failures=isolate_failures,
-            name=f"corral-pool-engine-{id(self):x}",
+        self._engine: Engine = start_engine(
+            self._engine_spec(initializer, tuple(initargs), maxtasksperchild, max_memory_per_child)
         )
-        self._engine.start()
         self._state = RUN
         self._terminate = util.Finalize(
             self, _terminate_pool, args=(self._engine, self._feeds), exitpriority=15
         )
 
-    def _make_spawner(
+    def _engine_spec(
         self,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
         max_tasks: int | None,
         max_memory: int | None,
-    ) -> Any:
-        return ProcessSpawner(
-            self._ctx,
-            initializer,
-            initargs,
-            max_tasks,
-            max_memory,
-            "multiprocessing",
-            "CorralPoolWorker",
+    ) -> EngineSpec:
+        return EngineSpec(
+            self._processes,
+            backend="process",
+            context=self._ctx,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks=max_tasks,
+            max_memory=max_memory,
+            isolate_failures=self._isolate_failures,
+            name=f"corral-pool-engine-{id(self):x}",
+            worker_name="CorralPoolWorker",
         )
-
-    @staticmethod
-    def _encode(func: Any, args: Any, kwds: Any) -> Any:
-        return encode_call(func, args, kwds)
 
     # ----------------------------------------------------------- introspection
 
@@ -317,8 +312,7 @@ class Pool:
         return self._engine.processes()
 
     def _repopulate_pool(self) -> None:
-        """Workers are replaced as they exit; kept for code that calls the stdlib's method."""
-        self._engine._call_soon(lambda: None)
+        """Does nothing: the engine replaces workers as they exit (the stdlib's method)."""
 
     def __repr__(self) -> str:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -357,7 +351,7 @@ class Pool:
         """Call ``func(*args, **kwds)`` in a worker and return its result.
 
         With an idle worker and no ``task_timeout`` the caller talks to the
-        worker itself, without the engine thread in between (``_engine.direct``).
+        worker itself, without the engine thread in between (``Engine.run_direct``).
 
         Raises:
             ValueError: the pool is closed or terminated.
@@ -366,10 +360,11 @@ class Pool:
         """
         self._check_running()
         timeout = self._timeout(task_timeout)
-        payload = self._encode(func, tuple(args), kwds or {})
         result: ApplyResult[_T] = ApplyResult(self, None, None)
-        task = Task(CALL, payload, result._set, timeout)
-        if timeout is not None or not run_direct(self._engine, task):
+        task = self._engine.new_task(
+            CALL, func, tuple(args), kwds or {}, result._set, timeout=timeout
+        )
+        if timeout is not None or not self._engine.run_direct(task):
             self._engine.submit(task)
         return result.get()
 
@@ -391,9 +386,11 @@ class Pool:
         """
         self._check_running()
         timeout = self._timeout(task_timeout)
-        payload = self._encode(func, tuple(args), kwds or {})
         result = ApplyResult(self, callback, error_callback)
-        self._engine.submit(Task(CALL, payload, result._set, timeout))
+        task = self._engine.new_task(
+            CALL, func, tuple(args), kwds or {}, result._set, timeout=timeout
+        )
+        self._engine.submit(task)
         return result
 
     def _map_async(
@@ -427,16 +424,18 @@ class Pool:
             if not chunk:
                 break
             chunks.append(chunk)
-        payloads = [self._encode(func, chunk, None) for chunk in chunks]
         result: MapResult[_T] = MapResult(self, [len(c) for c in chunks], callback, error_callback)
+        new_task = self._engine.new_task
         tasks = [
-            Task(
+            new_task(
                 kind,
-                payload,
+                func,
+                chunk,
+                None,
                 partial(result._set_chunk, i),
-                None if timeout is None else timeout * len(chunks[i]),
+                timeout=None if timeout is None else timeout * len(chunk),
             )
-            for i, payload in enumerate(payloads)
+            for i, chunk in enumerate(chunks)
         ]
         if tasks:
             self._engine.submit_many(tasks)
@@ -508,9 +507,7 @@ class Pool:
             msg = f"Chunksize must be 1+, not {chunksize:n}"
             raise ValueError(msg)
         window = default_window(self._processes)
-        feed = Feed(
-            self._engine, self._encode, func, iterable, chunksize, MAP, timeout, window, ordered
-        )
+        feed = Feed(self._engine, func, iterable, chunksize, MAP, timeout, window, ordered)
         self._feeds.add(feed)
         feed.thread.name = f"corral-imap-feed-{id(feed):x}"
         feed.start()
@@ -537,6 +534,25 @@ class Pool:
     ) -> IMapIterator[_T]:
         """Lazy ``map``: results in completion order."""
         return self._imap(func, iterable, chunksize, False, task_timeout)
+
+    def share(self, obj: _T) -> Shared[_T]:
+        """Place ``obj`` in shared memory once; return a handle to pass to any number of tasks.
+
+        Each task that gets the handle (anywhere in its arguments) receives
+        the object itself, rebuilt on read-only views of the shared memory:
+        a NumPy array is neither pickled nor copied per task. The memory is
+        freed by ``handle.release()``, when the last reference to the handle
+        is gone, or when the pool ends. In a ``ThreadPool`` the handle holds
+        the object itself (found in a task's arguments and in the items of
+        map-like calls, one level down).
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            SerializationError: ``obj`` cannot be pickled.
+        """
+        self._check_running()
+        handle: Shared[_T] = self._engine.share(obj)
+        return handle
 
     # ----------------------------------------------------------- lifetime
 
@@ -600,17 +616,19 @@ class ThreadPool(Pool):
     ) -> None:
         super().__init__(processes, initializer, initargs, task_timeout=task_timeout)
 
-    def _make_spawner(
+    def _engine_spec(
         self,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
         max_tasks: int | None,
         max_memory: int | None,
-    ) -> Any:
-        return ThreadSpawner(
-            initializer, initargs, max_tasks, "multiprocessing", "CorralThreadPoolWorker"
+    ) -> EngineSpec:
+        return EngineSpec(
+            self._processes,
+            backend="thread",
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks=max_tasks,
+            name=f"corral-threadpool-engine-{id(self):x}",
+            worker_name="CorralThreadPoolWorker",
         )
-
-    @staticmethod
-    def _encode(func: Any, args: Any, kwds: Any) -> Any:
-        return (func, args, kwds)

@@ -63,7 +63,8 @@ def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
         worker.sent_count += 1
         worker.post_permits(1)
         sent = True  # from here on the worker may have it (see the module docstring)
-        if not worker.send([(task_id, task.kind, task.payload)]):
+        fds = task.transfer.fds() if task.transfer is not None else None
+        if not worker.send([(task_id, task.kind, task.payload)], fds):
             _flush(worker)
         ok, value = _await_outcome(worker, task_id, records)
     except _HandBack as back:

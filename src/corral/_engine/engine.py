@@ -63,11 +63,12 @@ import selectors
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import _popen_fork
+from .. import _popen_fork, _transfer
 from ..errors import (
     BrokenProcessPool,
     InitializerError,
@@ -77,18 +78,22 @@ from ..errors import (
     WorkerStartupError,
     describe_exitcode,
 )
+from .contract import Task
+from .direct import run_direct
 from .handles import WorkerHandle
 from .lending import LendingMixin
 from .protocol import (
     CALL,
     EXITING,
     INIT_FAIL,
+    MAX_FDS,
     OK,
     READY,
     RECEIVED,
     RETIRING,
     REVOKE_MARK,
     REVOKED,
+    ObjectCodec,
     outcome_of,
     with_cause,
 )
@@ -107,45 +112,10 @@ _TAKE_BACK_AFTER = 0.01
 _STARTUP_DEATHS_LIMIT = 3
 
 
-class Task:
-    """One unit of work: a call, or a chunk of a map."""
+class LocalEngine(LendingMixin):
+    """The local engine: worker processes or threads of this machine (``contract.Engine``).
 
-    __slots__ = (
-        "claim",
-        "kind",
-        "on_done",
-        "payload",
-        "seq",
-        "tag",
-        "taken",
-        "task_id",
-        "timeout",
-    )
-
-    def __init__(
-        self,
-        kind: int,
-        payload: Any,
-        on_done: Callable[[bool, Any], None],
-        timeout: float | None = None,
-        claim: Callable[[], bool] | None = None,
-        tag: Any = None,
-    ) -> None:
-        self.task_id = 0
-        self.kind = kind
-        self.payload = payload
-        self.on_done = on_done  # called once, in the engine thread, with (ok, value)
-        self.timeout = timeout
-        self.claim = claim  # called as the task goes to a worker; False drops it
-        self.tag = tag  # the front end's own reference (its Future)
-        self.taken = False  # claimed by a caller that runs it directly (direct.py)
-        self.seq = 0  # its number on the channel of the worker it was last sent to
-
-
-class Engine(LendingMixin):
-    """Runs tasks on a set of workers; see the module docstring for the flow.
-
-    Args:
+    See the module docstring for the flow. Args:
         spawner: starts one worker (``ProcessSpawner`` or ``ThreadSpawner``).
         size: how many workers to keep.
         isolate_failures: if False, the first worker death breaks the whole
@@ -163,6 +133,8 @@ class Engine(LendingMixin):
         name: str = "corral-engine",
     ) -> None:
         self.spawner = spawner
+        self.codec = spawner.codec
+        self._shares: weakref.WeakSet[Any] = weakref.WeakSet()  # released when it finishes
         self.size = size
         self.isolate_failures = isolate_failures
         self.state = RUNNING
@@ -210,6 +182,42 @@ class Engine(LendingMixin):
         if self._start_error is not None:
             self.thread.join()
             raise self._start_error
+
+    def new_task(
+        self,
+        kind: int,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        on_done: Callable[[bool, Any], None],
+        *,
+        timeout: float | None = None,
+        claim: Callable[[], bool] | None = None,
+        tag: Any = None,
+    ) -> Task:
+        """Encode a task with the workers' codec, in the caller's thread (errors raise here)."""
+        payload, size, transfer = self.codec.encode_call(fn, args, kwargs)
+        task = Task(kind, payload, on_done, timeout, claim, tag, size)
+        task.transfer = transfer
+        return task
+
+    def share(self, obj: Any) -> Any:
+        """Place ``obj`` in shared memory once (process workers) and return its handle.
+
+        Thread workers share the process's memory: the handle holds the
+        object itself. Handles are released when the engine finishes.
+        """
+        if self.codec is ObjectCodec:
+            handle: Any = _transfer.SharedInProcess(obj)
+            ObjectCodec.shared = True
+        else:
+            handle = _transfer.Shared(obj)
+        self._shares.add(handle)
+        return handle
+
+    def run_direct(self, task: Task, *, queued: bool = False) -> bool:
+        """Run ``task`` on a parked worker from the calling thread (``direct.py``)."""
+        return run_direct(self, task, queued=queued)
 
     def submit(self, task: Task) -> None:
         """Queue ``task`` (thread-safe). A broken engine fails it at once."""
@@ -263,7 +271,7 @@ class Engine(LendingMixin):
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
-    def drop_queued(self) -> list[Task]:
+    def cancel_queued(self) -> list[Task]:
         """Take back every task not yet handed to a worker (for cancel_futures)."""
         taken: list[Task] = []
         done = threading.Event()
@@ -375,7 +383,11 @@ class Engine(LendingMixin):
                 self._park_idle()
         self._flush_step()
 
-    def after_step(self, fn: Callable[[], None]) -> None:
+    def delivering(self) -> bool:
+        """Whether this is the engine thread (which delivers outcomes in steps)."""
+        return threading.get_ident() == self.thread.ident
+
+    def after_delivery(self, fn: Callable[[], None]) -> None:
         """(Engine thread) Call ``fn`` once the current step is over.
 
         For front ends that collect the outcomes of a step and hand them on in
@@ -487,7 +499,7 @@ class Engine(LendingMixin):
                 worker.running_since = now
                 self._arm_deadline(worker, batch[0], now)
             worker.post_permits(len(batch))
-            self._send(worker, [(t.task_id, t.kind, t.payload) for t in batch])
+            self._send_tasks(worker, batch)
             if quota and worker.tasks_sent >= quota:
                 worker.quota_reached = True
                 worker.stopping = True  # it retires after these; send it nothing more
@@ -625,6 +637,8 @@ class Engine(LendingMixin):
                 except BaseException:
                     pass  # outcome_of below decodes it again and reports the error
                 else:
+                    if task.transfer is not None:
+                        task.transfer.release()
                     try:
                         task.on_done(True, value)
                     except BaseException:
@@ -647,6 +661,8 @@ class Engine(LendingMixin):
 
     def settle(self, task: Task, ok: bool, value: Any) -> None:
         """Deliver a task's outcome (any thread); a failing user callback is logged."""
+        if task.transfer is not None:
+            task.transfer.release()  # its big buffers' memory may be reused
         try:
             task.on_done(ok, value)
         except BaseException:  # a user callback failed: report it, keep the pool alive
@@ -843,9 +859,24 @@ class Engine(LendingMixin):
         if self.state in (CLOSING, STOPPING) and not self._workers:
             self.state = STOPPED
 
-    def _send(self, worker: WorkerHandle, message: Any) -> None:
-        if not worker.send(message):
+    def _send(self, worker: WorkerHandle, message: Any, fds: list[int] | None = None) -> None:
+        if not worker.send(message, fds):
             self._send_pending(worker)
+
+    def _send_tasks(self, worker: WorkerHandle, batch: list[Task]) -> None:
+        """Send tasks, with the descriptors of their big buffers (MAX_FDS at most a frame)."""
+        message: list[Any] = []
+        fds: list[int] = []
+        for task in batch:
+            transfer = task.transfer
+            if transfer is not None:
+                more = transfer.fds()
+                if len(fds) + len(more) > MAX_FDS and message:
+                    self._send(worker, message, fds)
+                    message, fds = [], []
+                fds.extend(more)
+            message.append((task.task_id, task.kind, task.payload))
+        self._send(worker, message, fds)
 
     def _send_pending(self, worker: WorkerHandle) -> None:
         """Watch the channel for room to write what ``worker`` still has queued."""
@@ -871,6 +902,8 @@ class Engine(LendingMixin):
 
     def _finish(self) -> None:
         self.state = STOPPED
+        for handle in list(self._shares):
+            handle.release()
         # Tasks submitted while the engine was going away still get an answer.
         self.stopped.set()
         self._fail_leftovers()

@@ -12,22 +12,36 @@ blocking, so a worker that is slow to read never stalls the engine.
 
 from __future__ import annotations
 
+import array
 import os
 import pickle
 import queue
+import socket
 import struct
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import _wire, synchronize
-from .protocol import REVOKE_MARK, ObjectCodec, PickleCodec
+from .. import synchronize
+from .protocol import (
+    ANCILLARY_SPACE,
+    REVOKE_MARK,
+    ObjectCodec,
+    PickleCodec,
+    attach_record_fds,
+    collect_fds,
+)
 from .worker import process_worker_main, thread_worker_main
 
 _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!Q")
 _READ_SIZE = 1 << 18
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class WorkerHandle:
@@ -75,8 +89,8 @@ class WorkerHandle:
     def started(self) -> None:
         """The worker said READY."""
 
-    def send(self, message: Any) -> bool:
-        """Queue ``message`` for the worker; return True if nothing is left to write."""
+    def send(self, message: Any, fds: list[int] | None = None) -> bool:
+        """Queue ``message`` (and descriptors) for the worker; True if nothing is left to write."""
         raise NotImplementedError
 
     def flush(self) -> bool:
@@ -100,75 +114,92 @@ class WorkerHandle:
 
 
 class ProcessWorkerHandle(WorkerHandle):
-    """A worker process and the engine's end of its socket pair."""
+    """A worker process and the engine's end of its socket pair.
+
+    Descriptors (big buffers in shared memory: ``_transfer``) travel with a
+    frame as ``SCM_RIGHTS`` data attached to its first byte; such a frame
+    holds ``(message,)`` instead of the message. Reads use ``recvmsg_into``,
+    so descriptors are collected, in order, into ``fds_in`` and paired with
+    the records that take them when their frame is complete.
+    """
 
     codec = PickleCodec
 
-    def __init__(self, worker_id: int, process: Any, conn: Any, permits: Any) -> None:
+    def __init__(self, worker_id: int, process: Any, sock: socket.socket, permits: Any) -> None:
         super().__init__(worker_id)
         self.permits = permits
         self.process = process
         self.pid = process.pid
-        self.conn = conn
-        self.channel_fd = conn.fileno()
-        os.set_blocking(self.channel_fd, False)
+        self._sock = sock
+        self.channel_fd = sock.fileno()
+        sock.setblocking(False)
         self.death_fd = process.sentinel
         self._inbuf = bytearray()  # the start of a frame not yet complete
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
-        self._outbuf: deque[memoryview] = deque()
+        self._outbuf: deque[tuple[memoryview, list[int] | None]] = deque()
+        self.fds_in: deque[int] = deque()
 
     def started(self) -> None:
         """The worker said READY: it has opened its permit semaphore, whose name can go."""
         self.permits._unlink_name()
 
-    def send(self, message: Any) -> bool:
-        """Queue ``message`` for the worker; return True if all of it left at once."""
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    def send(self, message: Any, fds: list[int] | None = None) -> bool:
+        """Queue ``message`` (and ``fds``) for the worker; return True if all of it left at once."""
+        data = pickle.dumps(message if not fds else (message,), pickle.HIGHEST_PROTOCOL)
         n = len(data)
         header = _HEADER.pack(n) if n < 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(n)
-        if self._outbuf:
-            self._outbuf.append(memoryview(header + data))
+        frame = memoryview(header + data)
+        # Its own duplicates of the descriptors: the frame may wait in _outbuf
+        # while their owner closes them (a task settled, a share released).
+        self._outbuf.append((frame, [os.dup(fd) for fd in fds] if fds else None))
+        if len(self._outbuf) > 1:
             return False
-        frame = header + data
-        try:
-            sent = os.write(self.channel_fd, frame)
-        except BlockingIOError:
-            sent = 0
-        except (BrokenPipeError, ConnectionResetError):
-            return True  # the worker is gone; its death returns what it held
-        if sent < len(frame):
-            self._outbuf.append(memoryview(frame)[sent:])
-            return False
-        return True
+        return self.flush()
 
     def flush(self) -> bool:
         """Write what is pending; return True when nothing is left."""
-        while self._outbuf:
-            chunk = self._outbuf[0]
+        outbuf = self._outbuf
+        while outbuf:
+            chunk, fds = outbuf[0]
             try:
-                sent = os.write(self.channel_fd, chunk)
+                if fds:
+                    sent = self._sock.sendmsg(
+                        [chunk], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    )
+                else:
+                    sent = os.write(self.channel_fd, chunk)
             except BlockingIOError:
                 return False
             except (BrokenPipeError, ConnectionResetError):
-                self._outbuf.clear()
+                self._clear_outbuf()
                 return True
+            if fds:
+                _close_all(fds)  # the kernel holds its own copies now
             if sent < len(chunk):
-                self._outbuf[0] = chunk[sent:]
+                outbuf[0] = (chunk[sent:], None)  # the descriptors left with the first byte
                 return False
-            self._outbuf.popleft()
+            outbuf.popleft()
         return True
+
+    def _clear_outbuf(self) -> None:
+        while self._outbuf:
+            _chunk, fds = self._outbuf.popleft()
+            if fds:
+                _close_all(fds)
 
     def read_records(self) -> tuple[list[Any], bool]:
         """Read what has arrived; return (records, channel_closed)."""
         # Read into one reused buffer: a fresh 256 KiB bytes object per read
         # would cost an mmap/munmap pair (it is above malloc's mmap threshold).
         try:
-            n = os.readv(self.channel_fd, [self._rbuf])
+            n, ancdata, _flags, _addr = self._sock.recvmsg_into([self._rbuf], ANCILLARY_SPACE)
         except BlockingIOError:
             return [], False
         except OSError:
             return [], True
+        if ancdata:
+            collect_fds(ancdata, self.fds_in)
         if not n:
             return [], True
         partial = self._inbuf
@@ -191,7 +222,10 @@ class ProcessWorkerHandle(WorkerHandle):
                 start += 8
             if end - start < size:
                 break
-            records.extend(pickle.loads(view[start : start + size]))
+            message = pickle.loads(view[start : start + size])
+            if type(message) is tuple:  # it came with descriptors
+                message = attach_record_fds(message[0], self.fds_in)
+            records.extend(message)
             pos = start + size
         if partial:
             del partial[:pos]
@@ -224,7 +258,10 @@ class ProcessWorkerHandle(WorkerHandle):
 
     def close(self) -> None:
         self.permits._unlink_name()
-        self.conn.close()
+        self._sock.close()
+        self._clear_outbuf()
+        while self.fds_in:  # descriptors of records never read
+            os.close(self.fds_in.popleft())
         # Not close(): code written for the stdlib joins pool._pool and
         # executor._processes after shutdown. The fds go once it is reaped.
         self.process._release()
@@ -289,7 +326,7 @@ class ThreadWorkerHandle(WorkerHandle):
     def post_permits(self, n: int) -> None:
         self.permits.release(n)
 
-    def send(self, message: Any) -> bool:
+    def send(self, message: Any, fds: list[int] | None = None) -> bool:
         if message and message != REVOKE_MARK:
             # An in-process queue cannot lose a batch: it counts as read.
             self.received_count = self.sent_count
@@ -340,6 +377,7 @@ class ProcessSpawner:
     """Starts worker processes with a context's ``Process``."""
 
     lendable = True  # a caller thread may use a worker's channel directly (direct.py)
+    codec = PickleCodec
 
     def __init__(
         self,
@@ -366,7 +404,7 @@ class ProcessSpawner:
         The handle is made in a second step so that a pool can start all its
         first workers and clean up cleanly if one start fails.
         """
-        parent_end, child_end = _wire.stream_pair()  # the engine parses a byte stream
+        parent_end, child_end = socket.socketpair()  # the engine parses a byte stream
         permits = None
         try:
             permits = synchronize.Semaphore(0, ctx=self.ctx)
@@ -400,6 +438,7 @@ class ThreadSpawner:
     """Starts ``ThreadPool`` worker threads."""
 
     lendable = False
+    codec = ObjectCodec
 
     def __init__(
         self,

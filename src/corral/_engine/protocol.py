@@ -46,24 +46,22 @@ answers REVOKED, and only then gets new tasks.
 
 from __future__ import annotations
 
+import array
 import pickle
+import socket
 import sys
 import traceback
 import types
 from typing import Any
 
-from .. import reduction
+from .. import _transfer, reduction
 from ..errors import (
     MaybeEncodingError,
     RemoteTraceback,
     ResultUnpicklingError,
     TaskUnpicklingError,
 )
-
-# Task kinds.
-CALL = 0
-MAP = 1
-STARMAP = 2
+from .contract import CALL, MAP, STARMAP  # noqa: F401  (task kinds, re-exported)
 
 # Record statuses.
 OK = 0
@@ -79,6 +77,21 @@ REVOKED = 9
 
 # Engine -> worker: "the tasks you have not found a permit for end here".
 REVOKE_MARK = "revoke"
+
+# Descriptors one frame may carry (Linux's SCM_MAX_FD). A read stops after a
+# frame that brings descriptors, so this is also all one read may bring.
+MAX_FDS = 253
+ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+
+
+def collect_fds(ancdata: list[tuple[int, int, bytes]], into: Any) -> None:
+    """Append the descriptors of ``SCM_RIGHTS`` ancillary data to the deque ``into``, in order."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            into.extend(fds)
+
 
 _REPR_LIMIT = 300
 
@@ -112,16 +125,23 @@ _CACHE_LIMIT = 256
 _references: dict[Any, tuple[bytes, Any, list[str]]] = {}
 
 
-def encode_call(fn: Any, args: Any, kwargs: Any) -> Any:
-    """Pickle one task's function and arguments (in the caller, so errors surface there)."""
+def encode_call(fn: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """Pickle one task's function and arguments (in the caller, so errors surface there).
+
+    Returns ``(payload, transfer)``: ``transfer`` is None, or the
+    ``_transfer.Outgoing`` whose descriptors must travel with the payload
+    (big buffers in shared memory, shared objects).
+    """
     if type(fn) in _CACHEABLE or isinstance(fn, type):
         cached = _references.get(fn)
         if cached is not None and _still_named(fn, cached[1], cached[2]):
-            return (cached[0], reduction.ForkingPickler.dumps((args, kwargs)))
+            rest, transfer = _transfer.dumps((args, kwargs))
+            return (cached[0], rest), transfer
         reference = _reference(fn)
         if reference is not None:
-            return (reference, reduction.ForkingPickler.dumps((args, kwargs)))
-    return reduction.ForkingPickler.dumps((fn, args, kwargs))
+            rest, transfer = _transfer.dumps((args, kwargs))
+            return (reference, rest), transfer
+    return _transfer.dumps((fn, args, kwargs))
 
 
 def _reference(fn: Any) -> bytes | None:
@@ -153,11 +173,24 @@ _loaded: dict[bytes, Any] = {}  # in a worker: function references already unpic
 
 
 class PickleCodec:
-    """How process workers encode results: each object pickled on its own."""
+    """How process workers' tasks and results are encoded: each object pickled on its own."""
+
+    @staticmethod
+    def encode_call(fn: Any, args: Any, kwargs: Any) -> tuple[Any, int, Any]:
+        """(payload, its size in bytes, transfer) of one task; raises if it cannot be pickled."""
+        payload, transfer = encode_call(fn, args, kwargs)
+        if type(payload) is bytes:
+            return payload, len(payload), transfer
+        if len(payload) == 2:  # (function reference, arguments)
+            return payload, len(payload[0]) + _transfer.size_of(payload[1]), transfer
+        return payload, _transfer.size_of(payload), transfer
 
     @staticmethod
     def decode_task(payload: Any) -> Any:
-        if type(payload) is tuple:  # (function reference, (args, kwargs)): see encode_call
+        received = None
+        if type(payload) is _transfer.Received:  # big: its descriptors came with it
+            received, payload = payload, payload.message
+        if type(payload) is tuple and len(payload) == 2:  # (function reference, arguments)
             reference, rest = payload
             fn = _loaded.get(reference)
             if fn is None:
@@ -165,8 +198,14 @@ class PickleCodec:
                 if len(_loaded) >= _CACHE_LIMIT:
                     _loaded.clear()
                 _loaded[reference] = fn
-            args, kwargs = pickle.loads(rest)
+            if received is not None:
+                received.message = rest
+                args, kwargs = received.load()
+            else:
+                args, kwargs = pickle.loads(rest)
             return fn, args, kwargs
+        if received is not None:
+            return received.load()
         return pickle.loads(payload)
 
     @staticmethod
@@ -174,7 +213,7 @@ class PickleCodec:
         # Results use plain pickle, as the stdlib's pools do: a returned lambda
         # is an error (MaybeEncodingError), not something to rebuild by value.
         try:
-            return (OK, task_id, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), None)
+            message, transfer = _transfer.dumps(value, plain=True)
         except SystemExit:
             raise
         except BaseException as exc:
@@ -184,6 +223,9 @@ class PickleCodec:
                 (type(value).__name__, short_repr(value), short_repr(exc)),
                 format_exception_text(exc),
             )
+        if transfer is not None:  # big: the worker sends its descriptors with the record
+            return (OK, task_id, _transfer.Sending(message, transfer), None)
+        return (OK, task_id, message, None)
 
     @staticmethod
     def encode_exception(task_id: int, exc: BaseException) -> tuple[Any, ...]:
@@ -203,14 +245,25 @@ class PickleCodec:
 
     @staticmethod
     def decode_value(blob: Any) -> Any:
+        if type(blob) is _transfer.Received:
+            return blob.load()
         return pickle.loads(blob)
 
 
 class ObjectCodec:
-    """How thread workers encode results: the objects themselves."""
+    """How thread workers' tasks and results are encoded: the objects themselves."""
 
     @staticmethod
-    def decode_task(payload: Any) -> Any:
+    def encode_call(fn: Any, args: Any, kwargs: Any) -> tuple[Any, int, Any]:
+        return (fn, args, kwargs), 64, None
+
+    shared = False  # set once a SharedInProcess handle exists (share() of a thread pool)
+
+    @classmethod
+    def decode_task(cls, payload: Any) -> Any:
+        if cls.shared:
+            fn, args, kwargs = payload
+            return fn, _transfer.resolve_in_process(args), _transfer.resolve_in_process(kwargs)
         return payload
 
     @staticmethod
@@ -224,6 +277,37 @@ class ObjectCodec:
     @staticmethod
     def decode_value(blob: Any) -> Any:
         return blob
+
+
+def task_fd_count(payload: Any) -> int:
+    """How many descriptors (``_transfer``) travel with a process task's payload."""
+    if type(payload) is bytes:
+        return 0
+    if len(payload) == 2:  # (function reference, arguments)
+        return _transfer.fd_count(payload[1])
+    return _transfer.fd_count(payload)
+
+
+def attach_task_fds(batch: list[Any], fds: Any) -> list[Any]:
+    """(Worker) Pair a batch's big payloads with the descriptors that came with it, in order."""
+    paired = []
+    for task_id, kind, payload in batch:
+        n = task_fd_count(payload)
+        if n:
+            payload = _transfer.Received(payload, [fds.popleft() for _ in range(n)])
+        paired.append((task_id, kind, payload))
+    return paired
+
+
+def attach_record_fds(records: list[Any], fds: Any) -> list[Any]:
+    """(Engine) Pair big results with the descriptors that came with their records, in order."""
+    paired = []
+    for record in records:
+        status, task_id, a, b = record
+        if status == OK and type(a) is tuple:
+            record = (status, task_id, _transfer.take_fds(a, fds), b)
+        paired.append(record)
+    return paired
 
 
 def with_cause(exc: BaseException, tb_text: str | None) -> BaseException:

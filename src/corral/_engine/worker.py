@@ -10,21 +10,25 @@ running at any moment.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import ctypes.util
 import logging
 import os
 import pickle
 import signal
+import socket
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable
 from itertools import starmap
 from typing import Any
 
-from .. import process
+from .. import _transfer, process
 from .._lifeline import on_parent_death
 from .protocol import (
+    ANCILLARY_SPACE,
     CALL,
     EXITING,
     INIT_FAIL,
@@ -37,9 +41,14 @@ from .protocol import (
     UNREADABLE,
     ObjectCodec,
     PickleCodec,
+    attach_task_fds,
+    collect_fds,
     format_exception_text,
     short_repr,
 )
+
+_HEADER = struct.Struct("!i")
+_BIG_HEADER = struct.Struct("!Q")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -196,8 +205,84 @@ def _exit_now() -> None:
     os._exit(1)
 
 
+class _Channel:
+    """A process worker's end of its socket: frames as ``Connection`` makes them, plus descriptors.
+
+    Descriptors (``_transfer``: big buffers in shared memory) come attached to
+    the first byte of a frame holding ``(message,)``; they are paired with the
+    tasks that take them. Results that hold big buffers are sent the same way.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self.sock = sock
+        self.fds: deque[int] = deque()
+        self._header = bytearray(8)
+
+    def send(self, records: list[Any]) -> None:
+        fds: list[int] | None = None
+        transfers = []
+        for i, record in enumerate(records):
+            a = record[2]
+            if type(a) is _transfer.Sending:
+                if fds is None:
+                    fds = []
+                fds.extend(a.outgoing.fds())
+                transfers.append(a.outgoing)
+                records[i] = (record[0], record[1], a.message, record[3])
+        data = pickle.dumps(records if fds is None else (records,), pickle.HIGHEST_PROTOCOL)
+        n = len(data)
+        header = _HEADER.pack(n) if n < 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(n)
+        frame = header + data
+        if fds is None:
+            self.sock.sendall(frame)
+            return
+        try:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            sent = self.sock.sendmsg([frame], rights)
+            if sent < len(frame):
+                self.sock.sendall(memoryview(frame)[sent:])
+        finally:
+            for transfer in transfers:
+                transfer.release()
+
+    def receive(self) -> Any:
+        """The next message (a batch of tasks, None, or REVOKE_MARK); EOFError at the end."""
+        header = memoryview(self._header)
+        self._read(header[:4], with_fds=True)
+        (size,) = _HEADER.unpack_from(header)
+        if size == -1:
+            self._read(header, with_fds=False)
+            (size,) = _BIG_HEADER.unpack_from(header)
+        body = bytearray(size)
+        self._read(memoryview(body), with_fds=False)
+        message = pickle.loads(body)
+        if type(message) is tuple:  # it came with descriptors
+            message = attach_task_fds(message[0], self.fds)
+        return message
+
+    def _read(self, view: memoryview, with_fds: bool) -> None:
+        got = 0
+        total = len(view)
+        while got < total:
+            if with_fds:
+                n, ancdata, _flags, _addr = self.sock.recvmsg_into([view[got:]], ANCILLARY_SPACE)
+                if ancdata:
+                    collect_fds(ancdata, self.fds)
+            else:
+                n = self.sock.recv_into(view[got:])
+            if not n:
+                raise EOFError
+            got += n
+
+    def close(self) -> None:
+        self.sock.close()
+        while self.fds:
+            os.close(self.fds.popleft())
+
+
 def process_worker_main(
-    conn: Any,
+    conn: socket.socket,
     permits: Any,
     parent_pid: int,
     initializer: Callable[..., object] | None,
@@ -213,15 +298,14 @@ def process_worker_main(
     # A pool worker may run tasks that start their own processes or pools.
     process.current_process()._config["daemon"] = False
 
-    def send(records: list[Any]) -> None:
-        conn.send_bytes(pickle.dumps(records, pickle.HIGHEST_PROTOCOL))
+    channel = _Channel(conn)
+    send = channel.send
 
     def receive() -> Any:
         try:
-            data = conn.recv_bytes()
+            return channel.receive()
         except (EOFError, OSError):
             return None  # the parent closed the channel or died
-        return pickle.loads(data)
 
     try:
         if not _initialized(initializer, initargs, send, logger_name):
@@ -230,7 +314,7 @@ def process_worker_main(
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent went away while we were reporting
     finally:
-        conn.close()
+        channel.close()
     if exit_status is not None:
         sys.exit(exit_status)
 

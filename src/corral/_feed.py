@@ -1,14 +1,14 @@
 """Lazy input for ``imap``, ``imap_unordered`` and ``Executor.map``.
 
 A ``Feed`` pulls the caller's iterable in its own thread, cuts it into chunks,
-pickles each chunk and submits it to the engine, keeping at most ``window``
-chunks, and about 32 MiB of pickled input, outstanding (submitted but not yet
+has the engine encode each one (``Engine.new_task``) and submits it, keeping at
+most ``window`` chunks, and about 32 MiB of pickled input, outstanding (submitted but not yet
 taken by the consumer), so an endless generator never fills memory. The
 consumer takes chunk outcomes in input order (``ordered``) or as they complete.
 
 Hand-offs between the three threads go through C-level ``queue.SimpleQueue``s,
 never a Python ``Condition``: the engine puts the outcomes of each of its steps
-on ``_outcomes`` as one list (``Engine.after_step``); the consumer reorders them
+on ``_outcomes`` as one list (``Engine.after_delivery``); the consumer reorders them
 itself; it returns window credits to the feed thread every few chunks, so no
 side wakes another once per item.
 
@@ -25,12 +25,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from itertools import islice
 from typing import Any
 
-from .engine import Engine, Task
+from ._engine import Engine
 
 # The window: at most this much pickled input in flight (estimated from the
 # average chunk so far), and at least _MIN_WINDOW chunks. The consumer returns
@@ -56,7 +56,6 @@ class Feed:
     def __init__(
         self,
         engine: Engine,
-        encode: Callable[[Any, Any, Any], Any],
         func: Any,
         iterable: Iterable[Any],
         chunksize: int,
@@ -66,7 +65,6 @@ class Feed:
         ordered: bool,
     ) -> None:
         self._engine = engine
-        self._encode = encode
         self._func = func
         self._iterable = iterable
         self._chunksize = chunksize
@@ -77,7 +75,6 @@ class Feed:
         self._stopped = False
         self._credits: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lists of outcomes
-        self._engine_thread = engine.thread.ident
         self._batch: list[tuple[int, tuple[bool, Any]]] = []  # engine thread only
         # Consumer side (under _take_lock): outcomes received but not yet taken.
         self._take_lock = threading.Lock()
@@ -134,17 +131,22 @@ class Feed:
                     chunk = list(islice(iterator, self._chunksize))
                     if not chunk:
                         return
-                    payload = self._encode(self._func, chunk, None)
+                    timeout = (
+                        None if self._task_timeout is None else self._task_timeout * len(chunk)
+                    )
+                    on_done = partial(self._put, index)
+                    task = self._engine.new_task(
+                        self._kind, self._func, chunk, None, on_done, timeout=timeout
+                    )
                 except BaseException as exc:  # the input raised, or a chunk cannot be pickled
                     self._put(index, False, exc)
                     index += 1
                     return
-                timeout = None if self._task_timeout is None else self._task_timeout * len(chunk)
-                self._engine.submit(Task(self._kind, payload, partial(self._put, index), timeout))
+                self._engine.submit(task)
                 index += 1
                 outstanding += 1
-                sent_bytes += _size(payload)
-                del chunk, payload
+                sent_bytes += task.size
+                del chunk, task
         except BaseException as exc:  # a bug here must show, never shorten the results
             self._put(index, False, exc)
             index += 1
@@ -153,12 +155,12 @@ class Feed:
             self._engine.release()
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
-        if threading.get_ident() == self._engine_thread:
-            batch = self._batch  # handed on once the engine's step is over
+        if self._engine.delivering():
+            batch = self._batch  # handed on once the engine's batch is over
             batch.append((index, (ok, value)))
             if len(batch) == 1:
-                self._engine.after_step(self._flush)
-        else:  # a failure reported by another thread (the engine has stopped)
+                self._engine.after_delivery(self._flush)
+        else:  # reported outside a batch (a failure after the engine stopped)
             self._outcomes.put([(index, (ok, value))])
 
     def _flush(self) -> None:
@@ -226,15 +228,6 @@ class Feed:
 def default_window(workers: int) -> int:
     """Chunks a feed keeps in flight at most (the byte budget may allow fewer)."""
     return max(1024, 64 * workers)
-
-
-def _size(payload: Any) -> int:
-    """Bytes of a process payload; thread workers' payloads (objects) count as 64."""
-    if type(payload) is bytes:
-        return len(payload)
-    if type(payload) is tuple and len(payload) == 2 and type(payload[0]) is bytes:
-        return len(payload[0]) + len(payload[1])  # (function reference, arguments)
-    return 64
 
 
 def _remaining(deadline: float | None) -> float:

@@ -1,0 +1,609 @@
+"""Big buffers between a pool's engine and its workers: shared memory passed by descriptor.
+
+A task (or a result) whose pickle holds protocol-5 buffers of ``MIN_SIZE``
+bytes or more (NumPy arrays, ``pickle.PickleBuffer``) does not push them
+through the worker's socket. They are copied once into a *segment*, an
+anonymous shared-memory file (``memfd``), whose descriptor crosses the socket
+beside the message (``SCM_RIGHTS``); the message keeps only the small pickle
+and where each buffer sits. The receiver maps the segment and unpickles with
+views into the mapping: no copy on that side. A message whose pickle itself is
+big (large ``bytes`` or ``str`` pickle in band) puts the pickle in the segment
+too; unpickling copies those objects out once.
+
+Nothing has a name, so nothing can be left behind: the kernel frees a segment
+when the last descriptor and mapping of it are gone, whoever was killed.
+
+**Segments are reused.** On the machines we measured, fresh shared-memory
+pages cost more than the copy itself (4 KiB pages: allocating them made a
+64 MiB write 3-5x slower than ``memcpy``, and setting up the page tables of a
+fresh 64 MiB mapping cost about as much as copying it). So both sides keep
+their mappings: the sender (``Outbox``) writes into a segment the receiver has
+finished with, and the receiver keeps its mapping of each segment it has seen
+(by inode), so that a reused segment costs neither side a page fault.
+The first 64 bytes of a segment say who holds it (``_READER``, an i32):
+0 free, -1 sent and not yet mapped, or the pid of the process whose objects
+still use its buffers. The receiver's buffers are ctypes arrays over the
+mapping with a finalizer: when the last object using a message's buffers is
+gone, the field goes back to 0. A sender also reuses a segment whose reader
+has died. Task arguments stay *owned* by the engine until the task is settled
+(a task that was sent to a worker that died before starting it is sent again,
+with the same segment).
+
+Buffers a receiver gets are writable views (``MAP_SHARED``): the segment is
+its alone until those objects are gone. Objects placed with ``share()`` are
+mapped read-only in every worker and never reused (see ``Shared``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import pickle
+import struct
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, Generic
+
+from . import reduction
+from ._typevars import T as _T
+
+__all__ = ("MIN_SIZE", "Outbox", "Shared", "open_views", "outbox")
+
+# Buffers of at least this many bytes leave the pickle; a pickle of at least
+# this many bytes goes into the segment too.
+MIN_SIZE = 1 << 20
+_ALIGN = 64
+_HEADER = 64  # bytes at the start of a segment: the _READER field, then padding
+_READER = struct.Struct("i")
+_FREE, _IN_FLIGHT = 0, -1
+# The sender keeps at most this much in free segments; a bigger one is never kept.
+_OUTBOX_BYTES = 512 << 20
+# A receiver keeps at most this much mapped for reuse.
+_MAPPED_BYTES = 1 << 30
+_HAVE_MEMFD = hasattr(os, "memfd_create")
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+def _new_fd(size: int) -> int:
+    """An anonymous shared-memory file of ``size`` bytes (a memfd; elsewhere an unlinked shm)."""
+    if _HAVE_MEMFD:
+        fd = os.memfd_create("corral-transfer", os.MFD_CLOEXEC)
+    else:  # macOS: a POSIX shm object unlinked at once has no name either
+        import _posixshmem
+        import secrets
+
+        name = f"/crl-{secrets.token_hex(8)}"
+        fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        _posixshmem.shm_unlink(name)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Segment:
+    """The sender's side of one segment: its descriptor and a mapping kept for reuse."""
+
+    __slots__ = ("__weakref__", "fd", "fresh", "mm", "owned", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fd = _new_fd(size)
+        try:
+            self.mm = mmap.mmap(self.fd, size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.owned = False  # the sender may send it again (a task not yet settled)
+        self.fresh = True  # no page of it exists yet
+
+    def reusable(self) -> bool:
+        reader = _READER.unpack_from(self.mm, 0)[0]
+        if reader == _FREE:
+            return True
+        if reader == _IN_FLIGHT:
+            return False
+        return not _alive(reader)
+
+    def mark_in_flight(self) -> None:
+        _READER.pack_into(self.mm, 0, _IN_FLIGHT)
+
+    def write(self, parts: list[memoryview]) -> list[tuple[int, int]]:
+        """Copy ``parts`` in, 64-byte aligned after the header; return their (offset, length)."""
+        spans = []
+        mm = self.mm
+        offset = _HEADER
+        for view in parts:
+            n = view.nbytes
+            if self.fresh:  # pwrite makes the pages without a page fault for each
+                done = 0
+                while done < n:
+                    done += os.pwrite(self.fd, view[done:], offset + done)
+            else:  # its pages exist and are mapped here: a plain copy is fastest
+                mm[offset : offset + n] = view
+            spans.append((offset, n))
+            offset = _aligned(offset + n)
+        self.fresh = False
+        return spans
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+            try:
+                self.mm.close()
+            except BufferError:
+                pass  # a view of it is still alive: it is unmapped when that goes
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Outbox:
+    """A process's segments for sending, reused once their receivers are done with them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[Segment] = []
+        self._free_bytes = 0
+
+    def write(self, parts: list[memoryview]) -> tuple[Segment, list[tuple[int, int]]]:
+        """Copy ``parts`` into a segment (reused or new), owned by the caller until ``release``.
+
+        Raises:
+            OSError: no shared memory could be had (ENOMEM/ENOSPC).
+        """
+        need = _HEADER
+        for view in parts:
+            need = _aligned(need + view.nbytes)
+        segment = self._take(need)
+        if segment is None:
+            segment = Segment(need)
+        segment.owned = True
+        segment.mark_in_flight()
+        return segment, segment.write(parts)
+
+    def _take(self, need: int) -> Segment | None:
+        with self._lock:
+            best = None
+            for segment in self._free:
+                fits = need <= segment.size <= 4 * need
+                if fits and (best is None or segment.size < best.size) and segment.reusable():
+                    best = segment
+            if best is not None:
+                self._free.remove(best)
+                self._free_bytes -= best.size
+            return best
+
+    def release(self, segment: Segment) -> None:
+        """The sender will not send ``segment`` again: keep it for reuse, or let it go."""
+        segment.owned = False
+        if segment.size > _OUTBOX_BYTES:
+            segment.close()
+            return
+        with self._lock:
+            self._free.append(segment)
+            self._free_bytes += segment.size
+            while self._free_bytes > _OUTBOX_BYTES:
+                oldest = self._free.pop(0)
+                self._free_bytes -= oldest.size
+                oldest.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+            self._free_bytes = 0
+        for segment in free:
+            segment.close()
+
+
+_outbox: Outbox | None = None
+_outbox_pid = 0
+
+
+def outbox() -> Outbox:
+    """This process's outbox (a forked child starts with an empty one)."""
+    global _outbox, _outbox_pid
+    pid = os.getpid()
+    if _outbox is None or _outbox_pid != pid:
+        _outbox, _outbox_pid = Outbox(), pid
+    return _outbox
+
+
+# ----------------------------------------------------------------- encoding
+
+
+class Outgoing:
+    """What a message sends beside its pickle: its own segment and the shared objects it uses."""
+
+    __slots__ = ("segment", "shared")
+
+    def __init__(self, segment: Segment | None, shared: list[Shared]) -> None:
+        self.segment = segment
+        self.shared = shared
+
+    def fds(self) -> list[int]:
+        """The descriptors to send, in the order the receiver takes them; marks the segment sent."""
+        fds = []
+        if self.segment is not None:
+            self.segment.mark_in_flight()
+            fds.append(self.segment.fd)
+        fds.extend(handle._fd_for_sending() for handle in self.shared)
+        return fds
+
+    def release(self) -> None:
+        if self.segment is not None and self.segment.owned:
+            outbox().release(self.segment)
+        self.segment = None
+        self.shared = []
+
+
+_collecting = threading.local()  # .shared: the Shared handles met while pickling a message
+
+
+def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
+    """Pickle ``obj`` for a worker channel: ``(bytes, None)`` or ``(big message, Outgoing)``.
+
+    A big message is the tuple ``(pickle or None, spans, shared count)``; its
+    descriptors (``Outgoing.fds()``) must travel with it. ``plain``: pickle
+    as ``pickle.dumps`` does (results), not as corral sends tasks.
+
+    Raises:
+        SerializationError: obj (or a part of it) cannot be pickled.
+        OSError: no shared memory could be had for its big buffers.
+    """
+    outer = getattr(_collecting, "shared", None)
+    shared: list[Shared] = []
+    _collecting.shared = shared
+    try:
+        if plain:  # results: plain pickle, as the stdlib's pools (no by-value functions)
+            collector = reduction._BufferCollector(MIN_SIZE)
+            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
+            buffers = collector.buffers
+        else:
+            data, buffers = reduction.dumps_with_buffers(obj, MIN_SIZE)
+    finally:
+        _collecting.shared = outer
+    if not buffers and not shared and len(data) < MIN_SIZE:
+        return data, None
+    segment = None
+    spans: list[tuple[int, int]] = []
+    header: bytes | None = data
+    if buffers or len(data) >= MIN_SIZE:
+        parts = [memoryview(data), *buffers] if len(data) >= MIN_SIZE else buffers
+        segment, spans = outbox().write(parts)
+        if len(data) >= MIN_SIZE:
+            header = None  # the pickle is the segment's first span
+    return (header, tuple(spans), len(shared)), Outgoing(segment, shared)
+
+
+def size_of(message: Any) -> int:
+    """Bytes a message from ``dumps`` stands for (its pickle and its buffers)."""
+    if type(message) is bytes:
+        return len(message)
+    header, spans, _n = message
+    return (len(header) if header is not None else 0) + sum(n for _offset, n in spans)
+
+
+def fd_count(message: Any) -> int:
+    """How many descriptors travel with a message from ``dumps``."""
+    if type(message) is bytes:
+        return 0
+    _header, spans, n_shared = message
+    return (1 if spans else 0) + int(n_shared)
+
+
+class Sending:
+    """A big message in a worker's record, with what must travel beside it."""
+
+    __slots__ = ("message", "outgoing")
+
+    def __init__(self, message: Any, outgoing: Outgoing) -> None:
+        self.message = message
+        self.outgoing = outgoing
+
+
+class Received:
+    """A big message as it arrived, with its descriptors (closed if it is never loaded)."""
+
+    __slots__ = ("fds", "message")
+
+    def __init__(self, message: Any, fds: list[int]) -> None:
+        self.message = message
+        self.fds = fds
+
+    def load(self) -> Any:
+        fds, self.fds = self.fds, []
+        try:
+            return loads(self.message, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def __del__(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def take_fds(message: Any, fds: Any) -> Any:
+    """``message`` itself, or a ``Received`` holding the descriptors it takes from ``fds``."""
+    n = fd_count(message)
+    if not n:
+        return message
+    return Received(message, [fds.popleft() for _ in range(n)])
+
+
+def loads(message: Any, fds: list[int]) -> Any:
+    """Unpickle a message from ``dumps``, taking its descriptors (closed here) from ``fds``."""
+    if type(message) is bytes:
+        return pickle.loads(message)
+    header, spans, n_shared = message
+    own = fds.pop(0) if spans else -1
+    shared_fds = [fds.pop(0) for _ in range(n_shared)]
+    try:
+        views = open_views(own, spans) if spans else []
+        if header is None:
+            header = views.pop(0)
+        previous = getattr(_collecting, "received", None)
+        _collecting.received = shared_fds
+        try:
+            return pickle.loads(header, buffers=views)
+        finally:
+            _collecting.received = previous
+    finally:
+        for fd in shared_fds:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------- receiving
+
+_mapped: OrderedDict[tuple[int, int, bool], mmap.mmap] = OrderedDict()
+_mapped_bytes = 0
+_mapped_lock = threading.Lock()
+_array_types: dict[int, Any] = {}
+
+
+def _map(fd: int, readonly: bool) -> mmap.mmap:
+    """This process's mapping of the segment ``fd`` refers to (kept for reuse)."""
+    global _mapped_bytes
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino, readonly)
+    with _mapped_lock:
+        mm = _mapped.get(key)
+        if mm is not None and not mm.closed and len(mm) == st.st_size:
+            _mapped.move_to_end(key)
+            return mm
+        prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+        mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
+        if st.st_size <= _MAPPED_BYTES // 2:
+            _mapped[key] = mm
+            _mapped_bytes += st.st_size
+            while _mapped_bytes > _MAPPED_BYTES:
+                _key, old = _mapped.popitem(last=False)
+                _mapped_bytes -= len(old)  # unmapped once no view of it is left
+        return mm
+
+
+def _forget_mappings() -> None:
+    global _mapped_bytes, _mapped_lock
+    _mapped.clear()
+    _mapped_bytes = 0
+    _mapped_lock = threading.Lock()
+
+
+class _Readers:
+    """Counts a message's live buffers; the last one gone frees the segment for its sender."""
+
+    __slots__ = ("left", "mm")
+
+    def __init__(self, mm: mmap.mmap, n: int) -> None:
+        self.mm = mm
+        self.left = [None] * n
+
+    def __call__(self) -> None:
+        left = self.left
+        left.pop()
+        if not left and not self.mm.closed:
+            _READER.pack_into(self.mm, 0, _FREE)
+
+
+def open_views(fd: int, spans: tuple[tuple[int, int], ...]) -> list[memoryview]:
+    """Writable views of a received segment's spans; closes ``fd``.
+
+    The segment is marked in use by this process until every view (and every
+    object made on one) is gone.
+    """
+    try:
+        mm = _map(fd, readonly=False)
+    finally:
+        os.close(fd)
+    _READER.pack_into(mm, 0, os.getpid())
+    readers = _Readers(mm, len(spans))
+    views = []
+    for offset, length in spans:
+        kind = _array_types.get(length)
+        if kind is None:
+            kind = _array_types[length] = ctypes.c_char * length
+            if len(_array_types) > 256:
+                _array_types.clear()
+        region = kind.from_buffer(mm, offset)
+        weakref.finalize(region, readers)
+        views.append(memoryview(region).cast("B"))
+    return views
+
+
+# ----------------------------------------------------------------- share once
+
+
+class Shared(Generic[_T]):
+    """A handle to an object placed once in shared memory by ``Pool.share``/``Executor.share``.
+
+    Pass the handle (anywhere inside a task's arguments) instead of the object:
+    each task gets the object itself, rebuilt on read-only views of the shared
+    memory, so a big NumPy array is neither copied nor pickled per task. In the
+    process that made it, ``get()`` returns such a view too. The memory is
+    released with ``release()``, when the pool that made it ends, or when the
+    last reference to the handle is gone, whichever comes first.
+
+    A handle can be passed only in the tasks of pools and executors of the
+    process that made it (not through a ``Queue`` or ``Connection``).
+    ``Shared[T]`` is the handle of an object of type ``T``.
+    """
+
+    __slots__ = ("__weakref__", "_fd", "_lock", "_segment", "_spans", "description")
+
+    def __init__(self, obj: _T) -> None:
+        data, buffers = reduction.dumps_with_buffers(obj, 0)
+        parts = [memoryview(data), *buffers]
+        size = _HEADER
+        for view in parts:
+            size = _aligned(size + view.nbytes)
+        # A free segment of the outbox has its pages already: writing is a plain copy.
+        segment = outbox()._take(size) or Segment(size)
+        try:
+            self._spans = tuple(segment.write(parts))
+        except BaseException:
+            segment.close()
+            raise
+        self._segment: Segment | None = segment
+        self._fd = segment.fd
+        self._lock = threading.Lock()
+        self.description = f"{type(obj).__name__} of {sum(v.nbytes for v in parts)} bytes"
+
+    def get(self) -> _T:
+        """The object, rebuilt on read-only views of the shared memory.
+
+        Raises:
+            ValueError: the handle was released.
+        """
+        value: _T = _rebuild(os.dup(self._fd_for_sending()), self._spans)
+        return value
+
+    def release(self) -> None:
+        """Free the shared memory (workers still using it keep their mapping until done)."""
+        with self._lock:
+            segment, self._segment = self._segment, None
+            self._fd = -1
+        if segment is not None:
+            segment.close()  # never reused: workers may still hold objects built on it
+
+    @property
+    def released(self) -> bool:
+        return self._fd < 0
+
+    def _fd_for_sending(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            msg = f"this shared object ({self.description}) was released; share it again"
+            raise ValueError(msg)
+        return fd
+
+    def __reduce__(self) -> Any:
+        shared = getattr(_collecting, "shared", None)
+        if shared is None:
+            msg = (
+                "a corral shared object handle can only be passed in the arguments of tasks "
+                "of a pool or executor of the process that made it, not pickled otherwise"
+            )
+            raise TypeError(msg)
+        self._fd_for_sending()
+        index = len(shared)
+        for i, handle in enumerate(shared):
+            if handle is self:
+                index = i
+                break
+        else:
+            shared.append(self)
+        return (_resolve, (index, self._spans))
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "live"
+        return f"<corral.Shared {self.description} ({state})>"
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class SharedInProcess(Shared[_T]):
+    """``share()`` of a thread pool: the workers are threads, so the object itself is shared."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: _T) -> None:
+        self._obj: Any = obj
+        self._segment = None
+        self._fd = 0
+        self._lock = threading.Lock()
+        self.description = type(obj).__name__
+
+    def get(self) -> _T:
+        if self._fd < 0:
+            msg = f"this shared object ({self.description}) was released; share it again"
+            raise ValueError(msg)
+        value: _T = self._obj
+        return value
+
+    def release(self) -> None:
+        self._fd = -1
+        self._obj = None
+
+    def __reduce__(self) -> Any:
+        msg = "a thread pool's shared object handle cannot be pickled"
+        raise TypeError(msg)
+
+
+def resolve_in_process(args: Any, depth: int = 2) -> Any:
+    """(Thread workers) ``args`` with ``SharedInProcess`` handles replaced by their object.
+
+    Handles are looked for in ``args`` and in the tuples and lists directly in
+    it (a call's arguments, a map's items, a starmap's argument tuples).
+    """
+    kind = type(args)
+    if kind is SharedInProcess:
+        return args.get()
+    if depth and (kind is tuple or kind is list):
+        return kind(resolve_in_process(a, depth - 1) for a in args)
+    if depth and kind is dict:
+        return {k: resolve_in_process(a, depth - 1) for k, a in args.items()}
+    return args
+
+
+def _resolve(index: int, spans: tuple[tuple[int, int], ...]) -> Any:
+    """(In the receiver) the object a ``Shared`` handle stands for."""
+    received = getattr(_collecting, "received", None)
+    if received is None or index >= len(received):
+        msg = "a corral shared object handle arrived without its shared memory"
+        raise TypeError(msg)
+    return _rebuild(os.dup(received[index]), spans)
+
+
+def _rebuild(fd: int, spans: tuple[tuple[int, int], ...]) -> Any:
+    try:
+        mm = _map(fd, readonly=True)
+    finally:
+        os.close(fd)
+    whole = memoryview(mm)
+    views = [whole[offset : offset + length] for offset, length in spans]
+    return pickle.loads(views[0], buffers=views[1:])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_mappings)
