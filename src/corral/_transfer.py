@@ -63,6 +63,8 @@ _OUTBOX_BYTES = 512 << 20
 # A receiver keeps at most this much mapped for reuse.
 _MAPPED_BYTES = 1 << 30
 _HAVE_MEMFD = hasattr(os, "memfd_create")
+_GRANULE = 1 << 20  # segment sizes are rounded up to this
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 
 
 def _aligned(n: int) -> int:
@@ -88,6 +90,16 @@ def _new_fd(size: int) -> int:
     return fd
 
 
+def _populate(fd: int, mm: mmap.mmap, size: int) -> bool:
+    """Allocate a new segment's pages and map them in ``mm``; False where that is missing."""
+    try:
+        os.posix_fallocate(fd, 0, size)  # an error here, not SIGBUS later, if memory is short
+        mm.madvise(_MADV_POPULATE_WRITE)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -104,15 +116,19 @@ class Segment:
     __slots__ = ("__weakref__", "fd", "fresh", "mm", "owned", "size")
 
     def __init__(self, size: int) -> None:
-        self.size = size
+        self.size = size = -(-size // _GRANULE) * _GRANULE  # close sizes can reuse it
         self.fd = _new_fd(size)
         try:
             self.mm = mmap.mmap(self.fd, size)
+            # One that may be reused gets all its pages now, mapped here, in two
+            # system calls: faulting them in one by one on the first copy costs
+            # several times more. A one-off is written with pwrite, which makes
+            # its pages without mapping them.
+            self.fresh = size > _OUTBOX_BYTES or not _populate(self.fd, self.mm, size)
         except BaseException:
             os.close(self.fd)
             raise
         self.owned = False  # the sender may send it again (a task not yet settled)
-        self.fresh = True  # no page of it exists yet
 
     def reusable(self) -> bool:
         reader = _READER.unpack_from(self.mm, 0)[0]
@@ -173,6 +189,7 @@ class Outbox:
         need = _HEADER
         for view in parts:
             need = _aligned(need + view.nbytes)
+        need = -(-need // _GRANULE) * _GRANULE
         segment = self._take(need)
         if segment is None:
             segment = Segment(need)
@@ -216,6 +233,28 @@ class Outbox:
 
 _outbox: Outbox | None = None
 _outbox_pid = 0
+_users = 0  # engines of this process that may send or receive big buffers
+_users_lock = threading.Lock()
+
+
+def engine_started() -> None:
+    """An engine that uses segments started (see ``engine_finished``)."""
+    global _users
+    with _users_lock:
+        _users += 1
+
+
+def engine_finished() -> None:
+    """An engine finished: once none is left, unmap and close what is kept for reuse."""
+    global _users
+    with _users_lock:
+        _users -= 1
+        if _users > 0:
+            return
+    if _outbox is not None and _outbox_pid == os.getpid():
+        _outbox.clear()
+    with _mapped_lock:
+        _mapped.clear()  # mappings still in use stay until their objects are gone
 
 
 def outbox() -> Outbox:
@@ -403,10 +442,12 @@ def _map(fd: int, readonly: bool) -> mmap.mmap:
 
 
 def _forget_mappings() -> None:
-    global _mapped_bytes, _mapped_lock
+    global _mapped_bytes, _mapped_lock, _users, _users_lock
     _mapped.clear()
     _mapped_bytes = 0
     _mapped_lock = threading.Lock()
+    _users = 0
+    _users_lock = threading.Lock()
 
 
 class _Readers:

@@ -177,6 +177,8 @@ class LocalEngine(LendingMixin):
 
     def start(self) -> None:
         """Start the engine thread and the first workers; raise if a worker cannot start."""
+        if self.codec is not ObjectCodec:
+            _transfer.engine_started()
         self.thread.start()
         self._started.wait()
         if self._start_error is not None:
@@ -904,6 +906,8 @@ class LocalEngine(LendingMixin):
         self.state = STOPPED
         for handle in list(self._shares):
             handle.release()
+        if self.codec is not ObjectCodec:
+            _transfer.engine_finished()
         # Tasks submitted while the engine was going away still get an answer.
         self.stopped.set()
         self._fail_leftovers()
