@@ -255,6 +255,7 @@ def engine_finished() -> None:
         _outbox.clear()
     with _mapped_lock:
         _mapped.clear()  # mappings still in use stay until their objects are gone
+        _senders.clear()
 
 
 def outbox() -> Outbox:
@@ -362,16 +363,17 @@ class Sending:
 class Received:
     """A big message as it arrived, with its descriptors (closed if it is never loaded)."""
 
-    __slots__ = ("fds", "message")
+    __slots__ = ("fds", "message", "sender")
 
-    def __init__(self, message: Any, fds: list[int]) -> None:
+    def __init__(self, message: Any, fds: list[int], sender: int | None = None) -> None:
         self.message = message
         self.fds = fds
+        self.sender = sender  # the pid that sent it, if known (see forget_sender)
 
     def load(self) -> Any:
         fds, self.fds = self.fds, []
         try:
-            return loads(self.message, fds)
+            return loads(self.message, fds, self.sender)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -382,15 +384,15 @@ class Received:
             os.close(fd)
 
 
-def take_fds(message: Any, fds: Any) -> Any:
+def take_fds(message: Any, fds: Any, sender: int | None = None) -> Any:
     """``message`` itself, or a ``Received`` holding the descriptors it takes from ``fds``."""
     n = fd_count(message)
     if not n:
         return message
-    return Received(message, [fds.popleft() for _ in range(n)])
+    return Received(message, [fds.popleft() for _ in range(n)], sender)
 
 
-def loads(message: Any, fds: list[int]) -> Any:
+def loads(message: Any, fds: list[int], sender: int | None = None) -> Any:
     """Unpickle a message from ``dumps``, taking its descriptors (closed here) from ``fds``."""
     if type(message) is bytes:
         return pickle.loads(message)
@@ -398,7 +400,7 @@ def loads(message: Any, fds: list[int]) -> Any:
     own = fds.pop(0) if spans else -1
     shared_fds = [fds.pop(0) for _ in range(n_shared)]
     try:
-        views = open_views(own, spans) if spans else []
+        views = open_views(own, spans, sender) if spans else []
         if header is None:
             header = views.pop(0)
         previous = getattr(_collecting, "received", None)
@@ -417,14 +419,17 @@ def loads(message: Any, fds: list[int]) -> Any:
 _mapped: OrderedDict[tuple[int, int, bool], mmap.mmap] = OrderedDict()
 _mapped_bytes = 0
 _mapped_lock = threading.Lock()
+_senders: dict[tuple[int, int, bool], int] = {}  # which process sent a kept segment
 _array_types: dict[int, Any] = {}
 
 
-def _map(fd: int, readonly: bool) -> mmap.mmap:
+def _map(fd: int, readonly: bool, sender: int | None = None) -> mmap.mmap:
     """This process's mapping of the segment ``fd`` refers to (kept for reuse)."""
     global _mapped_bytes
     st = os.fstat(fd)
     key = (st.st_dev, st.st_ino, readonly)
+    if sender is not None:
+        _senders[key] = sender
     with _mapped_lock:
         mm = _mapped.get(key)
         if mm is not None and not mm.closed and len(mm) == st.st_size:
@@ -436,14 +441,27 @@ def _map(fd: int, readonly: bool) -> mmap.mmap:
             _mapped[key] = mm
             _mapped_bytes += st.st_size
             while _mapped_bytes > _MAPPED_BYTES:
-                _key, old = _mapped.popitem(last=False)
+                old_key, old = _mapped.popitem(last=False)
+                _senders.pop(old_key, None)
                 _mapped_bytes -= len(old)  # unmapped once no view of it is left
         return mm
+
+
+def forget_sender(pid: int) -> None:
+    """The process ``pid`` has died: it will not send its segments again, so stop keeping them."""
+    global _mapped_bytes
+    with _mapped_lock:
+        for key in [k for k, sender in _senders.items() if sender == pid]:
+            del _senders[key]
+            old = _mapped.pop(key, None)
+            if old is not None:
+                _mapped_bytes -= len(old)
 
 
 def _forget_mappings() -> None:
     global _mapped_bytes, _mapped_lock, _users, _users_lock
     _mapped.clear()
+    _senders.clear()
     _mapped_bytes = 0
     _mapped_lock = threading.Lock()
     _users = 0
@@ -466,14 +484,16 @@ class _Readers:
             _READER.pack_into(self.mm, 0, _FREE)
 
 
-def open_views(fd: int, spans: tuple[tuple[int, int], ...]) -> list[memoryview]:
+def open_views(
+    fd: int, spans: tuple[tuple[int, int], ...], sender: int | None = None
+) -> list[memoryview]:
     """Writable views of a received segment's spans; closes ``fd``.
 
     The segment is marked in use by this process until every view (and every
     object made on one) is gone.
     """
     try:
-        mm = _map(fd, readonly=False)
+        mm = _map(fd, readonly=False, sender=sender)
     finally:
         os.close(fd)
     _READER.pack_into(mm, 0, os.getpid())

@@ -74,8 +74,9 @@ if __name__ == "__main__":
             del job
         say("outcomes", *outcomes)
         for _ in range(3):  # segments whose reader died are reused
-            say("after", pool.apply(consume, (a,)) == N, float(pool.apply(produce, (N,)).sum()) == N)
-    del jobs, value
+            back = pool.apply(produce, (N,))
+            say("after", pool.apply(consume, (a,)) == N, float(back.sum()) == N)
+    del jobs, value, back
     gc.collect()
     say("mapped", transfer_mappings())
 """

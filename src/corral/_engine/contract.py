@@ -152,7 +152,11 @@ class Engine(Protocol):
 
     size: int
     broken: BaseException | None
-    thread: threading.Thread | None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread that runs the engine and delivers outcomes, if it has one."""
+        ...
 
     def new_task(
         self,

@@ -713,6 +713,8 @@ class LocalEngine(LendingMixin):
         self._selector.unregister(worker.death_fd)
         del self._workers[worker.worker_id]
         worker.close()
+        if worker.pid is not None and self.codec is not ObjectCodec:
+            _transfer.forget_sender(worker.pid)  # its segments will not come again
         if worker.held and worker.held[0].seq > worker.received_count:
             self._requeue(worker)  # it died before reading them: nothing was started
         if not worker.ready and not worker.stopping and self.state != STOPPING:

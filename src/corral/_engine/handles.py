@@ -224,7 +224,7 @@ class ProcessWorkerHandle(WorkerHandle):
                 break
             message = pickle.loads(view[start : start + size])
             if type(message) is tuple:  # it came with descriptors
-                message = attach_record_fds(message[0], self.fds_in)
+                message = attach_record_fds(message[0], self.fds_in, self.pid)
             records.extend(message)
             pos = start + size
         if partial:

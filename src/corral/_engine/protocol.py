@@ -299,13 +299,13 @@ def attach_task_fds(batch: list[Any], fds: Any) -> list[Any]:
     return paired
 
 
-def attach_record_fds(records: list[Any], fds: Any) -> list[Any]:
+def attach_record_fds(records: list[Any], fds: Any, sender: int | None) -> list[Any]:
     """(Engine) Pair big results with the descriptors that came with their records, in order."""
     paired = []
     for record in records:
         status, task_id, a, b = record
         if status == OK and type(a) is tuple:
-            record = (status, task_id, _transfer.take_fds(a, fds), b)
+            record = (status, task_id, _transfer.take_fds(a, fds, sender), b)
         paired.append(record)
     return paired
 
