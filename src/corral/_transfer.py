@@ -305,9 +305,12 @@ def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
     descriptors (``Outgoing.fds()``) must travel with it. ``plain``: pickle
     as ``pickle.dumps`` does (results), not as corral sends tasks.
 
+    Without shared memory to be had for its big buffers, the message is the
+    whole pickle (bytes), as small ones are.
+
     Raises:
         SerializationError: obj (or a part of it) cannot be pickled.
-        OSError: no shared memory could be had for its big buffers.
+        OSError: no shared memory for a message that also holds ``Shared`` handles.
     """
     outer = getattr(_collecting, "shared", None)
     shared: list[Shared] = []
@@ -328,7 +331,15 @@ def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
     header: bytes | None = data
     if buffers or len(data) >= MIN_SIZE:
         parts = [memoryview(data), *buffers] if len(data) >= MIN_SIZE else buffers
-        segment, spans = outbox().write(parts)
+        try:
+            segment, spans = outbox().write(parts)
+        except OSError:
+            if shared:
+                raise
+            # No shared memory to be had (ENOMEM, EMFILE...): the socket still works.
+            if plain:
+                return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), None
+            return reduction._dumps(obj), None
         if len(data) >= MIN_SIZE:
             header = None  # the pickle is the segment's first span
     return (header, tuple(spans), len(shared)), Outgoing(segment, shared)

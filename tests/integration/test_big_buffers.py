@@ -9,6 +9,7 @@ results, read-only shared views, errors at the call, and nothing left mapped.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import pickle
@@ -210,3 +211,15 @@ def test_one_gib_array_round_trip():
         assert back.nbytes == 1 << 30 and float(back[-1]) == 2.0
         del back
     del gib
+
+
+def test_without_shared_memory_big_messages_use_the_socket(monkeypatch):
+    def no_memory(self, parts):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(_transfer.Outbox, "write", no_memory)  # fork: in the workers too
+    a = np.arange(BIG // 8, dtype=np.float64)
+    with corral.get_context("fork").Pool(1) as pool:
+        assert pool.apply(checksum, (a,)) == float(a.sum())
+        assert float(pool.apply(make_array, (BIG // 8,)).sum()) == BIG // 8
+        assert pool.map(checksum, [a, a]) == [float(a.sum())] * 2
