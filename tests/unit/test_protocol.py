@@ -13,7 +13,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _roundtrip(fn, args=(), kwargs=None):
-    payload = protocol.encode_call(fn, args, kwargs or {})
+    payload, transfer = protocol.encode_call(fn, args, kwargs or {})
+    assert transfer is None  # small: nothing travels beside the pickle
     return payload, protocol.PickleCodec.decode_task(payload)
 
 
@@ -51,7 +52,7 @@ def test_a_function_rebound_in_its_module_is_not_sent_by_its_old_name():
         exec("def f():\n    return 'new'\n", module.__dict__)
         _payload, (fn, _a, _k) = _roundtrip(old)
         assert fn() == "old"  # pickled by value now, as pickle itself would insist
-        payload = protocol.encode_call(module.f, (), {})
+        payload, _transfer = protocol.encode_call(module.f, (), {})
         assert isinstance(payload, tuple)
         protocol._loaded.clear()  # a worker that has not loaded f before
         fn, _a, _k = protocol.PickleCodec.decode_task(payload)
