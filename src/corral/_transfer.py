@@ -295,7 +295,46 @@ class Outgoing:
         self.shared = []
 
 
-_collecting = threading.local()  # .shared: the Shared handles met while pickling a message
+class _Encoder:
+    """A thread's ``buffer_callback`` while it pickles a message (reused: one per thread).
+
+    Keeps buffers of ``MIN_SIZE`` bytes or more out of band, and the ``Shared``
+    handles met (``active``: a task's arguments are being pickled).
+    """
+
+    __slots__ = ("active", "buffers", "shared")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.buffers: list[memoryview] | None = None
+        self.shared: list[Shared[Any]] | None = None
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: pickle copies it into the stream
+            return True
+        if view.nbytes < MIN_SIZE:
+            return True
+        if self.buffers is None:
+            self.buffers = []
+        self.buffers.append(view)
+        return False
+
+    def reset(self) -> None:
+        self.buffers = None
+        self.shared = None
+
+
+_local = threading.local()  # .encoder; .received: descriptors of the message being unpickled
+
+
+def _encoder() -> _Encoder:
+    try:
+        encoder: _Encoder = _local.encoder
+    except AttributeError:
+        encoder = _local.encoder = _Encoder()
+    return encoder
 
 
 def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
@@ -303,29 +342,47 @@ def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
 
     A big message is the tuple ``(pickle or None, spans, shared count)``; its
     descriptors (``Outgoing.fds()``) must travel with it. ``plain``: pickle
-    as ``pickle.dumps`` does (results), not as corral sends tasks.
-
-    Without shared memory to be had for its big buffers, the message is the
-    whole pickle (bytes), as small ones are.
+    as ``pickle.dumps`` does (results), not as corral sends tasks; a
+    ``Shared`` handle cannot be in it. Without shared memory to be had for its
+    big buffers, the message is the whole pickle (bytes), as small ones are.
 
     Raises:
         SerializationError: obj (or a part of it) cannot be pickled.
         OSError: no shared memory for a message that also holds ``Shared`` handles.
     """
-    outer = getattr(_collecting, "shared", None)
-    shared: list[Shared] = []
-    _collecting.shared = shared
+    encoder = _encoder()
+    if plain and not encoder.active and encoder.buffers is None:  # a result: the fast path
+        try:
+            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=encoder)
+        finally:
+            buffers, encoder.buffers = encoder.buffers, None
+        if buffers is None and len(data) < MIN_SIZE:
+            return data, None
+        return _place(obj, data, buffers or [], [], plain)
+    outer = (encoder.active, encoder.buffers, encoder.shared) if encoder.active else None
+    encoder.active = not plain
+    encoder.buffers = encoder.shared = None
     try:
         if plain:  # results: plain pickle, as the stdlib's pools (no by-value functions)
-            collector = reduction._BufferCollector(MIN_SIZE)
-            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
-            buffers = collector.buffers
+            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=encoder)
         else:
-            data, buffers = reduction.dumps_with_buffers(obj, MIN_SIZE)
+            data = reduction.dumps_out_of_band(obj, encoder)
+        buffers, shared = encoder.buffers, encoder.shared
     finally:
-        _collecting.shared = outer
-    if not buffers and not shared and len(data) < MIN_SIZE:
+        if outer is None:
+            encoder.active = False
+            encoder.buffers = encoder.shared = None
+        else:  # pickled from inside another message's pickling
+            encoder.active, encoder.buffers, encoder.shared = outer
+    if buffers is None and shared is None and len(data) < MIN_SIZE:
         return data, None
+    return _place(obj, data, buffers or [], shared or [], plain)
+
+
+def _place(
+    obj: Any, data: bytes, buffers: list[memoryview], shared: list[Shared[Any]], plain: bool
+) -> tuple[Any, Outgoing | None]:
+    """The big message of ``dumps``: buffers (and a big pickle) copied into a segment."""
     segment = None
     spans: list[tuple[int, int]] = []
     header: bytes | None = data
@@ -414,12 +471,12 @@ def loads(message: Any, fds: list[int], sender: int | None = None) -> Any:
         views = open_views(own, spans, sender) if spans else []
         if header is None:
             header = views.pop(0)
-        previous = getattr(_collecting, "received", None)
-        _collecting.received = shared_fds
+        previous = getattr(_local, "received", None)
+        _local.received = shared_fds
         try:
             return pickle.loads(header, buffers=views)
         finally:
-            _collecting.received = previous
+            _local.received = previous
     finally:
         for fd in shared_fds:
             os.close(fd)
@@ -589,14 +646,17 @@ class Shared(Generic[_T]):
         return fd
 
     def __reduce__(self) -> Any:
-        shared = getattr(_collecting, "shared", None)
-        if shared is None:
+        encoder = _encoder()
+        if not encoder.active:
             msg = (
                 "a corral shared object handle can only be passed in the arguments of tasks "
                 "of a pool or executor of the process that made it, not pickled otherwise"
             )
             raise TypeError(msg)
         self._fd_for_sending()
+        shared = encoder.shared
+        if shared is None:
+            shared = encoder.shared = []
         index = len(shared)
         for i, handle in enumerate(shared):
             if handle is self:
@@ -660,7 +720,7 @@ def resolve_in_process(args: Any, depth: int = 2) -> Any:
 
 def _resolve(index: int, spans: tuple[tuple[int, int], ...]) -> Any:
     """(In the receiver) the object a ``Shared`` handle stands for."""
-    received = getattr(_collecting, "received", None)
+    received = getattr(_local, "received", None)
     if received is None or index >= len(received):
         msg = "a corral shared object handle arrived without its shared memory"
         raise TypeError(msg)

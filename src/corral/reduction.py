@@ -250,6 +250,9 @@ class _BufferCollector:
         self.min_size = min_size
         self.buffers: list[memoryview] = []
 
+    def reset(self) -> None:
+        self.buffers.clear()
+
     def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         try:
             view = buffer.raw()
@@ -274,14 +277,28 @@ def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]
         SerializationError: obj (or a part of it) cannot be pickled.
     """
     collector = _BufferCollector(min_size)
+    data = dumps_out_of_band(obj, collector)
+    return data, collector.buffers
+
+
+def dumps_out_of_band(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any]) -> bytes:
+    """``_dumps`` with a protocol-5 ``buffer_callback`` (falsy answer: the buffer stays out).
+
+    ``buffer_callback`` may be called again for the same buffers when the
+    fast path fails and the slow one runs: it must forget what it kept when
+    ``reset()`` is called on it, if it has that method.
+
+    Raises:
+        SerializationError: obj (or a part of it) cannot be pickled.
+    """
     if type(obj) in _PLAIN_TYPES:
-        return pickle.dumps(obj, PROTOCOL), []
+        return pickle.dumps(obj, PROTOCOL)
     try:
         if not _custom_reducers_registered:
-            data = pickle.dumps(obj, PROTOCOL, buffer_callback=collector)
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
         else:
             buf = io.BytesIO()
-            pickler = pickle.Pickler(buf, PROTOCOL, buffer_callback=collector)
+            pickler = pickle.Pickler(buf, PROTOCOL, buffer_callback=buffer_callback)
             pickler.dispatch_table = _plain_dispatch_table
             pickler.dump(obj)
             data = buf.getvalue()
@@ -291,9 +308,11 @@ def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]
         main = sys.modules.get("__main__")
         reimportable = _main_reimportable if main is _main_module else _check_main(main)
         if reimportable or b"__main__" not in data:
-            return data, collector.buffers
-    collector.buffers.clear()
-    return _slow_dumps(obj, PROTOCOL, collector), collector.buffers
+            return data
+    reset = getattr(buffer_callback, "reset", None)
+    if reset is not None:
+        reset()
+    return _slow_dumps(obj, PROTOCOL, buffer_callback)
 
 
 def _slow_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:

@@ -149,10 +149,21 @@ class ProcessWorkerHandle(WorkerHandle):
         data = pickle.dumps(message if not fds else (message,), pickle.HIGHEST_PROTOCOL)
         n = len(data)
         header = _HEADER.pack(n) if n < 0x7FFFFFFF else _HEADER.pack(-1) + _BIG_HEADER.pack(n)
-        frame = memoryview(header + data)
+        frame = header + data
+        if not fds and not self._outbuf:  # the common case: one write
+            try:
+                sent = os.write(self.channel_fd, frame)
+            except BlockingIOError:
+                sent = 0
+            except (BrokenPipeError, ConnectionResetError):
+                return True  # the worker is gone; its death returns what it held
+            if sent == len(frame):
+                return True
+            self._outbuf.append((memoryview(frame)[sent:], None))
+            return False
         # Its own duplicates of the descriptors: the frame may wait in _outbuf
         # while their owner closes them (a task settled, a share released).
-        self._outbuf.append((frame, [os.dup(fd) for fd in fds] if fds else None))
+        self._outbuf.append((memoryview(frame), [os.dup(fd) for fd in fds] if fds else None))
         if len(self._outbuf) > 1:
             return False
         return self.flush()
