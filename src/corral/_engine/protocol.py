@@ -48,17 +48,18 @@ from __future__ import annotations
 
 import pickle
 import sys
-import traceback
 import types
 from typing import Any
 
 from .. import reduction
 from ..errors import (
     MaybeEncodingError,
-    RemoteTraceback,
     ResultUnpicklingError,
     TaskUnpicklingError,
+    format_exception_text,
+    short_repr,
 )
+from ..errors import attach_remote_traceback as with_cause
 
 # Task kinds.
 CALL = 0
@@ -79,25 +80,6 @@ REVOKED = 9
 
 # Engine -> worker: "the tasks you have not found a permit for end here".
 REVOKE_MARK = "revoke"
-
-_REPR_LIMIT = 300
-
-
-def short_repr(obj: object) -> str:
-    """``repr(obj)`` cut to a readable length; never raises."""
-    try:
-        text = repr(obj)
-    except Exception as exc:  # a broken __repr__ must not hide the real error
-        text = f"<{type(obj).__name__} object (repr failed: {exc!r})>"
-    if len(text) > _REPR_LIMIT:
-        text = text[: _REPR_LIMIT - 3] + "..."
-    return text
-
-
-def format_exception_text(exc: BaseException) -> str:
-    """The full traceback of ``exc`` as the worker saw it."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
 
 # Pickling a function by reference (module + name) costs more than pickling a
 # few small arguments, on both sides: the pickler checks that the name still
@@ -224,13 +206,6 @@ class ObjectCodec:
     @staticmethod
     def decode_value(blob: Any) -> Any:
         return blob
-
-
-def with_cause(exc: BaseException, tb_text: str | None) -> BaseException:
-    """Attach the worker's traceback text to ``exc`` as its ``__cause__``."""
-    if tb_text:
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
-    return exc
 
 
 def outcome_of(codec: Any, status: int, a: Any, b: Any) -> tuple[bool, Any]:
