@@ -29,8 +29,8 @@ from typing import Any
 from . import _manager_wire as wire
 from . import process, util
 from ._listener import Client
+from ._spawning import get_spawning_popen
 from ._wire import Connection
-from .context import get_spawning_popen
 from .errors import ManagerConnectionError, RemoteError, attach_remote_traceback
 
 __all__ = ("AutoProxy", "BaseProxy", "MakeProxyType", "RebuildProxy", "Token")
