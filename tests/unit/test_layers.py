@@ -14,6 +14,7 @@ the documented lazy factories.
 from __future__ import annotations
 
 import ast
+import re
 import sysconfig
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import corral
 pytestmark = pytest.mark.timeout(60)
 
 SOURCE = Path(corral.__file__).parent
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 STDLIB_MULTIPROCESSING = Path(sysconfig.get_paths()["stdlib"]) / "multiprocessing"
 
 # Module (relative to ``corral``; "" is the package) -> layer. Keep it in step
@@ -351,3 +353,34 @@ def test_context_reduction_follows_the_reducer():
     finally:
         ctx.reducer = reduction
     assert context.reduction is reduction
+
+
+def _documented_layers(text: str) -> dict[str, int]:
+    """The table of docs/architecture.md's "Layers" section, as module -> layer."""
+    section = text.split("## Layers and where each behaviour lives", 1)[1]
+    block = section.split("```", 2)[1]
+    layers: dict[str, int] = {}
+    layer = -1
+    for line in block.splitlines():
+        # " 3 process.py   ..." starts a layer, "   _spawn.py   ..." continues it;
+        # descriptions (and their continuation lines) sit further right.
+        match = re.match(r"^ ?(\d)? +([\w.]+(?:\.py|/)(?:, [\w.]+(?:\.py|/))*)(?: +|$)", line)
+        if match is None or len(line) - len(line.lstrip()) > 3:
+            continue
+        if match.group(1):
+            layer = int(match.group(1))
+        for entry in match.group(2).split(", "):
+            if entry.endswith("/"):  # a package: every module in it
+                package = entry[:-1]
+                for name in LAYERS:
+                    if name == package or name.startswith(package + "."):
+                        layers[name] = layer
+            else:
+                name = entry.removesuffix(".py")
+                layers["" if name == "__init__" else name] = layer
+    return layers
+
+
+@pytest.mark.skipif(not ARCHITECTURE.exists(), reason="runs from a source checkout")
+def test_the_architecture_docs_show_this_table():
+    assert _documented_layers(ARCHITECTURE.read_text()) == LAYERS
