@@ -25,10 +25,9 @@ from typing import Any
 
 from . import _manager_wire as wire
 from . import process, util
-from ._engine.protocol import format_exception_text, short_repr
 from ._listener import Listener
 from ._wire import Connection
-from .errors import AuthenticationError
+from .errors import AuthenticationError, format_exception_text, short_repr
 
 __all__ = ("Server", "public_methods")
 

@@ -12,7 +12,7 @@ import io
 import os
 from typing import Any
 
-from . import _forkserver, _spawn, context, reduction, util
+from . import _forkserver, _spawn, _spawning, reduction, util
 from ._popen_fork import Popen as _ForkPopen
 from ._popen_spawn import write_all
 
@@ -44,12 +44,12 @@ class Popen(_ForkPopen):
     def _launch(self, process_obj: Any) -> None:
         prep_data = _spawn.get_preparation_data(process_obj._name)
         payload = io.BytesIO()
-        context.set_spawning_popen(self)
+        _spawning.set_spawning_popen(self)
         try:
             reduction.dump(prep_data, payload)
             reduction.dump(process_obj, payload)
         finally:
-            context.set_spawning_popen(None)
+            _spawning.set_spawning_popen(None)
         self.sentinel, data_w = _forkserver.connect_to_new_process(self._fds)
         # data_w stays open while this Popen lives: its EOF tells the child
         # that we are gone (parent_process().sentinel).

@@ -12,7 +12,7 @@ import io
 import os
 from typing import Any
 
-from . import _spawn, context, reduction, util
+from . import _spawn, _spawning, reduction, util
 from ._popen_fork import HAVE_PIDFD
 from ._popen_fork import Popen as _ForkPopen
 
@@ -44,12 +44,12 @@ class Popen(_ForkPopen):
     def _launch(self, process_obj: Any) -> None:
         prep_data = _spawn.get_preparation_data(process_obj._name)
         payload = io.BytesIO()
-        context.set_spawning_popen(self)
+        _spawning.set_spawning_popen(self)
         try:
             reduction.dump(prep_data, payload)
             reduction.dump(process_obj, payload)
         finally:
-            context.set_spawning_popen(None)
+            _spawning.set_spawning_popen(None)
 
         child_r, parent_w = os.pipe()
         passfds = [*self._fds, child_r]

@@ -29,9 +29,9 @@ from typing import Any
 from . import _manager_wire as wire
 from . import process, util
 from ._listener import Client
+from ._spawning import get_spawning_popen
 from ._wire import Connection
-from .context import get_spawning_popen
-from .errors import ManagerConnectionError, RemoteError, RemoteTraceback
+from .errors import ManagerConnectionError, RemoteError, attach_remote_traceback
 
 __all__ = ("AutoProxy", "BaseProxy", "MakeProxyType", "RebuildProxy", "Token")
 
@@ -313,7 +313,7 @@ def unwrap(reply: Any, make_proxy: Any = None) -> Any:
         return make_proxy(*reply[1:])
     if kind == wire.RAISE:
         exc = reply[1]
-        raise exc from RemoteTraceback(reply[2])
+        raise attach_remote_traceback(exc, reply[2])
     if kind == wire.ERROR:
         raise RemoteError(reply[1])
     msg = f"unexpected reply from the manager: {reply!r}"

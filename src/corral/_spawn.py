@@ -210,7 +210,7 @@ def get_preparation_data(name: str) -> dict[str, Any]:
 
 
 def _start_method() -> str | None:
-    from .context import _default_context
+    from ._contexts import _default_context
 
     return _default_context.get_start_method()
 
@@ -238,7 +238,7 @@ def prepare(data: dict[str, Any]) -> None:
     if "orig_dir" in data:
         ORIGINAL_DIR = data["orig_dir"]
     if data.get("start_method") is not None:
-        from .context import _force_start_method
+        from ._contexts import _force_start_method
 
         _force_start_method(data["start_method"])
     if "init_main_from_name" in data:

@@ -186,6 +186,56 @@ class TaskTimeoutError(TimeoutError, builtins.TimeoutError):
     """
 
 
+# -- describing an error that happened in another process ----------------------
+# One implementation for the pool engine, the manager server and the proxies, so
+# the text a user sees does not depend on which of them carried the error.
+
+_REPR_LIMIT = 300
+
+
+def short_repr(obj: object) -> str:
+    """``repr(obj)`` cut to 300 characters, for error messages; never raises.
+
+    A ``__repr__`` that raises is replaced by ``<Type object (repr failed: ...)>``,
+    so a broken repr cannot hide the error being reported.
+    """
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<{type(obj).__name__} object (repr failed: {exc!r})>"
+    if len(text) > _REPR_LIMIT:
+        text = text[: _REPR_LIMIT - 3] + "..."
+    return text
+
+
+def format_exception_text(exc: BaseException) -> str:
+    """The full traceback of ``exc`` as text, as the process that caught it saw it."""
+    import traceback  # not at import: ``import corral`` stays light
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def remote_traceback(tb_text: str) -> RemoteTraceback:
+    """A ``RemoteTraceback`` holding another process's traceback text.
+
+    The text is framed in triple quotes on lines of their own, as the stdlib's
+    pools and executor frame it.
+    """
+    return RemoteTraceback(f'\n"""\n{tb_text}"""')
+
+
+def attach_remote_traceback(exc: BaseException, tb_text: str | None) -> BaseException:
+    """Chain another process's traceback text to ``exc`` as its ``__cause__``; return ``exc``.
+
+    Does nothing when ``tb_text`` is empty or None. Use it as
+    ``raise attach_remote_traceback(exc, text)``: printing the error then shows
+    where it happened in the other process, as ``raise exc from ...`` would.
+    """
+    if tb_text:
+        exc.__cause__ = remote_traceback(tb_text)
+    return exc
+
+
 # The pool's errors derive from concurrent.futures.BrokenExecutor, and importing
 # concurrent.futures costs more than all of ``import multiprocessing`` (it pulls
 # in logging): they are defined in _pool_errors, imported on first use. They

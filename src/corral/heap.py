@@ -27,7 +27,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from . import context, reduction
+from . import _spawning, reduction
 
 __all__ = ("Arena", "BufferWrapper", "Heap")
 
@@ -71,7 +71,7 @@ class Arena:
         self._finalizer = weakref.finalize(self, _close_arena, self.buffer, fd)
 
     def __reduce__(self) -> Any:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return _rebuild_arena, (self.size, reduction.DupFd(self.fd))
 
 
@@ -199,7 +199,7 @@ class BufferWrapper:
         weakref.finalize(self, BufferWrapper._heap.free, block)
 
     def __reduce__(self) -> Any:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         (arena, start, _block_size), size = self._state
         return _rebuild_wrapper, (arena, start, size)
 

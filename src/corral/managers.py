@@ -52,7 +52,7 @@ from ._proxy_types import Value as Value
 from ._proxy_types import ValueProxy as ValueProxy
 from ._typevars import T as _T
 from .errors import ManagerConnectionError as ManagerConnectionError
-from .errors import ProcessError, RemoteTraceback
+from .errors import ProcessError, attach_remote_traceback, format_exception_text
 from .errors import RemoteError as RemoteError
 
 # The generic proxies and SyncManager's registered methods, as a type checker
@@ -281,7 +281,7 @@ class BaseManager:
             reader.close()
         if kind != "ok":
             self._process.join()
-            raise value from RemoteTraceback(tb[0])
+            raise attach_remote_traceback(value, tb[0])
         self._address = value
         if self._tls_client is not None:
             _proxy.tls_contexts[_proxy._address_key(value)] = self._tls_client
@@ -322,8 +322,6 @@ class BaseManager:
                 initializer(*initargs)
             server = cls._Server(registry, address, authkey, serializer, ssl_context=ssl_context)
         except BaseException as exc:
-            from ._engine.protocol import format_exception_text
-
             writer.send(("error", exc, format_exception_text(exc)))
             writer.close()
             raise SystemExit(1) from None

@@ -306,9 +306,9 @@ class BaseProcess:
         global _current_process, _parent_process, _process_counter, _children
         try:
             if self._start_method is not None:
-                from . import context
+                from . import _contexts
 
-                context._force_start_method(self._start_method)
+                _contexts._force_start_method(self._start_method)
             _process_counter = itertools.count(1)
             _children = set()
             util._close_stdin()
@@ -350,7 +350,7 @@ class BaseProcess:
 
     # Process objects are pickled only to be sent to a spawn/forkserver child.
     def __reduce__(self) -> Any:
-        from .context import assert_spawning
+        from ._spawning import assert_spawning
 
         assert_spawning(self)
         return object.__reduce__(self)
@@ -370,7 +370,7 @@ class AuthenticationString(bytes):
     """The authkey: bytes that refuse to be pickled except to start a child."""
 
     def __reduce__(self) -> Any:
-        from .context import get_spawning_popen
+        from ._spawning import get_spawning_popen
 
         if get_spawning_popen() is None:
             msg = "Pickling an AuthenticationString object is disallowed for security reasons"

@@ -26,7 +26,7 @@ import weakref
 from queue import Empty, Full
 from typing import Any, Generic
 
-from . import _ring, context, reduction, util
+from . import _contexts, _ring, _spawning, reduction, util
 from ._typevars import T as _T  # the type of the items, for a type checker (Queue[int])
 from .reduction import _dumps
 from .synchronize import SEM_VALUE_MAX
@@ -88,11 +88,11 @@ class Queue(Generic[_T]):
     _joinable = False
     _notempty: threading.Condition
 
-    def __init__(self, maxsize: int = 0, *, ctx: context.BaseContext | None = None) -> None:
+    def __init__(self, maxsize: int = 0, *, ctx: _contexts.BaseContext | None = None) -> None:
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
-        self._ring = _ring.Ring(context.as_context(ctx), maxsize, joinable=self._joinable)
+        self._ring = _ring.Ring(_contexts.as_context(ctx), maxsize, joinable=self._joinable)
         self._ignore_epipe = False
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
@@ -101,7 +101,7 @@ class Queue(Generic[_T]):
     _PICKLED = ("_ignore_epipe", "_maxsize", "_ring")
 
     def __getstate__(self) -> tuple[Any, ...]:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return tuple(getattr(self, name) for name in self._PICKLED)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
@@ -346,8 +346,8 @@ class SimpleQueue(Generic[_T]):
     ``ctx`` as for ``Queue``.
     """
 
-    def __init__(self, *, ctx: context.BaseContext | None = None) -> None:
-        self._ring = _ring.Ring(context.as_context(ctx))
+    def __init__(self, *, ctx: _contexts.BaseContext | None = None) -> None:
+        self._ring = _ring.Ring(_contexts.as_context(ctx))
         self._closed = False
         self._reset()
 
@@ -364,7 +364,7 @@ class SimpleQueue(Generic[_T]):
         return self._ring.empty()
 
     def __getstate__(self) -> _ring.Ring:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return self._ring
 
     def __setstate__(self, state: _ring.Ring) -> None:

@@ -38,7 +38,7 @@ import threading
 import types
 from collections import ChainMap
 
-from . import context
+from . import _spawning
 from .errors import SerializationError
 
 TYPE_CHECKING = False  # typing is not imported at run time (import speed)
@@ -434,7 +434,7 @@ def recv_handle(conn: Any) -> int:
 
 def DupFd(fd: int) -> Any:
     """Return a picklable token that gives the receiving process a duplicate of fd."""
-    popen = context.get_spawning_popen()
+    popen = _spawning.get_spawning_popen()
     if popen is not None:
         return popen.DupFd(popen.duplicate_for_child(fd))
     if HAVE_SEND_HANDLE:

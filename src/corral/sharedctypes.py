@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Generic, overload
 
-from . import context, heap, reduction
+from . import _contexts, _spawning, heap, reduction
 from ._typevars import T as _T  # a value's or item's type: int for c_int
 
 __all__ = ("Array", "RawArray", "RawValue", "Value", "copy", "synchronized")
@@ -101,7 +101,7 @@ def _locked(obj: Any, lock: Any, ctx: Any) -> Any:
     if lock is False:
         return obj
     if lock in (True, None):
-        lock = context.as_context(ctx).RLock()
+        lock = _contexts.as_context(ctx).RLock()
     if not hasattr(lock, "acquire"):
         msg = f"{lock!r} has no method 'acquire'"
         raise AttributeError(msg)
@@ -120,7 +120,7 @@ def synchronized(obj: Any, lock: Any = None, ctx: Any = None) -> Any:
     if isinstance(obj, SynchronizedBase):
         msg = "object already synchronized"
         raise TypeError(msg)
-    ctx = context.as_context(ctx)
+    ctx = _contexts.as_context(ctx)
     if isinstance(obj, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
     if isinstance(obj, ctypes.Array):
@@ -144,7 +144,7 @@ def _rebuild_ctype(type_: Any, wrapper: heap.BufferWrapper, length: int | None) 
 
 
 def _reduce_ctype(obj: Any) -> Any:
-    context.assert_spawning(obj)
+    _spawning.assert_spawning(obj)
     wrapper = obj._wrapper
     if isinstance(obj, ctypes.Array):
         return _rebuild_ctype, (obj._type_, wrapper, obj._length_)
@@ -160,7 +160,7 @@ class SynchronizedBase:
     def __init__(self, obj: Any, lock: Any = None, ctx: Any = None) -> None:
         self._obj = obj
         if lock is None:
-            lock = context.as_context(ctx).RLock()
+            lock = _contexts.as_context(ctx).RLock()
         self._lock = lock
         self.acquire = lock.acquire
         self.release = lock.release
@@ -172,7 +172,7 @@ class SynchronizedBase:
         return self._lock.__exit__(*exc_info)
 
     def __reduce__(self) -> Any:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return synchronized, (self._obj, self._lock)
 
     def get_obj(self) -> Any:

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from . import context, process, resource_tracker, util
+from . import _contexts, _spawning, process, resource_tracker, util
 
 __all__ = ("BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "SemLock", "Semaphore")
 
@@ -53,7 +53,7 @@ class SemLock:
     release: _Release
 
     def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any) -> None:
-        ctx = context.as_context(ctx)
+        ctx = _contexts.as_context(ctx)
         self._is_fork_ctx = ctx.get_start_method() == "fork"
         unlink_now = self._is_fork_ctx
         for _attempt in range(100):
@@ -109,7 +109,7 @@ class SemLock:
         self._semlock.__exit__(*args)
 
     def __getstate__(self) -> tuple[Any, ...]:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         sl = self._semlock
         if self._is_fork_ctx:
             # The message starts as the stdlib's, which programs and tests match.
@@ -119,7 +119,7 @@ class SemLock:
                 "as the Process"
             )
             raise RuntimeError(msg)
-        keepalive = getattr(context.get_spawning_popen(), "keepalive", None)
+        keepalive = getattr(_spawning.get_spawning_popen(), "keepalive", None)
         if keepalive is not None:
             keepalive.append(self)
         return (sl.handle, sl.kind, sl.maxvalue, sl.name)
@@ -227,7 +227,7 @@ class Condition:
     release: _Release
 
     def __init__(self, lock: Any = None, *, ctx: Any) -> None:
-        ctx = context.as_context(ctx)
+        ctx = _contexts.as_context(ctx)
         self._lock = lock or ctx.RLock()
         self._sleeping_count = ctx.Semaphore(0)
         self._woken_count = ctx.Semaphore(0)
@@ -235,7 +235,7 @@ class Condition:
         self._make_methods()
 
     def __getstate__(self) -> tuple[Any, ...]:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return (self._lock, self._sleeping_count, self._woken_count, self._wait_semaphore)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
@@ -336,7 +336,7 @@ class Event:
     """A flag shared between processes: set/clear/is_set/wait."""
 
     def __init__(self, *, ctx: Any) -> None:
-        ctx = context.as_context(ctx)
+        ctx = _contexts.as_context(ctx)
         self._cond = ctx.Condition(ctx.Lock())
         self._flag = ctx.Semaphore(0)
 
@@ -390,13 +390,13 @@ class Barrier(threading.Barrier):
             msg = "parties must be > 0"
             raise ValueError(msg)
         wrapper = BufferWrapper(2 * _INT_SIZE)
-        ctx = context.as_context(ctx)
+        ctx = _contexts.as_context(ctx)
         self.__setstate__((parties, action, timeout, ctx.Condition(), wrapper))
         self._state = 0
         self._count = 0
 
     def __getstate__(self) -> tuple[Any, ...]:
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return (self._parties, self._action, self._timeout, self._cond, self._wrapper)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:

@@ -243,6 +243,9 @@ def test_remote_exception_keeps_type_and_traceback():
         cause = info.value.__cause__
         assert isinstance(cause, RemoteTraceback)
         assert "in fail" in str(cause) and 'raise KeyError("no such thing")' in str(cause)
+        # framed as a pool's remote traceback (and the stdlib's): one format everywhere
+        assert str(cause).startswith('\n"""\nTraceback (most recent call last):\n')
+        assert str(cause).endswith('"""')
 
 
 def test_not_exposed_method_and_unpicklable_result_are_remote_errors():
@@ -276,6 +279,7 @@ def test_initializer_failure_is_raised_by_start():
     with pytest.raises(ZeroDivisionError) as info:
         m.start(divmod, (1, 0))
     assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert str(info.value.__cause__).startswith('\n"""\nTraceback (most recent call last):\n')
 
 
 def test_address_in_use_is_raised_by_start():

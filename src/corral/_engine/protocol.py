@@ -50,17 +50,18 @@ import array
 import pickle
 import socket
 import sys
-import traceback
 import types
 from typing import Any
 
 from .. import _transfer, reduction
 from ..errors import (
     MaybeEncodingError,
-    RemoteTraceback,
     ResultUnpicklingError,
     TaskUnpicklingError,
+    format_exception_text,
+    short_repr,
 )
+from ..errors import attach_remote_traceback as with_cause
 from .contract import CALL, MAP, STARMAP  # noqa: F401  (task kinds, re-exported)
 
 # Record statuses.
@@ -91,25 +92,6 @@ def collect_fds(ancdata: list[tuple[int, int, bytes]], into: Any) -> None:
             fds = array.array("i")
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
             into.extend(fds)
-
-
-_REPR_LIMIT = 300
-
-
-def short_repr(obj: object) -> str:
-    """``repr(obj)`` cut to a readable length; never raises."""
-    try:
-        text = repr(obj)
-    except Exception as exc:  # a broken __repr__ must not hide the real error
-        text = f"<{type(obj).__name__} object (repr failed: {exc!r})>"
-    if len(text) > _REPR_LIMIT:
-        text = text[: _REPR_LIMIT - 3] + "..."
-    return text
-
-
-def format_exception_text(exc: BaseException) -> str:
-    """The full traceback of ``exc`` as the worker saw it."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 # Pickling a function by reference (module + name) costs more than pickling a
@@ -308,13 +290,6 @@ def attach_record_fds(records: list[Any], fds: Any, sender: int | None) -> list[
             record = (status, task_id, _transfer.take_fds(a, fds, sender), b)
         paired.append(record)
     return paired
-
-
-def with_cause(exc: BaseException, tb_text: str | None) -> BaseException:
-    """Attach the worker's traceback text to ``exc`` as its ``__cause__``."""
-    if tb_text:
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb_text}"""')
-    return exc
 
 
 def outcome_of(codec: Any, status: int, a: Any, b: Any) -> tuple[bool, Any]:
