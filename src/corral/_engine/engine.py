@@ -1,12 +1,14 @@
-"""The pool engine: one thread that owns every task and every worker.
+"""The local engine: one thread that owns every task and every worker (``contract.Engine``).
 
 How a task travels (``Pool.apply_async``, ``ProcessPoolExecutor.submit``)::
 
     caller thread                     engine thread                      worker process
     -------------                     -------------                      --------------
-    front end pickles fn+args
+    engine.new_task(): the codec
+    pickles fn+args, big buffers
+    into shared memory (_transfer)
     (errors raise here, at once)
-    Task(payload, on_done) ──append──▶ incoming deque
+    submit(Task) ─────────append──────▶ incoming deque
     wake byte ───────────────────────▶ wake pipe ─┐
                                                   ▼
                                       selector.select() on: wake pipe,
@@ -16,7 +18,7 @@ How a task travels (``Pool.apply_async``, ``ProcessPoolExecutor.submit``)::
                                       queue ──▶ dispatch: each worker gets
                                       at most `prefetch` tasks; the engine
                                       records them in worker.held (FIFO)
-                                                  │ [(id, kind, payload)...]
+                                                  │ [(id, kind, payload)...] + fds
                                                   └──── private socket ────▶ run in order,
                                                                           one record per task
                                       read records ◀──── private socket ──── [(OK, id, blob)]
