@@ -273,13 +273,23 @@ def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]
     Raises:
         SerializationError: obj (or a part of it) cannot be pickled.
     """
-    collector = _BufferCollector(min_size)
-    if type(obj) in _PLAIN_TYPES:
+    if type(obj) in _PLAIN_TYPES:  # no buffers: the collector would only cost time
         return pickle.dumps(obj, PROTOCOL), []
+    collector = None
     try:
         if not _custom_reducers_registered:
-            data = pickle.dumps(obj, PROTOCOL, buffer_callback=collector)
+            if min_size >= _PROBE_MIN:
+                # Most messages hold no big buffer: try without making a collector.
+                try:
+                    data = pickle.dumps(obj, PROTOCOL, buffer_callback=_probe)
+                except _BigBuffer:
+                    collector = _BufferCollector(min_size)
+                    data = pickle.dumps(obj, PROTOCOL, buffer_callback=collector)
+            else:
+                collector = _BufferCollector(min_size)
+                data = pickle.dumps(obj, PROTOCOL, buffer_callback=collector)
         else:
+            collector = _BufferCollector(min_size)
             buf = io.BytesIO()
             pickler = pickle.Pickler(buf, PROTOCOL, buffer_callback=collector)
             pickler.dispatch_table = _plain_dispatch_table
@@ -291,9 +301,27 @@ def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]
         main = sys.modules.get("__main__")
         reimportable = _main_reimportable if main is _main_module else _check_main(main)
         if reimportable or b"__main__" not in data:
-            return data, collector.buffers
-    collector.buffers.clear()
+            return data, [] if collector is None else collector.buffers
+    collector = _BufferCollector(min_size)
     return _slow_dumps(obj, PROTOCOL, collector), collector.buffers
+
+
+class _BigBuffer(Exception):
+    """Raised by ``_probe``: the object has a buffer that may go out of band."""
+
+
+_PROBE_MIN = 1 << 16
+
+
+def _probe(buffer: pickle.PickleBuffer) -> bool:
+    """``buffer_callback`` of the first try: in band, unless the buffer may be big enough."""
+    try:
+        size = buffer.raw().nbytes
+    except BufferError:
+        return True
+    if size < _PROBE_MIN:
+        return True
+    raise _BigBuffer
 
 
 def _slow_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
