@@ -242,7 +242,7 @@ def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
 
 
 class _BufferCollector:
-    """``buffer_callback`` of a pickler: keeps buffers of ``min_size`` bytes and more out of band."""
+    """``buffer_callback`` of a pickler: buffers of ``min_size`` bytes and more go out of band."""
 
     __slots__ = ("buffers", "min_size")
 
