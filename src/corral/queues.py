@@ -206,8 +206,9 @@ class Queue(Generic[_T]):
         data = self._take()
         if data is None:
             data = _get(self._ring, block, _deadline(block, timeout))
-        if data.__class__ is _Loaded:  # came through a segment: already unpickled
-            return data.obj  # type: ignore[union-attr,no-any-return]
+        if isinstance(data, _Loaded):  # came through a segment: already unpickled
+            loaded: _T = data.obj
+            return loaded
         item: _T = _loads(data)
         return item
 
@@ -391,8 +392,9 @@ class SimpleQueue(Generic[_T]):
         data = self._take()
         if data is None:
             data = _get(self._ring, True, None)
-        if data.__class__ is _Loaded:  # came through a segment: already unpickled
-            return data.obj  # type: ignore[union-attr,no-any-return]
+        if isinstance(data, _Loaded):  # came through a segment: already unpickled
+            loaded: _T = data.obj
+            return loaded
         item: _T = _loads(data)
         return item
 
