@@ -354,3 +354,38 @@ def test_memoryview_is_refused_like_the_stdlib_and_picklebuffer_carries_it():
     q.put(pickle.PickleBuffer(view))
     got = q.get()
     assert type(got) is bytearray and got == bytes(view)
+
+
+def test_a_stdlib_peer_that_cannot_import_corral_gets_module_not_found(tmp_path):
+    """What docs/architecture.md promises: the error names corral; nothing else breaks."""
+    import subprocess
+    import sys
+
+    from corral import _segment, resource_tracker
+
+    code = (
+        "import sys\n"
+        "from multiprocessing.connection import Connection\n"
+        "try:\n"
+        "    Connection(int(sys.argv[1]), writable=False).recv()\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    r, w = os.pipe()
+    # -S: no site-packages, so no corral (nor numpy) in the reader.
+    reader = subprocess.Popen(
+        [sys.executable, "-S", "-c", code, str(r)],
+        pass_fds=(r,),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    os.close(r)
+    before = set(os.listdir("/dev/shm"))
+    with corral.connection.Connection(w, readable=False) as writer:
+        writer.send(pickle.PickleBuffer(bytearray(2 * MiB)))
+    out, _ = reader.communicate(timeout=TIMEOUT)
+    assert out.strip() == "ModuleNotFoundError No module named 'corral'"
+    left = [n for n in set(os.listdir("/dev/shm")) - before if n.startswith("corral-c-")]
+    assert len(left) == 1  # removed when this program ends; here, by hand
+    _segment.discard("/" + left[0], resource_tracker.message_tracker()[0])
