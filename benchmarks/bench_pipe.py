@@ -15,9 +15,11 @@ import corral
 from _harness import compare
 
 
-def consume(conn, count: int, done) -> None:
+def consume(conn, count: int, done, use=None) -> None:
     for _ in range(count):
-        conn.recv()
+        obj = conn.recv()
+        if use is not None:
+            use(obj)
     done.send(b"ok")
 
 
@@ -26,10 +28,10 @@ def echo(conn, count: int) -> None:
         conn.send_bytes(conn.recv_bytes())
 
 
-def throughput(mp, payload, count: int, duplex: bool) -> float:
+def throughput(mp, payload, count: int, duplex: bool, use=None) -> float:
     r, w = mp.Pipe(duplex=duplex)
     done_r, done_w = mp.Pipe(duplex=False)
-    p = mp.get_context("fork").Process(target=consume, args=(r, count, done_w))
+    p = mp.get_context("fork").Process(target=consume, args=(r, count, done_w, use))
     p.start()
     t0 = time.perf_counter()
     for _ in range(count):
@@ -137,8 +139,51 @@ def main() -> list[dict]:
     )
     raw = raw_pipe(200_000, 1028)
     print(f"{'raw os.pipe 1 KiB writes (reference)':<44} {raw:,.0f} msg/s")
+    rows += ndarray_rows()
+    return rows
+
+
+def memcpy_bandwidth(arr, rounds: int = 9) -> float:
+    """MiB/s of ``arr.copy()`` (median of rounds): the memory's speed on this machine now."""
+    import statistics
+
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        arr.copy()
+        times.append(time.perf_counter() - t0)
+    return arr.nbytes / 2**20 / statistics.median(times)
+
+
+def ndarray_rows() -> list[dict]:
+    """A 64 MiB NumPy array through Pipe() and Pipe(duplex=False), the receiver sums it."""
+    try:
+        import numpy as np
+    except ImportError:
+        print("numpy missing: no ndarray rows")
+        return []
+    arr = np.ones(64 * 2**20 // 8)
+    count = 8
+    rows = []
+    for duplex in (True, False):
+        label = "Pipe()" if duplex else "Pipe(duplex=False)"
+        rows.append(
+            compare(
+                f"{label} 64 MiB ndarray (receiver sums), MiB/s",
+                lambda d=duplex: 64 * throughput(corral, arr, count, d, np.sum),
+                lambda d=duplex: 64 * throughput(multiprocessing, arr, count, d, np.sum),
+                rounds=5,
+                unit="MiB/s",
+                higher_is_better=True,
+            )
+        )
+    memcpy = memcpy_bandwidth(arr)
+    print(f"{'memcpy: arr.copy() of 64 MiB (reference)':<44} {memcpy:,.0f} MiB/s", flush=True)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    if "--ndarray" in sys.argv:
+        ndarray_rows()
+    else:
+        main()

@@ -4,7 +4,9 @@ Run: python benchmarks/bench_queue.py [--quick]
 
 Each round: the parent puts N messages, a child gets them and reports; the
 time runs from the first put to the child's report. Messages are bytes of the
-given size (the 8-byte row sends an int).
+given size (the 8-byte row sends an int). The ndarray rows send a 64 MiB NumPy
+array that the child sums (so every page it got is read), beside ``arr.copy()``
+of the same array in the same run (memcpy bandwidth).
 """
 
 from __future__ import annotations
@@ -20,18 +22,22 @@ from _harness import compare
 from bench_pipe import throughput as pipe_throughput
 
 
-def consume(q, count: int, done) -> None:
+def consume(q, count: int, done, use=None) -> None:
     get = q.get
-    for _ in range(count):
-        get()
+    if use is None:
+        for _ in range(count):
+            get()
+    else:
+        for _ in range(count):
+            use(get())
     done.send_bytes(b"ok")
 
 
-def queue_throughput(mp, kind: str, payload, count: int) -> float:
+def queue_throughput(mp, kind: str, payload, count: int, use=None) -> float:
     ctx = mp.get_context("fork")
     q = getattr(ctx, kind)()
     done_r, done_w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=consume, args=(q, count, done_w))
+    p = ctx.Process(target=consume, args=(q, count, done_w, use))
     p.start()
     put = q.put
     t0 = time.perf_counter()
@@ -86,8 +92,40 @@ def main() -> list[dict]:
                 higher_is_better=True,
             )
         )
+    rows += ndarray_rows(quick)
+    return rows
+
+
+def ndarray_rows(quick: bool) -> list[dict]:
+    """64 MiB NumPy arrays through Queue and SimpleQueue (MiB/s), and memcpy in the same run."""
+    try:
+        import numpy as np
+    except ImportError:
+        print("numpy missing: no ndarray rows")
+        return []
+    from bench_pipe import memcpy_bandwidth
+
+    arr = np.ones(64 * 2**20 // 8)
+    count = 4 if quick else 8
+    rows = []
+    for kind in ("Queue", "SimpleQueue"):
+        rows.append(
+            compare(
+                f"{kind} 64 MiB ndarray (consumer sums), MiB/s",
+                lambda k=kind: 64 * queue_throughput(corral, k, arr, count, np.sum),
+                lambda k=kind: 64 * queue_throughput(multiprocessing, k, arr, count, np.sum),
+                rounds=3 if quick else 5,
+                unit="MiB/s",
+                higher_is_better=True,
+            )
+        )
+    memcpy = memcpy_bandwidth(arr)
+    print(f"{'memcpy: arr.copy() of 64 MiB (reference)':<44} {memcpy:,.0f} MiB/s", flush=True)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    if "--ndarray" in sys.argv:
+        ndarray_rows("--quick" in sys.argv)
+    else:
+        main()

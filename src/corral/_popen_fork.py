@@ -15,7 +15,7 @@ import threading
 import warnings
 from typing import Any
 
-from . import util
+from . import resource_tracker, util
 
 
 def _pidfd_works() -> bool:
@@ -61,6 +61,9 @@ class Popen:
         # Without pidfds, two pipes: the child holds exit_w until it exits (our
         # sentinel) and we hold parent_w until we exit (the child's view of us).
         pipes = None if HAVE_PIDFD else (os.pipe(), os.pipe())
+        # A tracker the child inherits: a big message it sends and does not see
+        # read must outlive it (started once per program, as for spawn).
+        resource_tracker.message_tracker()
         _warn_if_threaded()
         pid = os.fork()
         if pid == 0:

@@ -12,7 +12,7 @@ import io
 import os
 from typing import Any
 
-from . import _spawn, _spawning, reduction, util
+from . import _spawn, _spawning, reduction, resource_tracker, util
 from ._popen_fork import HAVE_PIDFD
 from ._popen_fork import Popen as _ForkPopen
 
@@ -46,6 +46,10 @@ class Popen(_ForkPopen):
         payload = io.BytesIO()
         _spawning.set_spawning_popen(self)
         try:
+            # Big messages the child sends outlive it: they go to our tracker.
+            tracker = resource_tracker.for_child()
+            if tracker is not None:
+                prep_data["message_tracker"] = tracker
             reduction.dump(prep_data, payload)
             reduction.dump(process_obj, payload)
         finally:

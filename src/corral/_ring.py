@@ -22,9 +22,11 @@ Layout (offsets in bytes; one cache line per side)::
     4096 data    ``capacity`` bytes of frames
 
 A frame is a u32 length and that many bytes, padded to 8. ``_SKIP`` in the
-length means "wrap to the start". A message larger than ``capacity // 4``
+length means "wrap to the start". A message larger than ``capacity // 4``, or
+with buffers of that size or more kept out of its pickle (NumPy arrays...),
 travels out of band: it is written to a POSIX shared-memory segment of its own
-and the frame holds only its name, with ``_OUT_OF_BAND`` set in the length.
+(``_segment``: the consumer maps it and gets the arrays as views, no copy) and
+the frame holds only its name, with ``_OUT_OF_BAND`` set in the length.
 
 Two locks: producers take the producer lock and write only the first line,
 consumers the consumer lock and the second; each reads the other side's
@@ -69,15 +71,13 @@ that long, never forever.
 
 from __future__ import annotations
 
-import mmap
 import os
 import platform
-import secrets
 import struct
 import time
 from typing import Any
 
-from . import reduction, resource_tracker, util
+from . import _segment, reduction, resource_tracker, util
 from ._lifeline import is_dead as _is_dead
 from .heap import Arena
 from .synchronize import SEM_VALUE_MAX
@@ -288,11 +288,16 @@ class Ring:
 
     # -- putting -------------------------------------------------------------
 
-    def frame(self, data: bytes) -> bytes:
-        """What to store for a pickled message: itself, or (a ``SegmentName``) its segment's."""
-        if len(data) <= self._inband_max:
+    def frame(self, data: bytes, buffers: list[memoryview]) -> bytes:
+        """What to store for a pickled message: itself, or (a ``SegmentName``) its segment's.
+
+        ``buffers``: the message's out-of-band buffers (``dumps_with_buffers``);
+        a message with any, or too big for the ring, goes to a segment.
+        """
+        if not buffers and len(data) <= self._inband_max:
             return data
-        return _to_segment(data, self._tracker_fd)
+        name = _segment.write("corral-q-", data, buffers, self._tracker_fd)
+        return SegmentName(name.encode())
 
     # The two hot paths below take module constants as keyword defaults: a local
     # lookup instead of a global one.
@@ -449,8 +454,12 @@ class Ring:
         _u64: Any = _U64,
         _pair: Any = _PAIR,
         _nobody: bytes = _NOBODY,
-    ) -> bytes | None:
-        """The oldest message's pickled bytes, or None when the ring is empty; never waits."""
+    ) -> bytes | _segment.Loaded | None:
+        """The oldest message's pickled bytes, or None when the ring is empty; never waits.
+
+        A message that came through a segment is returned unpickled, as a
+        ``_segment.Loaded`` (its buffers are views into the segment's mapping).
+        """
         mem = self._mem
         cslot = self._cslot
         if not self._ctry(False):
@@ -489,7 +498,7 @@ class Ring:
             if nput - nget >= self._maxsize or tail - head <= self._capacity >> 1:
                 self._writable_post()
         if n & 0x80000000:  # _OUT_OF_BAND
-            return _from_segment(data, self._tracker_fd)
+            return _segment.Loaded(_segment.read(data.decode(), self._tracker_fd))
         return data
 
     def wait_readable(self, deadline: float | None) -> bool:
@@ -563,54 +572,6 @@ class SegmentName(bytes):
     """The frame of an out-of-band message: the name of the segment holding it."""
 
 
-def _to_segment(data: bytes, tracker_fd: int | None) -> SegmentName:
-    """Write data to a new shared-memory segment; the frame is its name."""
-    import _posixshmem
-
-    while True:
-        name = f"/corral-q-{secrets.token_hex(8)}"
-        try:
-            fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-        except FileExistsError:
-            continue
-        break
-    resource_tracker.hand_over(name, "shared_memory", tracker_fd)
-    try:
-        os.ftruncate(fd, len(data))
-        with mmap.mmap(fd, len(data)) as segment:
-            segment[:] = data
-    except BaseException:
-        _posixshmem.shm_unlink(name)
-        resource_tracker.taken_over(name, "shared_memory", tracker_fd)
-        raise
-    finally:
-        os.close(fd)
-    return SegmentName(name.encode())
-
-
-def _from_segment(frame: bytes, tracker_fd: int | None) -> bytes:
-    """Read and remove the segment a frame names."""
-    import _posixshmem
-
-    name = frame.decode()
-    fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
-    try:
-        _posixshmem.shm_unlink(name)
-        resource_tracker.taken_over(name, "shared_memory", tracker_fd)
-        size = os.fstat(fd).st_size
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as segment:
-            return segment[:]
-    finally:
-        os.close(fd)
-
-
 def discard(frame: bytes, tracker_fd: int | None) -> None:
     """Remove the segment of an out-of-band frame that will never be stored."""
-    import _posixshmem
-
-    name = frame.decode()
-    try:
-        _posixshmem.shm_unlink(name)
-    except FileNotFoundError:
-        pass
-    resource_tracker.taken_over(name, "shared_memory", tracker_fd)
+    _segment.discard(frame.decode(), tracker_fd)

@@ -241,6 +241,10 @@ def prepare(data: dict[str, Any]) -> None:
         from ._contexts import _force_start_method
 
         _force_start_method(data["start_method"])
+    if "message_tracker" in data:
+        from . import resource_tracker
+
+        resource_tracker.adopt(*data["message_tracker"])
     if "init_main_from_name" in data:
         _fixup_main_from_name(data["init_main_from_name"])
     elif "init_main_from_path" in data:

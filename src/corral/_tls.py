@@ -65,6 +65,8 @@ def wrap_client(sock: socket.socket, context: Any, address: Any) -> TLSConnectio
 class TLSConnection(Connection):
     """A ``Connection`` whose bytes travel in a TLS session (an ``ssl.SSLSocket``)."""
 
+    _local = False  # big buffers stay in the session: the peer may be another machine
+
     def __init__(self, tls_socket: Any) -> None:
         tls_socket.setblocking(True)
         super().__init__(tls_socket.fileno())

@@ -39,6 +39,10 @@ _SMALL = 1 << 14
 _MAX_IO = 0x7FFFF000
 
 _dumps = reduction._dumps
+_dumps_with_buffers = reduction.dumps_with_buffers
+# Buffers of this size or more (NumPy arrays...) travel in a shared-memory
+# segment (``_segment``) when the peer is on this machine; see docs/performance.md.
+_OUT_OF_BAND = 1 << 20
 _loads = reduction._loads
 _header_i = struct.Struct("!i")
 _header_q = struct.Struct("!Q")
@@ -57,6 +61,8 @@ class Connection(Generic[_SendT, _RecvT]):
     """
 
     _handle: int | None = None
+    # Whether the peer maps the same /dev/shm: a pipe or a Unix socket (None: not looked yet).
+    _local: bool | None = None
 
     def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
         handle = handle.__index__()
@@ -174,6 +180,11 @@ class Connection(Generic[_SendT, _RecvT]):
     def send(self, obj: _SendT) -> None:
         """Pickle obj and send it as one message.
 
+        Large buffers (NumPy arrays, ``pickle.PickleBuffer``) of 1 MiB or more
+        travel in a shared-memory segment when the connection is a pipe or a
+        Unix socket; the message is then a small pickle that maps the segment
+        when unpickled (see docs/architecture.md, "Big messages").
+
         Raises:
             corral.SerializationError: obj cannot be pickled; the message names
                 the part that failed. Nothing was sent.
@@ -182,7 +193,21 @@ class Connection(Generic[_SendT, _RecvT]):
             self._check_closed()
         if not self._writable:
             self._check_writable()
-        self._send_bytes(_dumps(obj))
+        data, buffers = _dumps_with_buffers(obj, _OUT_OF_BAND)
+        if buffers:
+            data = self._out_of_band(obj, data, buffers)
+        self._send_bytes(data)
+
+    def _out_of_band(self, obj: Any, data: bytes, buffers: list[memoryview]) -> bytes:
+        """The message for a pickle with big buffers: a segment's if the peer can map it."""
+        local = self._local
+        if local is None:
+            local = self._local = _shares_memory(self._handle)  # type: ignore[arg-type]
+        if not local:
+            return _dumps(obj)  # all in band, as the stdlib sends it
+        from . import _segment
+
+        return _segment.wire_message(data, buffers)
 
     def _send_bytes(self, buf: Any) -> None:
         n = len(buf)
@@ -370,6 +395,23 @@ class Connection(Generic[_SendT, _RecvT]):
         state = "closed" if self._handle is None else f"fd={self._handle}"
         mode = ("r" if self._readable else "") + ("w" if self._writable else "")
         return f"<{type(self).__name__} {state} {mode}>"
+
+
+def _shares_memory(fd: int) -> bool:
+    """Whether the peer of fd is on this machine for sure: a pipe or a Unix socket."""
+    import stat
+
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode):
+        return True
+    if not stat.S_ISSOCK(mode):
+        return False
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    with sock:
+        return sock.family == socket.AF_UNIX
 
 
 def _raise_eof(clean: bool) -> NoReturn:

@@ -12,7 +12,9 @@ Hierarchy::
     │   ├── BufferTooShort            recv_bytes_into(): the buffer is too small;
     │   │                             .args[0] holds the whole message
     │   ├── TimeoutError              a timed wait on a result ran out
-    │   └── AuthenticationError       the HMAC handshake failed or was malformed
+    │   ├── AuthenticationError       the HMAC handshake failed or was malformed
+    │   └── MessageLostError          (also EOFError) a big message's shared-memory
+    │                                 segment was removed before it was read
     ├── pickle.PicklingError
     │   └── SerializationError        (also a TypeError) an object cannot be sent
     │       │                         to another process; names the object
@@ -71,6 +73,7 @@ __all__ = (
     "InitializerError",
     "ManagerConnectionError",
     "MaybeEncodingError",
+    "MessageLostError",
     "ProcessError",
     "RemoteError",
     "RemoteTraceback",
@@ -102,6 +105,15 @@ class TimeoutError(ProcessError):
 
 class AuthenticationError(ProcessError):
     """The peer failed the HMAC challenge, or sent something that is not a handshake."""
+
+
+class MessageLostError(ProcessError, EOFError):
+    """A big message's shared-memory segment was gone when its receiver opened it.
+
+    Big messages (large NumPy arrays...) travel in a segment of their own; the
+    resource tracker of the sending program removes it when that program has
+    ended, read or not. The message says which segment and what to do.
+    """
 
 
 class SerializationError(pickle.PicklingError, TypeError):

@@ -26,15 +26,16 @@ import weakref
 from queue import Empty, Full
 from typing import Any, Generic
 
-from . import _contexts, _ring, _spawning, reduction, util
+from . import _contexts, _ring, _segment, _spawning, reduction, util
 from ._typevars import T as _T  # the type of the items, for a type checker (Queue[int])
-from .reduction import _dumps
+from .reduction import dumps_with_buffers
 from .synchronize import SEM_VALUE_MAX
 
 __all__ = ("JoinableQueue", "Queue", "SimpleQueue")
 
 
 _loads = reduction._loads
+_Loaded = _segment.Loaded
 _CLOSE = object()  # tells the feeder thread to finish
 _STORED, _FULL, _NO_ROOM = _ring.STORED, _ring.FULL, _ring.NO_ROOM
 
@@ -53,7 +54,7 @@ _EMPTY_LOOKS = 64  # looks at an empty ring before sleeping (a wake-up costs mor
 _GRACE = 0.005
 
 
-def _get(ring: _ring.Ring, block: bool, deadline: float | None) -> bytes:
+def _get(ring: _ring.Ring, block: bool, deadline: float | None) -> bytes | _segment.Loaded:
     """The next message's bytes, sleeping on the ring until one comes or the deadline."""
     empty = ring.empty
     while True:
@@ -133,6 +134,7 @@ class Queue(Generic[_T]):
         self._close: util.Finalize | None = None
         self._offer = self._ring.offer_fast
         self._take = self._ring.take
+        self._oob_min = self._ring._inband_max
 
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put obj on the queue, waiting for room up to timeout seconds if block.
@@ -144,16 +146,19 @@ class Queue(Generic[_T]):
         """
         if self._closed:
             raise _closed_error(self)
-        data = _dumps(obj)
-        if self._buffer or self._storing or self._offer(data) is not _STORED:
-            self._put_slow(data, block, timeout)
+        data, buffers = dumps_with_buffers(obj, self._oob_min)
+        if buffers or self._buffer or self._storing or self._offer(data) is not _STORED:
+            self._put_slow(data, buffers, block, timeout)
 
-    def _put_slow(self, data: bytes, block: bool, timeout: float | None) -> None:
+    def _put_slow(
+        self, data: bytes, buffers: list[memoryview], block: bool, timeout: float | None
+    ) -> None:
         """Store data with wrapping or out of band; or, the ring being full, wait up
         to ``_GRACE`` for room, then accept it into this process's buffer (the
         feeder stores it later); or wait for a slot under maxsize."""
         ring = self._ring
-        data = ring.frame(data)
+        data = ring.frame(data, buffers)
+        del buffers  # written to the segment: the objects are the caller's again
         deadline = _deadline(block, timeout)
         counted = self._counted
         grace: float | None = None
@@ -201,6 +206,9 @@ class Queue(Generic[_T]):
         data = self._take()
         if data is None:
             data = _get(self._ring, block, _deadline(block, timeout))
+        if isinstance(data, _Loaded):  # came through a segment: already unpickled
+            loaded: _T = data.obj
+            return loaded
         item: _T = _loads(data)
         return item
 
@@ -354,6 +362,7 @@ class SimpleQueue(Generic[_T]):
     def _reset(self) -> None:
         self._offer = self._ring.offer_fast
         self._take = self._ring.take
+        self._oob_min = self._ring._inband_max
 
     def close(self) -> None:
         """No more puts or gets from this process (closing twice is allowed)."""
@@ -383,6 +392,9 @@ class SimpleQueue(Generic[_T]):
         data = self._take()
         if data is None:
             data = _get(self._ring, True, None)
+        if isinstance(data, _Loaded):  # came through a segment: already unpickled
+            loaded: _T = data.obj
+            return loaded
         item: _T = _loads(data)
         return item
 
@@ -395,9 +407,9 @@ class SimpleQueue(Generic[_T]):
         """
         if self._closed:
             raise _closed_error(self)
-        data = _dumps(obj)
-        if self._offer(data) is not _STORED:
+        data, buffers = dumps_with_buffers(obj, self._oob_min)
+        if buffers or self._offer(data) is not _STORED:
             ring = self._ring
-            data = ring.frame(data)
+            data = ring.frame(data, buffers)
             while ring.offer(data) is not _STORED:
                 ring.wait_writable(None)

@@ -276,6 +276,19 @@ def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]
     Raises:
         SerializationError: obj (or a part of it) cannot be pickled.
     """
+    if type(obj) in _PLAIN_TYPES:  # no buffers: the collector would only cost time
+        return pickle.dumps(obj, PROTOCOL), []
+    if min_size >= _PROBE_MIN and not _custom_reducers_registered:
+        # Most messages hold no big buffer: try without making a collector.
+        try:
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=_probe)
+        except Exception:
+            pass  # a big buffer (_BigBuffer), or something only the slow path pickles
+        else:
+            main = sys.modules.get("__main__")
+            reimportable = _main_reimportable if main is _main_module else _check_main(main)
+            if reimportable or b"__main__" not in data:
+                return data, []
     collector = _BufferCollector(min_size)
     data = dumps_out_of_band(obj, collector)
     return data, collector.buffers
@@ -313,6 +326,24 @@ def dumps_out_of_band(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer],
     if reset is not None:
         reset()
     return _slow_dumps(obj, PROTOCOL, buffer_callback)
+
+
+class _BigBuffer(Exception):
+    """Raised by ``_probe``: the object has a buffer that may go out of band."""
+
+
+_PROBE_MIN = 1 << 16
+
+
+def _probe(buffer: pickle.PickleBuffer) -> bool:
+    """``buffer_callback`` of the first try: in band, unless the buffer may be big enough."""
+    try:
+        size = buffer.raw().nbytes
+    except BufferError:
+        return True
+    if size < _PROBE_MIN:
+        return True
+    raise _BigBuffer
 
 
 def _slow_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:

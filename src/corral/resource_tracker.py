@@ -15,7 +15,9 @@ registered outlives it:
   tracker does; only for names it really had to remove, so a process that
   exited normally and cleaned up causes no warning) and exits. Children started by
   spawn or forkserver do not inherit the pipe; they start a tracker of their
-  own if they register anything.
+  own if they register anything. They do get a duplicate of it for big
+  messages only (``message_tracker``): a segment a child hands over must
+  outlive the child until it is read.
 
 The tracker is a few lines of plain Python run with ``-I -S``: it imports
 nothing of corral (only ``_multiprocessing`` and ``_posixshmem``), so it starts
@@ -81,6 +83,10 @@ for rtype, count in sorted(removed.items()):
 
 _tracker_fd: int | None = None  # the write end of the pipe to this process tree's tracker
 _tracker_pid: int | None = None  # the tracker, if this process started it
+_tracker_ident: int | None = None  # the pid of the tracker behind _tracker_fd (kept across fork)
+# The tracker of the process that started this one by spawn or forkserver
+# (write end, pid): big messages are handed to it (``message_tracker``).
+_inherited: tuple[int, int] | None = None
 
 
 def ensure_running() -> None:
@@ -95,7 +101,7 @@ def getfd() -> int | None:
 
 
 def _start_tracker() -> None:
-    global _tracker_fd, _tracker_pid
+    global _tracker_fd, _tracker_pid, _tracker_ident
     if _tracker_fd is not None:
         return
     read_end, write_end = os.pipe()
@@ -115,7 +121,7 @@ def _start_tracker() -> None:
         raise
     finally:
         os.close(read_end)
-    _tracker_fd, _tracker_pid = write_end, pid
+    _tracker_fd, _tracker_pid, _tracker_ident = write_end, pid, pid
 
 
 def _tell_tracker(op: str, name: str, rtype: str, fd: int | None = None) -> None:
@@ -141,6 +147,52 @@ def hand_over(name: str, rtype: str, tracker_fd: int | None) -> None:
 def taken_over(name: str, rtype: str, tracker_fd: int | None) -> None:
     """The name given with ``hand_over`` was unlinked by whoever took it."""
     _tell_tracker("U", name, rtype, tracker_fd)
+
+
+def message_tracker() -> tuple[int | None, int | None]:
+    """(write end, pid) of the tracker that big messages are handed to.
+
+    The program's: the one this process inherited from the process that
+    started it (fork, spawn or forkserver), else this process's own (started
+    if needed). A child that sends a big message and exits before it is read
+    must not take the message with it: a tracker removes what it holds only
+    when every process writing to it has ended. (None, None) when no tracker
+    can be started; the message is then removed only by its receiver.
+    """
+    if _inherited is not None:
+        return _inherited
+    try:
+        ensure_running()
+    except OSError:
+        return None, None
+    return _tracker_fd, _tracker_ident
+
+
+def fd_of(ident: int | None) -> int | None:
+    """This process's write end to the tracker whose pid is ident, or None if it has none."""
+    if ident is None:
+        return None
+    if _inherited is not None and _inherited[1] == ident:
+        return _inherited[0]
+    return _tracker_fd if _tracker_ident == ident else None
+
+
+def for_child() -> tuple[object, int] | None:
+    """What a spawn/forkserver child needs to adopt ``message_tracker()`` (while spawning)."""
+    from . import reduction
+
+    fd, ident = message_tracker()
+    if fd is None or ident is None:
+        return None
+    return reduction.DupFd(fd), ident
+
+
+def adopt(token: object, ident: int) -> None:
+    """In a spawn/forkserver child: hand big messages to the parent's tracker (``for_child``)."""
+    global _inherited
+    fd = token.detach()  # type: ignore[attr-defined]
+    os.set_inheritable(fd, False)  # ours, not our own children's
+    _inherited = (fd, ident)
 
 
 def register(name: str, rtype: str) -> None:

@@ -59,8 +59,9 @@ LAYERS = {
     "_popen_forkserver": 3,
     "_spawn": 3,
     "_forkserver": 3,
+    "resource_tracker": 3,
     # 4: shared state
-    "resource_tracker": 4,
+    "_segment": 4,
     "synchronize": 4,
     "heap": 4,
     "sharedctypes": 4,
@@ -107,6 +108,8 @@ LAZY_UPWARD = {
     "reduction": {"connection", "_resource_sharer"},
     # the current process's name in log records; stopping the forkserver at exit
     "util": {"process", "_forkserver"},
+    # Connection.send of a big message puts its buffers in a segment (tracked)
+    "_wire": {"_segment"},
 }
 
 # The largest strongly connected component of the module-level graph: 1 means
