@@ -136,6 +136,7 @@ class LocalEngine(LendingMixin):
     ) -> None:
         self.spawner = spawner
         self.codec = spawner.codec
+        self._encode_call = spawner.codec.encode_call
         self._shares: weakref.WeakSet[Any] = weakref.WeakSet()  # released when it finishes
         self.size = size
         self.isolate_failures = isolate_failures
@@ -200,9 +201,10 @@ class LocalEngine(LendingMixin):
         tag: Any = None,
     ) -> Task:
         """Encode a task with the workers' codec, in the caller's thread (errors raise here)."""
-        payload, size, transfer = self.codec.encode_call(fn, args, kwargs)
+        payload, size, transfer = self._encode_call(fn, args, kwargs)
         task = Task(kind, payload, on_done, timeout, claim, tag, size)
-        task.transfer = transfer
+        if transfer is not None:
+            task.transfer = transfer
         return task
 
     def share(self, obj: Any) -> Any:

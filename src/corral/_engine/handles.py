@@ -116,11 +116,12 @@ class WorkerHandle:
 class ProcessWorkerHandle(WorkerHandle):
     """A worker process and the engine's end of its socket pair.
 
-    Descriptors (big buffers in shared memory: ``_transfer``) travel with a
-    frame as ``SCM_RIGHTS`` data attached to its first byte; such a frame
-    holds ``(message,)`` instead of the message. Reads use ``recvmsg_into``,
-    so descriptors are collected, in order, into ``fds_in`` and paired with
-    the records that take them when their frame is complete.
+    Descriptors (big buffers in shared memory: ``_transfer``) go to the
+    worker on one byte of their own right after the frame that needs them
+    (which holds ``(message,)``); from the worker they come attached to the
+    first byte of such a frame. Reads here use ``recvmsg_into``, so
+    descriptors are collected, in order, into ``fds_in`` and paired with the
+    records that take them when their frame is complete.
     """
 
     codec = PickleCodec
@@ -161,10 +162,15 @@ class ProcessWorkerHandle(WorkerHandle):
                 return True
             self._outbuf.append((memoryview(frame)[sent:], None))
             return False
-        # Its own duplicates of the descriptors: the frame may wait in _outbuf
-        # while their owner closes them (a task settled, a share released).
-        self._outbuf.append((memoryview(frame), [os.dup(fd) for fd in fds] if fds else None))
-        if len(self._outbuf) > 1:
+        # The descriptors follow the frame on one byte of their own (the worker
+        # reads frames with plain reads, that byte with recvmsg). The handle
+        # sends its own duplicates: the frame may wait in _outbuf while their
+        # owner closes them (a task settled, a share released).
+        was_empty = not self._outbuf
+        self._outbuf.append((memoryview(frame), None))
+        if fds:
+            self._outbuf.append((memoryview(b"\0"), [os.dup(fd) for fd in fds]))
+        if not was_empty:
             return False
         return self.flush()
 

@@ -161,8 +161,10 @@ class PickleCodec:
     def encode_call(fn: Any, args: Any, kwargs: Any) -> tuple[Any, int, Any]:
         """(payload, its size in bytes, transfer) of one task; raises if it cannot be pickled."""
         payload, transfer = encode_call(fn, args, kwargs)
-        if type(payload) is bytes:
-            return payload, len(payload), transfer
+        if transfer is None:  # small: bytes, or (function reference, bytes)
+            if type(payload) is bytes:
+                return payload, len(payload), None
+            return payload, len(payload[0]) + len(payload[1]), None
         if len(payload) == 2:  # (function reference, arguments)
             return payload, len(payload[0]) + _transfer.size_of(payload[1]), transfer
         return payload, _transfer.size_of(payload), transfer
