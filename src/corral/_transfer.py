@@ -36,11 +36,13 @@ mapped read-only in every worker and never reused (see ``Shared``).
 
 from __future__ import annotations
 
+import array
 import ctypes
 import mmap
 import os
 import pickle
 import struct
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -278,6 +280,8 @@ class Outgoing:
     def __init__(self, segment: Segment | None, shared: list[Shared]) -> None:
         self.segment = segment
         self.shared = shared
+        for handle in shared:
+            handle._pin()  # its memory stays until this message is settled
 
     def fds(self) -> list[int]:
         """The descriptors to send, in the order the receiver takes them; marks the segment sent."""
@@ -292,33 +296,55 @@ class Outgoing:
         if self.segment is not None and self.segment.owned:
             outbox().release(self.segment)
         self.segment = None
-        self.shared = []
+        shared, self.shared = self.shared, []
+        for handle in shared:
+            handle._unpin()
+
+    def __del__(self) -> None:
+        shared, self.shared = self.shared, []
+        for handle in shared:
+            handle._unpin()
+
+
+# Exporters whose PickleBuffer a receiver gets as bytes (read-only) or bytearray,
+# as an in-band protocol-5 pickle gives them; other buffers arrive as views.
+_PLAIN_EXPORTERS = (bytes, bytearray, memoryview, array.array, type(None))
+_VIEW, _BYTES, _BYTEARRAY = 0, 1, 2
 
 
 class _Encoder:
     """A thread's ``buffer_callback`` while it pickles a message (reused: one per thread).
 
-    Keeps buffers of ``MIN_SIZE`` bytes or more out of band, and the ``Shared``
-    handles met (``active``: a task's arguments are being pickled).
+    Keeps buffers of ``MIN_SIZE`` bytes or more out of band (with what they
+    should arrive as), and the ``Shared`` handles met (``active``: a task's
+    arguments are being pickled). A read-only buffer of an array raises
+    ``reduction.ReadOnlyBuffer``: the message is then pickled as the stdlib does.
     """
 
-    __slots__ = ("active", "buffers", "shared")
+    __slots__ = ("active", "buffers", "kinds", "shared")
 
     def __init__(self) -> None:
         self.active = False
         self.buffers: list[memoryview] | None = None
+        self.kinds: list[int] = []
         self.shared: list[Shared[Any]] | None = None
 
     def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         try:
             view = buffer.raw()
         except BufferError:  # not contiguous: pickle copies it into the stream
+            reduction.check_writable(buffer)
             return True
+        plain = isinstance(view.obj, _PLAIN_EXPORTERS)
+        if view.readonly and not plain:
+            raise reduction.ReadOnlyBuffer
         if view.nbytes < MIN_SIZE:
             return True
         if self.buffers is None:
             self.buffers = []
+            self.kinds = []
         self.buffers.append(view)
+        self.kinds.append(_VIEW if not plain else _BYTES if view.readonly else _BYTEARRAY)
         return False
 
     def reset(self) -> None:
@@ -343,8 +369,10 @@ def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
     A big message is the tuple ``(pickle or None, spans, shared count)``; its
     descriptors (``Outgoing.fds()``) must travel with it. ``plain``: pickle
     as ``pickle.dumps`` does (results), not as corral sends tasks; a
-    ``Shared`` handle cannot be in it. Without shared memory to be had for its
-    big buffers, the message is the whole pickle (bytes), as small ones are.
+    ``Shared`` handle cannot be in it. A message holding a read-only array is
+    pickled with the stdlib's protocol, so that the array arrives writable as
+    with the stdlib. Without shared memory to be had for its big buffers, the
+    message is the whole pickle (bytes), as small ones are.
 
     Raises:
         SerializationError: obj (or a part of it) cannot be pickled.
@@ -354,42 +382,64 @@ def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
     if plain and not encoder.active and encoder.buffers is None:  # a result: the fast path
         try:
             data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=encoder)
+        except reduction.ReadOnlyBuffer:
+            encoder.buffers = None
+            return _place(obj, _plain_as_stdlib(obj), [], [], [], plain)
         finally:
             buffers, encoder.buffers = encoder.buffers, None
         if buffers is None and len(data) < MIN_SIZE:
             return data, None
-        return _place(obj, data, buffers or [], [], plain)
-    outer = (encoder.active, encoder.buffers, encoder.shared) if encoder.active else None
+        return _place(obj, data, buffers or [], encoder.kinds if buffers else [], [], plain)
+    outer = (
+        (encoder.active, encoder.buffers, encoder.kinds, encoder.shared) if encoder.active else None
+    )
     encoder.active = not plain
     encoder.buffers = encoder.shared = None
     try:
-        if plain:  # results: plain pickle, as the stdlib's pools (no by-value functions)
-            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=encoder)
-        else:
-            data = reduction.dumps_out_of_band(obj, encoder)
-        buffers, shared = encoder.buffers, encoder.shared
+        try:
+            if plain:  # results: plain pickle, as the stdlib's pools (no by-value functions)
+                data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=encoder)
+            else:
+                data = reduction.dumps_out_of_band(obj, encoder)
+        except reduction.ReadOnlyBuffer:  # in band, with the stdlib's protocol
+            encoder.buffers = encoder.shared = None
+            data = _plain_as_stdlib(obj) if plain else reduction.dumps_as_stdlib(obj)
+        buffers, kinds, shared = encoder.buffers, encoder.kinds, encoder.shared
     finally:
         if outer is None:
             encoder.active = False
             encoder.buffers = encoder.shared = None
         else:  # pickled from inside another message's pickling
-            encoder.active, encoder.buffers, encoder.shared = outer
+            encoder.active, encoder.buffers, encoder.kinds, encoder.shared = outer
     if buffers is None and shared is None and len(data) < MIN_SIZE:
         return data, None
-    return _place(obj, data, buffers or [], shared or [], plain)
+    return _place(obj, data, buffers or [], kinds if buffers else [], shared or [], plain)
+
+
+def _plain_as_stdlib(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, pickle.DEFAULT_PROTOCOL)
+    except Exception:  # only protocol 5 pickles it (a PickleBuffer)
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
 def _place(
-    obj: Any, data: bytes, buffers: list[memoryview], shared: list[Shared[Any]], plain: bool
+    obj: Any,
+    data: bytes,
+    buffers: list[memoryview],
+    kinds: list[int],
+    shared: list[Shared[Any]],
+    plain: bool,
 ) -> tuple[Any, Outgoing | None]:
     """The big message of ``dumps``: buffers (and a big pickle) copied into a segment."""
     segment = None
-    spans: list[tuple[int, int]] = []
+    spans: list[tuple[int, int, int]] = []
     header: bytes | None = data
     if buffers or len(data) >= MIN_SIZE:
-        parts = [memoryview(data), *buffers] if len(data) >= MIN_SIZE else buffers
+        whole = len(data) >= MIN_SIZE
+        parts = [memoryview(data), *buffers] if whole else buffers
         try:
-            segment, spans = outbox().write(parts)
+            segment, places = outbox().write(parts)
         except OSError:
             if shared:
                 raise
@@ -397,7 +447,9 @@ def _place(
             if plain:
                 return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), None
             return reduction._dumps(obj), None
-        if len(data) >= MIN_SIZE:
+        kinds = [_VIEW, *kinds] if whole else kinds
+        spans = [(offset, n, kind) for (offset, n), kind in zip(places, kinds, strict=True)]
+        if whole:
             header = None  # the pickle is the segment's first span
     return (header, tuple(spans), len(shared)), Outgoing(segment, shared)
 
@@ -407,7 +459,7 @@ def size_of(message: Any) -> int:
     if type(message) is bytes:
         return len(message)
     header, spans, _n = message
-    return (len(header) if header is not None else 0) + sum(n for _offset, n in spans)
+    return (len(header) if header is not None else 0) + sum(span[1] for span in spans)
 
 
 def fd_count(message: Any) -> int:
@@ -468,7 +520,14 @@ def loads(message: Any, fds: list[int], sender: int | None = None) -> Any:
     own = fds.pop(0) if spans else -1
     shared_fds = [fds.pop(0) for _ in range(n_shared)]
     try:
-        views = open_views(own, spans, sender) if spans else []
+        views: list[Any] = (
+            open_views(own, tuple((offset, n) for offset, n, _kind in spans), sender)
+            if spans
+            else []
+        )
+        for i, (_offset, _n, kind) in enumerate(spans):
+            if kind != _VIEW:  # a bare PickleBuffer of bytes-like data: as in band
+                views[i] = bytes(views[i]) if kind == _BYTES else bytearray(views[i])
         if header is None:
             header = views.pop(0)
         previous = getattr(_local, "received", None)
@@ -597,11 +656,27 @@ class Shared(Generic[_T]):
     ``Shared[T]`` is the handle of an object of type ``T``.
     """
 
-    __slots__ = ("__weakref__", "_fd", "_lock", "_segment", "_spans", "description")
+    __slots__ = (
+        "__weakref__",
+        "_fd",
+        "_lock",
+        "_pins",
+        "_released",
+        "_segment",
+        "_spans",
+        "description",
+    )
 
     def __init__(self, obj: _T) -> None:
-        data, buffers = reduction.dumps_with_buffers(obj, 0)
-        parts = [memoryview(data), *buffers]
+        self._lock = threading.Lock()
+        self._segment: Segment | None = None
+        self._fd = -1
+        self._pins = 0  # messages not yet settled that use it
+        self._released = True
+        obj = _contiguous(obj)
+        collector = _ShareCollector()
+        data = reduction.dumps_out_of_band(obj, collector)
+        parts = [memoryview(data), *collector.buffers]
         size = _HEADER
         for view in parts:
             size = _aligned(size + view.nbytes)
@@ -612,9 +687,9 @@ class Shared(Generic[_T]):
         except BaseException:
             segment.close()
             raise
-        self._segment: Segment | None = segment
+        self._segment = segment
         self._fd = segment.fd
-        self._lock = threading.Lock()
+        self._released = False
         self.description = f"{type(obj).__name__} of {sum(v.nbytes for v in parts)} bytes"
 
     def get(self) -> _T:
@@ -623,12 +698,22 @@ class Shared(Generic[_T]):
         Raises:
             ValueError: the handle was released.
         """
-        value: _T = _rebuild(os.dup(self._fd_for_sending()), self._spans)
+        if self._released:
+            raise ValueError(self._released_message())
+        value: _T = _rebuild(os.dup(self._fd), self._spans)
         return value
 
     def release(self) -> None:
-        """Free the shared memory (workers still using it keep their mapping until done)."""
+        """Give the shared memory back (see the class docstring).
+
+        Tasks already submitted with the handle still get the object; new
+        ones raise ``ValueError`` at the call. Workers still using objects
+        built on it keep their mapping until those are gone.
+        """
         with self._lock:
+            self._released = True
+            if self._pins:
+                return  # the last of those tasks frees it
             segment, self._segment = self._segment, None
             self._fd = -1
         if segment is not None:
@@ -636,24 +721,40 @@ class Shared(Generic[_T]):
 
     @property
     def released(self) -> bool:
-        return self._fd < 0
+        """Whether ``release()`` was called (or the pool that made it ended)."""
+        return self._released
+
+    def _pin(self) -> None:
+        with self._lock:
+            self._pins += 1
+
+    def _unpin(self) -> None:
+        with self._lock:
+            self._pins -= 1
+            if self._pins or not self._released:
+                return
+            segment, self._segment = self._segment, None
+            self._fd = -1
+        if segment is not None:
+            segment.close()
 
     def _fd_for_sending(self) -> int:
-        fd = self._fd
-        if fd < 0:
-            msg = f"this shared object ({self.description}) was released; share it again"
-            raise ValueError(msg)
-        return fd
+        return self._fd  # valid while a message that uses it is pinned
+
+    def _released_message(self) -> str:
+        return f"this shared object ({self.description}) was released; share it again"
 
     def __reduce__(self) -> Any:
         encoder = _encoder()
         if not encoder.active:
             msg = (
                 "a corral shared object handle can only be passed in the arguments of tasks "
-                "of a pool or executor of the process that made it, not pickled otherwise"
+                "of a pool or executor of the process that made it, not pickled otherwise "
+                "(a Process started by fork gets the handle itself: call its get())"
             )
             raise TypeError(msg)
-        self._fd_for_sending()
+        if self._released:
+            raise ValueError(self._released_message())
         shared = encoder.shared
         if shared is None:
             shared = encoder.shared = []
@@ -668,10 +769,12 @@ class Shared(Generic[_T]):
 
     def __repr__(self) -> str:
         state = "released" if self.released else "live"
-        return f"<corral.Shared {self.description} ({state})>"
+        return f"<corral.Shared {getattr(self, 'description', '?')} ({state})>"
 
     def __del__(self) -> None:
-        self.release()
+        segment, self._segment = self._segment, None  # nothing pins it any more
+        if segment is not None:
+            segment.close()
 
 
 class SharedInProcess(Shared[_T]):
@@ -681,20 +784,22 @@ class SharedInProcess(Shared[_T]):
 
     def __init__(self, obj: _T) -> None:
         self._obj: Any = obj
-        self._segment = None
-        self._fd = 0
         self._lock = threading.Lock()
+        self._segment = None
+        self._fd = -1
+        self._pins = 0
+        self._released = False
+        self._spans = ()
         self.description = type(obj).__name__
 
     def get(self) -> _T:
-        if self._fd < 0:
-            msg = f"this shared object ({self.description}) was released; share it again"
-            raise ValueError(msg)
+        if self._released:
+            raise ValueError(self._released_message())
         value: _T = self._obj
         return value
 
     def release(self) -> None:
-        self._fd = -1
+        self._released = True
         self._obj = None
 
     def __reduce__(self) -> Any:
@@ -716,6 +821,39 @@ def resolve_in_process(args: Any, depth: int = 2) -> Any:
     if depth and kind is dict:
         return {k: resolve_in_process(a, depth - 1) for k, a in args.items()}
     return args
+
+
+class _ShareCollector:
+    """``buffer_callback`` of ``Shared``: every contiguous buffer out of band, read-only or not."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            self.buffers.append(buffer.raw())
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.buffers.clear()
+
+
+def _contiguous(obj: Any) -> Any:
+    """A NumPy array that is not contiguous (a slice with a step) as a contiguous copy.
+
+    Only contiguous arrays can be shared as views: the others would be
+    pickled whole and copied out again for every task.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(obj, numpy.ndarray):
+        return obj
+    if obj.flags.c_contiguous or obj.flags.f_contiguous:
+        return obj
+    return numpy.ascontiguousarray(obj)
 
 
 def _resolve(index: int, spans: tuple[tuple[int, int], ...]) -> Any:

@@ -208,11 +208,11 @@ def _plain_dumps(obj: Any) -> bytes:
     one per call cost as much as the pickling of a small task.
     """
     if not _custom_reducers_registered:
-        return pickle.dumps(obj, PROTOCOL)
+        return pickle.dumps(obj, PROTOCOL, buffer_callback=in_band)
     kept = _pickler_of_thread.__dict__.pop("kept", None)  # absent while in use (re-entry)
     if kept is None:
         buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, PROTOCOL)
+        pickler = pickle.Pickler(buf, PROTOCOL, buffer_callback=in_band)
         pickler.dispatch_table = _plain_dispatch_table
         kept = (pickler, buf)
     pickler, buf = kept
@@ -230,15 +230,57 @@ def _dumps(obj: Any, _modules: dict[str, Any] = sys.modules) -> bytes:
     if type(obj) in _PLAIN_TYPES:  # no reducer, no __main__ reference: plain C pickle
         return pickle.dumps(obj, PROTOCOL)
     try:
-        data = _plain_dumps(obj)
+        try:
+            data = _plain_dumps(obj)
+        except ReadOnlyBuffer:
+            raise
+        except Exception:
+            pass
+        else:
+            main = _modules.get("__main__")
+            reimportable = _main_reimportable if main is _main_module else _check_main(main)
+            if reimportable or b"__main__" not in data:
+                return data
+        return _slow_dumps(obj, PROTOCOL, in_band)
+    except ReadOnlyBuffer:
+        return dumps_as_stdlib(obj)
+
+
+class ReadOnlyBuffer(Exception):
+    """(Internal) pickling met a read-only buffer of an object such as a NumPy array.
+
+    With protocol 5 such an object arrives read-only; the stdlib (protocol 4)
+    gives a writable copy. ``dumps_as_stdlib`` pickles the message that way.
+    """
+
+
+# Exporters whose PickleBuffer arrives as bytes/bytearray with protocol 5, as
+# their user asked by wrapping them: nothing to make writable.
+_PLAIN_EXPORTERS = (bytes, bytearray, memoryview, array.array, type(None))
+
+
+def check_writable(buffer: pickle.PickleBuffer) -> None:
+    """Raise ``ReadOnlyBuffer`` for a read-only buffer of an object that is not bytes-like."""
+    view = memoryview(buffer)
+    if view.readonly and not isinstance(view.obj, _PLAIN_EXPORTERS):
+        raise ReadOnlyBuffer
+
+
+def in_band(buffer: pickle.PickleBuffer) -> bool:
+    """The ``buffer_callback`` of in-band pickles: every buffer in band, read-only ones checked."""
+    check_writable(buffer)
+    return True
+
+
+def dumps_as_stdlib(obj: Any) -> bytes:
+    """Pickle with the stdlib's protocol (4 before 3.14): read-only arrays arrive writable.
+
+    An object that only protocol 5 can pickle (a ``PickleBuffer``) keeps protocol 5.
+    """
+    try:
+        return _slow_dumps(obj, pickle.DEFAULT_PROTOCOL)
     except Exception:
-        pass
-    else:
-        main = _modules.get("__main__")
-        reimportable = _main_reimportable if main is _main_module else _check_main(main)
-        if reimportable or b"__main__" not in data:
-            return data
-    return _slow_dumps(obj, PROTOCOL)
+        return _slow_dumps(obj, PROTOCOL)
 
 
 class _BufferCollector:
@@ -254,6 +296,7 @@ class _BufferCollector:
         self.buffers.clear()
 
     def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        check_writable(buffer)
         try:
             view = buffer.raw()
         except BufferError:  # not contiguous: pickle copies it into the stream
@@ -278,10 +321,19 @@ def dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]
     """
     if type(obj) in _PLAIN_TYPES:  # no buffers: the collector would only cost time
         return pickle.dumps(obj, PROTOCOL), []
+    try:
+        return _dumps_with_buffers(obj, min_size)
+    except ReadOnlyBuffer:  # as the stdlib: it arrives writable (and in band)
+        return dumps_as_stdlib(obj), []
+
+
+def _dumps_with_buffers(obj: Any, min_size: int) -> tuple[bytes, list[memoryview]]:
     if min_size >= _PROBE_MIN and not _custom_reducers_registered:
         # Most messages hold no big buffer: try without making a collector.
         try:
             data = pickle.dumps(obj, PROTOCOL, buffer_callback=_probe)
+        except ReadOnlyBuffer:
+            raise
         except Exception:
             pass  # a big buffer (_BigBuffer), or something only the slow path pickles
         else:
@@ -299,7 +351,8 @@ def dumps_out_of_band(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer],
 
     ``buffer_callback`` may be called again for the same buffers when the
     fast path fails and the slow one runs: it must forget what it kept when
-    ``reset()`` is called on it, if it has that method.
+    ``reset()`` is called on it, if it has that method. It may raise
+    ``ReadOnlyBuffer`` (``check_writable``), which is passed on.
 
     Raises:
         SerializationError: obj (or a part of it) cannot be pickled.
@@ -315,6 +368,8 @@ def dumps_out_of_band(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer],
             pickler.dispatch_table = _plain_dispatch_table
             pickler.dump(obj)
             data = buf.getvalue()
+    except ReadOnlyBuffer:
+        raise
     except Exception:
         pass
     else:
@@ -337,6 +392,7 @@ _PROBE_MIN = 1 << 16
 
 def _probe(buffer: pickle.PickleBuffer) -> bool:
     """``buffer_callback`` of the first try: in band, unless the buffer may be big enough."""
+    check_writable(buffer)
     try:
         size = buffer.raw().nbytes
     except BufferError:

@@ -77,7 +77,8 @@ for rtype, name in held:
 for rtype, count in sorted(removed.items()):
     sys.stderr.write(
         f"resource_tracker: There appear to be {count} leaked {rtype} objects to clean up at "
-        f"shutdown (their creator was killed); removed them\n"
+        f"shutdown (their creator was killed, or a big message was never received); "
+        f"removed them\n"
     )
 """
 

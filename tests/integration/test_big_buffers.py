@@ -13,6 +13,7 @@ import errno
 import gc
 import os
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -223,3 +224,86 @@ def test_without_shared_memory_big_messages_use_the_socket(monkeypatch):
         assert pool.apply(checksum, (a,)) == float(a.sum())
         assert float(pool.apply(make_array, (BIG // 8,)).sum()) == BIG // 8
         assert pool.map(checksum, [a, a]) == [float(a.sum())] * 2
+
+
+def inc(a):
+    a += 1
+    return a
+
+
+def test_read_only_arrays_arrive_writable_as_with_the_stdlib(ctx):
+    for n in (10, BIG // 8):
+        a = np.arange(n, dtype=np.float64)
+        a.flags.writeable = False
+        with ctx.Pool(1) as pool:
+            back = pool.apply(inc, (a,))  # the stdlib's workers get a writable copy
+            assert back.flags.writeable and float(back.sum()) == float(a.sum()) + n
+            ro_result = pool.apply(np.asarray, (a,))
+            assert ro_result.flags.writeable  # the stdlib's results are writable too
+
+
+def test_bare_pickle_buffers_arrive_as_bytes_or_bytearray():
+    blob = os.urandom(BIG)
+    with corral.get_context("fork").Pool(1) as pool:
+        assert type(pool.apply(ident, (pickle.PickleBuffer(bytearray(blob)),))) is bytearray
+        assert type(pool.apply(ident, (pickle.PickleBuffer(blob),))) is bytes
+        small = pool.apply(ident, (pickle.PickleBuffer(bytearray(b"ab")),))
+        assert type(small) is bytearray and small == b"ab"
+
+
+def ident(x):
+    return x
+
+
+def test_release_while_tasks_are_pending_keeps_the_pool_working():
+    a = np.arange(BIG // 8, dtype=np.float64)
+    with corral.get_context("fork").Pool(2) as pool:
+        handle = pool.share(a)
+        pending = pool.map_async(checksum, [handle] * 30, chunksize=1)
+        handle.release()  # the tasks already submitted still get the array
+        assert pending.get(60) == [float(a.sum())] * 30
+        with pytest.raises(ValueError, match="released; share it again"):
+            pool.apply(checksum, (handle,))
+        assert pool.apply(checksum, (a,)) == float(a.sum())
+    with corral.ProcessPoolExecutor(2, mp_context=corral.get_context("fork")) as ex:
+        handle = ex.share(a)
+        futures = [ex.submit(checksum, handle) for _ in range(20)]
+        handle.release()
+        assert [f.result(60) for f in futures] == [float(a.sum())] * 20
+        assert ex.submit(checksum, a).result(60) == float(a.sum())
+
+
+def test_share_of_something_unpicklable_fails_cleanly(capfd):
+    with corral.get_context("fork").Pool(1) as pool:
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pool.share({"k": threading.Lock()})
+        gc.collect()
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_a_non_contiguous_array_is_shared_as_a_view():
+    a = np.arange(BIG // 4, dtype=np.float64)[::2]
+    with corral.get_context("fork").Pool(1) as pool:
+        handle = pool.share(a)
+        assert pool.apply(readonly, (handle,)) is False  # a view of the shared copy
+        assert pool.apply(checksum, (handle,)) == float(a.sum())
+
+
+@pytest.mark.parametrize("n", [10, BIG // 8])
+def test_read_only_arrays_through_queues_and_pipes_arrive_writable(n):
+    a = np.arange(n, dtype=np.float64)
+    a.flags.writeable = False
+    ctx = corral.get_context("fork")
+    queue = ctx.SimpleQueue()
+    reader, writer = ctx.Pipe()
+    try:
+        queue.put(a)
+        sender = threading.Thread(target=writer.send, args=(a,))  # a pipe holds less
+        sender.start()
+        for got in (queue.get(), reader.recv()):
+            assert got.flags.writeable and np.array_equal(got, a)
+        sender.join(30)
+    finally:
+        queue.close()
+        reader.close()
+        writer.close()

@@ -183,11 +183,13 @@ if __name__ == "__main__":
     pool.terminate()
     pool.join()
     with ProcessPoolExecutor(2, mp_context=ctx, initializer=bad_init) as ex:
-        f = ex.submit(square, 2)
+        # The workers may fail before submit() (it then raises, as the stdlib's
+        # does once broken) or after (the future fails): either is the break.
         try:
-            f.result(30)
+            ex.submit(square, 2).result(30)
         except corral.BrokenProcessPool as exc:
-            print("executor", type(exc).__name__)
+            broke = exc if isinstance(exc, corral.InitializerError) else exc.__cause__
+            print("executor", type(broke).__name__)
 """
 
 

@@ -878,7 +878,7 @@ class LocalEngine(LendingMixin):
         for task in batch:
             transfer = task.transfer
             if transfer is not None:
-                more = transfer.fds()
+                more = transfer.fds()  # cannot fail: a shared object is pinned until settled
                 if len(fds) + len(more) > MAX_FDS and message:
                     self._send(worker, message, fds)
                     message, fds = [], []
