@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import mmap
 import os
 import pickle
@@ -61,11 +62,30 @@ _HEADER = 64  # bytes at the start of a segment: the _READER field, then padding
 _READER = struct.Struct("i")
 _FREE, _IN_FLIGHT = 0, -1
 # The sender keeps at most this much in free segments; a bigger one is never kept.
-_OUTBOX_BYTES = 512 << 20
+_OUTBOX_BYTES = 256 << 20
 # A receiver keeps at most this much mapped for reuse.
-_MAPPED_BYTES = 1 << 30
+_MAPPED_BYTES = 256 << 20
+# Segments a process may have in flight (owned by tasks not yet settled) before
+# more big messages go in band: each holds a descriptor and a copy of its data.
+_IN_FLIGHT_BYTES = 2 << 30
+
+
+def _in_flight_segments() -> int:
+    """At most an eighth of the descriptors this process may open, and 128."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 32
+    if soft == resource.RLIM_INFINITY:
+        return 128
+    return max(4, min(128, soft // 8))
+
+
 _HAVE_MEMFD = hasattr(os, "memfd_create")
-_GRANULE = 1 << 20  # segment sizes are rounded up to this
+_MAX_FDS = 253  # descriptors one message may carry (Linux's SCM_MAX_FD)
+_GRANULE = 1 << 16  # segment sizes are rounded up to this (64 KiB)
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 
 
@@ -115,21 +135,25 @@ def _alive(pid: int) -> bool:
 class Segment:
     """The sender's side of one segment: its descriptor and a mapping kept for reuse."""
 
-    __slots__ = ("__weakref__", "fd", "fresh", "mm", "owned", "size")
+    __slots__ = ("__weakref__", "fd", "fresh", "mm", "owned", "pid", "size")
 
     def __init__(self, size: int) -> None:
+        self.pid = os.getpid()
+        self.owned = False
         self.size = size = -(-size // _GRANULE) * _GRANULE  # close sizes can reuse it
-        self.fd = _new_fd(size)
+        self.fd = -1
+        fd = _new_fd(size)
         try:
-            self.mm = mmap.mmap(self.fd, size)
+            self.mm = mmap.mmap(fd, size)
             # One that may be reused gets all its pages now, mapped here, in two
             # system calls: faulting them in one by one on the first copy costs
             # several times more. A one-off is written with pwrite, which makes
             # its pages without mapping them.
-            self.fresh = size > _OUTBOX_BYTES or not _populate(self.fd, self.mm, size)
+            self.fresh = size > _OUTBOX_BYTES or not _populate(fd, self.mm, size)
         except BaseException:
-            os.close(self.fd)
+            os.close(fd)
             raise
+        self.fd = fd
         self.owned = False  # the sender may send it again (a task not yet settled)
 
     def reusable(self) -> bool:
@@ -181,6 +205,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._free: list[Segment] = []
         self._free_bytes = 0
+        self._owned = 0  # segments owned by messages not yet settled
+        self._owned_bytes = 0
+        self._limit = _in_flight_segments()
 
     def write(self, parts: list[memoryview]) -> tuple[Segment, list[tuple[int, int]]]:
         """Copy ``parts`` into a segment (reused or new), owned by the caller until ``release``.
@@ -192,12 +219,27 @@ class Outbox:
         for view in parts:
             need = _aligned(need + view.nbytes)
         need = -(-need // _GRANULE) * _GRANULE
-        segment = self._take(need)
-        if segment is None:
-            segment = Segment(need)
+        with self._lock:
+            if self._owned >= self._limit or self._owned_bytes + need > _IN_FLIGHT_BYTES:
+                msg = "too many big messages in flight; this one goes in band"
+                raise OSError(errno.EMFILE, msg)
+            self._owned += 1
+            self._owned_bytes += need
+        try:
+            segment = self._take(need)
+            if segment is None:
+                segment = Segment(need)
+        except BaseException:
+            self._disown(need)
+            raise
         segment.owned = True
         segment.mark_in_flight()
         return segment, segment.write(parts)
+
+    def _disown(self, size: int) -> None:
+        with self._lock:
+            self._owned -= 1
+            self._owned_bytes -= size
 
     def _take(self, need: int) -> Segment | None:
         with self._lock:
@@ -213,7 +255,11 @@ class Outbox:
 
     def release(self, segment: Segment) -> None:
         """The sender will not send ``segment`` again: keep it for reuse, or let it go."""
-        segment.owned = False
+        if segment.pid != os.getpid():
+            return  # a forked child's copy of its parent's message: not this outbox's
+        if segment.owned:
+            segment.owned = False
+            self._disown(segment.size)
         if segment.size > _OUTBOX_BYTES:
             segment.close()
             return
@@ -279,9 +325,7 @@ class Outgoing:
 
     def __init__(self, segment: Segment | None, shared: list[Shared]) -> None:
         self.segment = segment
-        self.shared = shared
-        for handle in shared:
-            handle._pin()  # its memory stays until this message is settled
+        self.shared = shared  # each pinned while pickled (Shared.__reduce__) until released
 
     def fds(self) -> list[int]:
         """The descriptors to send, in the order the receiver takes them; marks the segment sent."""
@@ -301,9 +345,7 @@ class Outgoing:
             handle._unpin()
 
     def __del__(self) -> None:
-        shared, self.shared = self.shared, []
-        for handle in shared:
-            handle._unpin()
+        self.release()  # a message dropped unsettled (cancelled, pool stopped)
 
 
 # Exporters whose PickleBuffer a receiver gets as bytes (read-only) or bytearray,
@@ -348,8 +390,14 @@ class _Encoder:
         return False
 
     def reset(self) -> None:
+        _unpin_all(self.shared)  # the slow path pickles (and pins) them again
         self.buffers = None
         self.shared = None
+
+
+def _unpin_all(shared: list[Shared[Any]] | None) -> None:
+    for handle in shared or ():
+        handle._unpin()
 
 
 _local = threading.local()  # .encoder; .received: descriptors of the message being unpickled
@@ -402,9 +450,13 @@ def dumps(obj: Any, *, plain: bool = False) -> tuple[Any, Outgoing | None]:
             else:
                 data = reduction.dumps_out_of_band(obj, encoder)
         except reduction.ReadOnlyBuffer:  # in band, with the stdlib's protocol
+            _unpin_all(encoder.shared)
             encoder.buffers = encoder.shared = None
             data = _plain_as_stdlib(obj) if plain else reduction.dumps_as_stdlib(obj)
         buffers, kinds, shared = encoder.buffers, encoder.kinds, encoder.shared
+    except BaseException:
+        _unpin_all(encoder.shared)
+        raise
     finally:
         if outer is None:
             encoder.active = False
@@ -432,6 +484,13 @@ def _place(
     plain: bool,
 ) -> tuple[Any, Outgoing | None]:
     """The big message of ``dumps``: buffers (and a big pickle) copied into a segment."""
+    if len(shared) + 1 > _MAX_FDS:
+        _unpin_all(shared)
+        msg = (
+            f"a task can use at most {_MAX_FDS - 1} shared object handles "
+            f"(this one uses {len(shared)}); put the objects in one shared object"
+        )
+        raise ValueError(msg)
     segment = None
     spans: list[tuple[int, int, int]] = []
     header: bytes | None = data
@@ -442,6 +501,7 @@ def _place(
             segment, places = outbox().write(parts)
         except OSError:
             if shared:
+                _unpin_all(shared)
                 raise
             # No shared memory to be had (ENOMEM, EMFILE...): the socket still works.
             if plain:
@@ -564,7 +624,10 @@ def _map(fd: int, readonly: bool, sender: int | None = None) -> mmap.mmap:
             return mm
         prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
         mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
-        if st.st_size <= _MAPPED_BYTES // 2:
+        # A shared object's mapping (read-only) is not kept: it lives as long as
+        # the objects built on it, so release() frees the memory once they are
+        # gone. A message segment's is kept while its sender may reuse it.
+        if not readonly and st.st_size <= _MAPPED_BYTES // 2:
             _mapped[key] = mm
             _mapped_bytes += st.st_size
             while _mapped_bytes > _MAPPED_BYTES:
@@ -598,16 +661,19 @@ def _forget_mappings() -> None:
 class _Readers:
     """Counts a message's live buffers; the last one gone frees the segment for its sender."""
 
-    __slots__ = ("left", "mm")
+    __slots__ = ("left", "mm", "pid")
 
     def __init__(self, mm: mmap.mmap, n: int) -> None:
         self.mm = mm
         self.left = [None] * n
+        self.pid = os.getpid()
 
     def __call__(self) -> None:
         left = self.left
         left.pop()
-        if not left and not self.mm.closed:
+        # A forked child's copies of the objects are not the receiver's: the
+        # parent may still use the segment.
+        if not left and not self.mm.closed and os.getpid() == self.pid:
             _READER.pack_into(self.mm, 0, _FREE)
 
 
@@ -753,8 +819,6 @@ class Shared(Generic[_T]):
                 "(a Process started by fork gets the handle itself: call its get())"
             )
             raise TypeError(msg)
-        if self._released:
-            raise ValueError(self._released_message())
         shared = encoder.shared
         if shared is None:
             shared = encoder.shared = []
@@ -764,6 +828,10 @@ class Shared(Generic[_T]):
                 index = i
                 break
         else:
+            with self._lock:  # released, or pinned for this message: never both
+                if self._released:
+                    raise ValueError(self._released_message())
+                self._pins += 1
             shared.append(self)
         return (_resolve, (index, self._spans))
 

@@ -307,3 +307,62 @@ def test_read_only_arrays_through_queues_and_pipes_arrive_writable(n):
         queue.close()
         reader.close()
         writer.close()
+
+
+def test_more_shared_handles_than_a_message_can_carry_fail_at_the_call():
+    with corral.get_context("fork").Pool(1) as pool:
+        handles = [pool.share(np.arange(4.0)) for _ in range(300)]
+        with pytest.raises(ValueError, match="at most 252 shared object handles"):
+            pool.apply_async(len, (handles,))
+        assert pool.apply(len, (handles[:10],)) == 10  # the pool still works
+
+
+class ReleasesWhilePickled:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __reduce__(self):
+        self.handle.release()  # another thread could do this between two steps
+        return (int, (0,))
+
+
+def test_a_release_racing_the_pickling_of_a_task_is_safe():
+    a = np.arange(BIG // 8, dtype=np.float64)
+    with corral.get_context("fork").Pool(1) as pool:
+        handle = pool.share(a)
+        assert pool.apply(checksum, (handle,), {}) == float(a.sum())
+        # pickled first (and pinned), released while the rest is pickled: the task still runs
+        assert pool.apply(slice_sum, (handle, 0, 1), {}) == float(a.sum())
+        result = pool.apply_async(first_of, ((handle, ReleasesWhilePickled(handle)),))
+        assert result.get(60) == float(a.sum())
+        with pytest.raises(ValueError, match="released"):
+            pool.apply(checksum, (handle,))
+
+
+def first_of(pair):
+    return float(pair[0].sum())
+
+
+def test_a_forked_child_dropping_its_copy_does_not_free_the_parents_result():
+    with corral.get_context("fork").Pool(1) as pool:
+        kept = pool.apply(make_array, (BIG // 8, 1.0))
+        child = corral.get_context("fork").Process(target=drop_and_exit, args=(kept,))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        pool.apply(make_array, (BIG // 8, 2.0))  # may reuse a free segment only
+        assert float(kept[0]) == 1.0 and float(kept.sum()) == BIG // 8
+
+
+def drop_and_exit(array):
+    del array
+    gc.collect()
+
+
+def test_a_finished_task_with_a_deadline_keeps_no_result_alive():
+    with corral.get_context("fork").Pool(1, task_timeout=600) as pool:
+        before = transfer_mappings()
+        for _ in range(5):
+            pool.apply(make_array, (BIG // 8,))
+        gc.collect()
+        assert transfer_mappings() <= before + 2  # not one per result until the deadline

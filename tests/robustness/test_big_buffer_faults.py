@@ -132,3 +132,24 @@ def test_parent_killed_mid_transfer_leaves_nothing(tmp_path, method, where):
     assert code == -signal.SIGKILL, out
     assert "not reached" not in out
     assert set(os.listdir("/dev/shm")) <= shm_before
+
+
+FEW_FILES = (
+    COMMON
+    + """
+import resource
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # a small but common limit
+    a = np.ones(N)
+    with corral.get_context(sys.argv[1]).Pool(2) as pool:
+        jobs = [pool.apply_async(consume, (a,)) for _ in range(600)]  # queued: far above 256
+        say("all", all(job.get(120) == N for job in jobs))
+        say("after", pool.apply(consume, (a,)) == N)
+"""
+)
+
+
+def test_many_queued_big_tasks_do_not_exhaust_file_descriptors(tmp_path):
+    code, out, err = run(tmp_path, FEW_FILES, "fork", timeout=110)
+    assert code == 0, err
+    assert out.splitlines() == ["all True", "after True"], out

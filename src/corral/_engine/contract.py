@@ -47,6 +47,7 @@ class Task:
     """
 
     __slots__ = (
+        "__weakref__",
         "claim",
         "kind",
         "on_done",

@@ -569,7 +569,16 @@ class LocalEngine(LendingMixin):
 
     def _arm_deadline(self, worker: WorkerHandle, task: Task, now: float) -> None:
         if task.timeout is not None:
-            self._add_timer(now + task.timeout, lambda: self._check_deadline(worker, task))
+            # The timer holds the task weakly: a task done long before its
+            # deadline (and its result) must not wait for the timer to be freed.
+            ref = weakref.ref(task)
+
+            def check() -> None:
+                task = ref()
+                if task is not None:
+                    self._check_deadline(worker, task)
+
+            self._add_timer(now + task.timeout, check)
 
     def _check_deadline(self, worker: WorkerHandle, task: Task) -> None:
         if (

@@ -138,7 +138,8 @@ class ProcessWorkerHandle(WorkerHandle):
         self._inbuf = bytearray()  # the start of a frame not yet complete
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
-        self._outbuf: deque[tuple[memoryview, list[int] | None]] = deque()
+        # (bytes to write, descriptors to send with them, whether those are our duplicates)
+        self._outbuf: deque[tuple[memoryview, list[int] | None, bool]] = deque()
         self.fds_in: deque[int] = deque()
 
     def started(self) -> None:
@@ -160,25 +161,45 @@ class ProcessWorkerHandle(WorkerHandle):
                 return True  # the worker is gone; its death returns what it held
             if sent == len(frame):
                 return True
-            self._outbuf.append((memoryview(frame)[sent:], None))
+            self._outbuf.append((memoryview(frame)[sent:], None, False))
             return False
         # The descriptors follow the frame on one byte of their own (the worker
         # reads frames with plain reads, that byte with recvmsg). The handle
         # sends its own duplicates: the frame may wait in _outbuf while their
         # owner closes them (a task settled, a share released).
         was_empty = not self._outbuf
-        self._outbuf.append((memoryview(frame), None))
+        self._outbuf.append((memoryview(frame), None, False))
+        if was_empty and not self.flush():
+            was_empty = False  # the frame waits: so does the descriptor byte
         if fds:
-            self._outbuf.append((memoryview(b"\0"), [os.dup(fd) for fd in fds]))
-        if not was_empty:
+            if was_empty and self._send_fds_now(fds):
+                return True
+            try:
+                own = [os.dup(fd) for fd in fds]
+            except OSError:  # out of descriptors: the owners keep theirs open till settled
+                own = None
+            entry = (memoryview(b"\0"), own if own is not None else list(fds), own is not None)
+            self._outbuf.append(entry)
+            return self.flush() if was_empty else False
+        return was_empty
+
+    def _send_fds_now(self, fds: list[int]) -> bool:
+        """Send the descriptor byte at once if the socket takes it (no duplicates needed)."""
+        try:
+            sent = self._sock.sendmsg(
+                [b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            )
+        except BlockingIOError:
             return False
-        return self.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return True  # the worker is gone; its death returns what it held
+        return sent == 1
 
     def flush(self) -> bool:
         """Write what is pending; return True when nothing is left."""
         outbuf = self._outbuf
         while outbuf:
-            chunk, fds = outbuf[0]
+            chunk, fds, owned = outbuf[0]
             try:
                 if fds:
                     sent = self._sock.sendmsg(
@@ -191,18 +212,18 @@ class ProcessWorkerHandle(WorkerHandle):
             except (BrokenPipeError, ConnectionResetError):
                 self._clear_outbuf()
                 return True
-            if fds:
+            if fds and owned:
                 _close_all(fds)  # the kernel holds its own copies now
             if sent < len(chunk):
-                outbuf[0] = (chunk[sent:], None)  # the descriptors left with the first byte
+                outbuf[0] = (chunk[sent:], None, False)  # the descriptors left with it
                 return False
             outbuf.popleft()
         return True
 
     def _clear_outbuf(self) -> None:
         while self._outbuf:
-            _chunk, fds = self._outbuf.popleft()
-            if fds:
+            _chunk, fds, owned = self._outbuf.popleft()
+            if fds and owned:
                 _close_all(fds)
 
     def read_records(self) -> tuple[list[Any], bool]:
