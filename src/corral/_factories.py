@@ -231,11 +231,12 @@ class ContextFactories:
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
         isolate_failures: bool = True,
+        backend: Any = None,
     ) -> pool.Pool:
         """A pool of worker processes of this context (``corral.pool.Pool``).
 
-        ``task_timeout``, ``max_memory_per_child`` and ``isolate_failures`` are
-        corral's additions (see ``corral.pool.Pool``).
+        ``task_timeout``, ``max_memory_per_child``, ``isolate_failures`` and
+        ``backend`` are corral's additions (see ``corral.pool.Pool``).
 
         Raises:
             ValueError: ``processes`` < 1, bad ``maxtasksperchild`` or ``task_timeout``.
@@ -253,6 +254,7 @@ class ContextFactories:
             task_timeout=task_timeout,
             max_memory_per_child=max_memory_per_child,
             isolate_failures=isolate_failures,
+            backend=backend,
         )
 
     def get_logger(self) -> logging.Logger:

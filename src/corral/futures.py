@@ -34,6 +34,7 @@ from . import context as _context
 from ._engine import CALL, STARMAP, Engine, EngineSpec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
+from .backends import as_backend
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
 
@@ -104,9 +105,12 @@ class ProcessPoolExecutor(Executor):
         task_timeout: per-task deadline in seconds.
         max_memory_per_child: replace a worker whose RSS exceeds this many bytes.
         isolate_failures: False makes any worker death break the executor.
+        backend: where tasks run: None or ``"process"`` (worker processes
+            here), ``"dask"`` or ``corral.backends.Dask(...)`` (a Dask cluster;
+            ``max_workers`` then defaults to its worker threads).
 
     Raises:
-        ValueError: ``max_workers`` < 1 or bad limits.
+        ValueError: ``max_workers`` < 1 or bad limits, an unknown backend name.
         TypeError: ``initializer`` is not callable, or a limit is not an int.
     """
 
@@ -121,9 +125,12 @@ class ProcessPoolExecutor(Executor):
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
         isolate_failures: bool = True,
+        backend: Any = None,
     ) -> None:
+        backend = as_backend(backend)
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            # On a cluster, 0 asks the engine for the cluster's capacity.
+            max_workers = (os.cpu_count() or 1) if backend == "process" else 0
         elif max_workers <= 0:
             msg = "max_workers must be greater than 0"
             raise ValueError(msg)
@@ -152,7 +159,7 @@ class ProcessPoolExecutor(Executor):
         self._task_timeout = task_timeout
         self._engine_spec = EngineSpec(
             max_workers,
-            backend="process",
+            backend=backend,
             context=mp_context,
             initializer=initializer,
             initargs=tuple(initargs),
@@ -195,6 +202,7 @@ class ProcessPoolExecutor(Executor):
             _register_exit_hook()
             engine = start_engine(self._engine_spec)
             self._engine = engine
+            self._max_workers = engine.size
             self._finalizer = weakref.finalize(self, _close_engine, engine, self._feeds)
             _live_engines[engine] = (self._owner_pid, self._feeds)
         return engine

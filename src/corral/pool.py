@@ -39,6 +39,7 @@ from . import util
 from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._typevars import T as _T
+from .backends import as_backend
 from .errors import BrokenProcessPool, TimeoutError
 from .errors import MaybeEncodingError as MaybeEncodingError
 from .errors import RemoteTraceback as RemoteTraceback
@@ -230,10 +231,15 @@ class Pool:
         max_memory_per_child: replace a worker whose RSS exceeds this many bytes.
         isolate_failures: False makes any worker death break the whole pool,
             like the stdlib's executor; by default only its task fails.
+        backend: where tasks run: None or ``"process"`` (worker processes
+            here), ``"dask"`` or ``corral.backends.Dask(...)`` (a Dask cluster;
+            ``processes`` then defaults to its worker threads).
 
     Raises:
-        ValueError: ``processes`` < 1, bad ``maxtasksperchild`` or ``task_timeout``.
+        ValueError: ``processes`` < 1, bad ``maxtasksperchild`` or ``task_timeout``,
+            an unknown backend name.
         TypeError: ``initializer`` is not callable.
+        ImportError: the backend's package is not installed (names the extra).
         OSError: a worker could not be started (none is left running).
     """
 
@@ -250,7 +256,9 @@ class Pool:
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
         isolate_failures: bool = True,
+        backend: Any = None,
     ) -> None:
+        self._backend = as_backend(backend)
         # None keeps the default context itself: workers started later follow
         # set_start_method(force=True); any other object is normalised.
         if context is None:
@@ -258,8 +266,9 @@ class Pool:
         else:
             self._ctx = _context.as_context(context, "context")
         if processes is None:
-            processes = os.cpu_count() or 1
-        if processes < 1:
+            # On a cluster, 0 asks the engine for the cluster's capacity.
+            processes = (os.cpu_count() or 1) if self._backend == "process" else 0
+        elif processes < 1:
             msg = "Number of processes must be at least 1"
             raise ValueError(msg)
         if maxtasksperchild is not None and (
@@ -279,6 +288,7 @@ class Pool:
         self._engine: Engine = start_engine(
             self._engine_spec(initializer, tuple(initargs), maxtasksperchild, max_memory_per_child)
         )
+        self._processes = self._engine.size
         self._state = RUN
         self._terminate = util.Finalize(
             self, _terminate_pool, args=(self._engine, self._feeds), exitpriority=15
@@ -293,7 +303,7 @@ class Pool:
     ) -> EngineSpec:
         return EngineSpec(
             self._processes,
-            backend="process",
+            backend=self._backend,
             context=self._ctx,
             initializer=initializer,
             initargs=initargs,
@@ -613,7 +623,14 @@ class ThreadPool(Pool):
         initargs: Iterable[Any] = (),
         *,
         task_timeout: float | None = None,
+        backend: Any = None,
     ) -> None:
+        if backend is not None and backend != "thread":
+            msg = (
+                f"ThreadPool runs its tasks on threads of this process and takes no "
+                f"backend={backend!r}; use corral.Pool(backend=...) to run them elsewhere"
+            )
+            raise ValueError(msg)
         super().__init__(processes, initializer, initargs, task_timeout=task_timeout)
 
     def _engine_spec(

@@ -5,6 +5,8 @@ Front ends import only what this package exports: the contract (``Engine``,
 
 ``contract`` what a front end may use of an engine (the ``Engine`` protocol)
 ``engine``   the local engine: its thread, queue, dispatch, deaths, deadlines
+``engine_start`` starts the local engine (process or thread workers)
+``dask_engine`` the engine on a Dask cluster; ``dask_cluster`` finds or starts it
 ``lending``  idle workers a blocked caller may borrow; ``direct`` runs the call
 ``handles``  the engine's side of a worker (process or thread) and its channel
 ``worker``   the loop that runs inside a worker
@@ -16,36 +18,34 @@ from .contract import CALL, MAP, STARMAP, Engine, EngineSpec, Task
 __all__ = ("CALL", "MAP", "STARMAP", "Engine", "EngineSpec", "Task", "start_engine")
 
 
+# Engines by backend name: "module:function", imported on first
+# use (a cluster backend's package is imported only then). A new backend adds one
+# entry; the front ends do not change. ``spec.backend`` is a name, or a backend
+# object (``corral.backends.Dask(...)``) whose ``name`` picks the entry.
+_REGISTRY = {
+    "process": "corral._engine.engine_start:start_local_engine",
+    "thread": "corral._engine.engine_start:start_local_engine",
+    "dask": "corral._engine.dask_engine:start_dask_engine",
+}
+
+
 def start_engine(spec: EngineSpec) -> Engine:
     """Start an engine with the workers ``spec`` describes; return it once they are started.
 
     Raises:
         ValueError: ``spec.backend`` names no known backend.
+        ImportError: the backend's package is not installed (the message names the extra).
         OSError: a first worker could not be started (none is left running).
     """
-    from .engine import LocalEngine
-    from .handles import ProcessSpawner, ThreadSpawner
+    import importlib
 
-    spawner: ProcessSpawner | ThreadSpawner
-    if spec.backend == "process":
-        spawner = ProcessSpawner(
-            spec.context,
-            spec.initializer,
-            spec.initargs,
-            spec.max_tasks,
-            spec.max_memory,
-            spec.logger_name,
-            spec.worker_name,
-        )
-    elif spec.backend == "thread":
-        spawner = ThreadSpawner(
-            spec.initializer, spec.initargs, spec.max_tasks, spec.logger_name, spec.worker_name
-        )
-    else:
-        msg = f"unknown engine backend {spec.backend!r}; expected 'process' or 'thread'"
+    name = spec.backend if isinstance(spec.backend, str) else getattr(spec.backend, "name", None)
+    target = _REGISTRY.get(name) if isinstance(name, str) else None
+    if target is None:
+        known = ", ".join(repr(n) for n in _REGISTRY)
+        msg = f"unknown engine backend {spec.backend!r}; expected one of {known}"
         raise ValueError(msg)
-    engine = LocalEngine(
-        spawner, spec.workers, isolate_failures=spec.isolate_failures, name=spec.name
-    )
-    engine.start()
+    module_name, function = target.split(":")
+    module = importlib.import_module(module_name)
+    engine: Engine = getattr(module, function)(spec)
     return engine

@@ -88,9 +88,12 @@ class EngineSpec:
     """What a front end asks of an engine: its workers and their limits.
 
     Args:
-        workers: how many workers to keep.
-        backend: ``"process"`` (worker processes of ``context``) or
-            ``"thread"`` (worker threads; objects are passed as they are).
+        workers: how many workers to keep; 0 asks a cluster backend for the
+            cluster's capacity (``Engine.size`` says what it got).
+        backend: ``"process"`` (worker processes of ``context``),
+            ``"thread"`` (worker threads; objects are passed as they are), or a
+            cluster backend object such as ``corral.backends.Dask(...)``
+            (``start_engine`` picks the engine by its ``name``).
         context: the corral context whose ``Process`` starts process workers.
         initializer, initargs: each worker calls ``initializer(*initargs)`` first.
         max_tasks: replace a worker after this many tasks.
@@ -118,7 +121,7 @@ class EngineSpec:
         self,
         workers: int,
         *,
-        backend: str = "process",
+        backend: Any = "process",
         context: Any = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
