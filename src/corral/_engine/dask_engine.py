@@ -1,32 +1,51 @@
-"""PROTOTYPE (issue 15, not finished): the engine contract on a Dask cluster.
+"""The engine contract on a Dask cluster (``backend="dask"``).
 
-What works: new_task/submit/submit_many, outcomes delivered by one thread,
-bounded in-flight window (capacity + a few), claim before a task starts,
-cancel_queued, close/stop/join, a cluster corral starts itself and stops.
-Not yet: initializer per worker (WorkerPlugin), max_tasks, task_timeout
-(cancel + restart the worker), worker death -> WorkerLostError (needs
-allowed-failures=0), share() through scatter, cluster discovery order,
-tests. See /work/notes/issue15.md.
+How a task travels::
+
+    front end --new_task--> Task (payload pickled here, in the caller's thread)
+      submit --> _queue (in corral: cancellable, bounded memory)
+      _fill: at most capacity + _WINDOW tasks on the cluster at once;
+             claim() just before, then client.submit(_run, pure=False)
+      worker process: _run unpickles, calls, returns (ok, value, traceback text)
+      delivery thread: as_completed --> on_done(ok, value) --> _fill again
+
+Outcomes: the task's own exception (type kept, remote traceback as
+``__cause__``); ``WorkerLostError`` when the cluster lost the task (its worker
+died; Dask's error as ``__cause__``); ``TaskTimeoutError`` past
+``task_timeout`` (the task is cancelled and its worker restarted).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import reduction
-from .contract import CALL, MAP, Task
+from .contract import CALL, MAP, EngineSpec, Task
+from .dask_cluster import INSTALL_HINT, Connection, connect
+
+try:
+    from distributed import WorkerPlugin, get_worker
+except ImportError as exc:  # the registry imports this module on first use
+    raise ImportError(INSTALL_HINT) from exc
 
 _WINDOW = 4  # tasks submitted to the cluster beyond its capacity
+
+
+_started: dict[Any, float] = {}  # (in a worker) task key -> time.monotonic() it started
 
 
 def _run(kind: int, payload: bytes) -> tuple[bool, Any, str | None]:
     """(In a Dask worker) run one corral task; never raise: (ok, value, traceback text)."""
     import pickle
 
+    key = get_worker().get_current_task()
+    _started[key] = time.monotonic()
     try:
         fn, args, kwargs = pickle.loads(payload)
         if kind == CALL:
@@ -38,25 +57,53 @@ def _run(kind: int, payload: bytes) -> tuple[bool, Any, str | None]:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         exc.__traceback__ = None
         return False, exc, text
+    finally:
+        _started.pop(key, None)
+
+
+def _running_for(key: str, dask_worker: Any = None) -> float | None:
+    """(In a worker, through ``client.run``) seconds task ``key`` has run, None if not running."""
+    started = _started.get(key)
+    return None if started is None else time.monotonic() - started
+
+
+def _worker_of(key: str, dask_scheduler: Any = None) -> str | None:
+    """(On the scheduler) the address of the worker processing ``key``, if any."""
+    assert dask_scheduler is not None
+    task = dask_scheduler.tasks.get(key)
+    worker = getattr(task, "processing_on", None) if task is not None else None
+    return None if worker is None else str(worker.address)
+
+
+class _Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]  # Any without distributed
+    """Calls the pool's initializer once in each worker process, as it starts."""
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+
+    def setup(self, worker: Any) -> None:
+        self.fn(*self.args)
 
 
 class DaskEngine:
     """``contract.Engine`` on a ``distributed.Client``."""
 
-    def __init__(self, client: Any, size: int, owned_cluster: Any = None) -> None:
+    def __init__(self, connection: Connection, size: int, plugin: str | None = None) -> None:
         from distributed import as_completed
 
-        self.client = client
+        self.client = connection.client
         self.size = size
         self.broken: BaseException | None = None
-        self._owned_cluster = owned_cluster
+        self._connection = connection
+        self._plugin = plugin  # the initializer's plugin name, removed at the end
         self._lock = threading.Lock()
         self._queue: deque[Task] = deque()
         self._running: dict[str, Task] = {}
         self._holds = 0
         self._closing = False
         self._stopped = threading.Event()
-        self._done = as_completed([], with_results=False)
+        self._done = as_completed([], loop=self.client.loop, with_results=False)
         self._delivering = threading.local()
         self.thread: threading.Thread | None = threading.Thread(
             target=self._deliver, name="corral-dask-engine", daemon=True
@@ -77,7 +124,7 @@ class DaskEngine:
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
     ) -> Task:
-        payload = reduction.ForkingPickler.dumps((fn, args, kwargs or {}))
+        payload = bytes(reduction.ForkingPickler.dumps((fn, args, kwargs or {})))
         return Task(kind, payload, on_done, timeout, claim, tag, len(payload))
 
     def submit(self, task: Task) -> None:
@@ -161,6 +208,58 @@ class DaskEngine:
             with self._lock:
                 self._running[future.key] = task
             self._done.add(future)
+            if task.timeout is not None:
+                self._arm(future, task.timeout)
+
+    def _arm(self, future: Any, delay: float) -> None:
+        timer = threading.Timer(delay, self._check_deadline, (future,))
+        timer.daemon = True
+        timer.start()
+
+    def _check_deadline(self, future: Any) -> None:
+        """Fail a task past its ``task_timeout``: cancel it and restart its worker.
+
+        The clock starts when the task starts running in its worker, not when
+        it was handed to the cluster (it may wait there behind others).
+        """
+        with self._lock:
+            task = self._running.get(future.key)
+        if task is None or task.timeout is None or self._stopped.is_set():
+            return
+        try:
+            address = self.client.run_on_scheduler(_worker_of, future.key)
+            elapsed = None
+            if address is not None:
+                elapsed = self.client.run(_running_for, future.key, workers=[address])[address]
+        except Exception:  # the worker went away meanwhile: delivery reports it
+            address, elapsed = None, None
+        if elapsed is None or elapsed < task.timeout:
+            self._arm(future, task.timeout - (elapsed or 0.0))
+            return
+        with self._lock:
+            task = self._running.pop(future.key, None)
+        if task is None:
+            return
+        from ..errors import TaskTimeoutError
+
+        self.client.cancel([future], force=True)
+        try:
+            self.client.restart_workers([address])
+        except Exception:  # the nanny restarts a dead worker itself
+            pass
+        msg = (
+            f"the task ran longer than task_timeout={task.timeout}s; its Dask worker "
+            f"{address} was restarted and the other tasks continue"
+        )
+        self._outcome(task, False, TaskTimeoutError(msg))
+        self._fill()
+        self._maybe_finish()
+
+    def _outcome(self, task: Task, ok: bool, value: Any) -> None:
+        try:
+            task.on_done(ok, value)
+        except BaseException:  # a front end's callback must not stop delivery
+            pass
 
     def _deliver(self) -> None:
         self._delivering.on = True
@@ -173,15 +272,12 @@ class DaskEngine:
                 try:
                     ok, value, text = future.result()
                 except BaseException as exc:  # the cluster lost it (worker died...)
-                    ok, value, text = False, exc, None
+                    ok, value, text = False, _lost(exc), None
                 if not ok and text:
                     from ..errors import attach_remote_traceback
 
                     value = attach_remote_traceback(value, text)
-                try:
-                    task.on_done(ok, value)
-                except BaseException:
-                    pass
+                self._outcome(task, ok, value)
                 self._fill()
                 self._maybe_finish()
             if self._stopped.wait(0.05):
@@ -198,22 +294,52 @@ class DaskEngine:
             return
         self._stopped.set()
         try:
-            self.client.close()
-        finally:
-            if self._owned_cluster is not None:
-                self._owned_cluster.close()
+            if self._plugin is not None and self._connection.cluster is None:
+                self.client.unregister_worker_plugin(self._plugin)
+        except Exception:  # the cluster may be gone; the plugin goes with it
+            pass
+        self._connection.close()
 
 
-def start_dask_engine(workers: int | None) -> DaskEngine:
-    """A new local cluster (the prototype does not look for an existing one yet)."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        msg = "the Dask backend needs distributed: pip install 'corral[dask]'"
-        raise ImportError(msg) from exc
-    n = workers or 2
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+def _lost(exc: BaseException) -> BaseException:
+    """The error for a task the cluster lost (``exc`` is Dask's, chained as the cause)."""
+    from ..errors import WorkerLostError
+
+    msg = (
+        f"the Dask cluster lost this task ({type(exc).__name__}: {exc}); its worker most "
+        "likely died (a crash in native code, os._exit(), the out-of-memory killer or an "
+        "outside kill). The other tasks continue."
     )
-    client = Client(cluster)
-    return DaskEngine(client, n, owned_cluster=cluster)
+    error = WorkerLostError(msg)
+    error.__cause__ = exc
+    return error
+
+
+def start_dask_engine(spec: EngineSpec) -> DaskEngine:
+    """The engine on the cluster ``spec.backend`` (a ``corral.backends.Dask``) points at.
+
+    ``spec.workers`` 0 means the cluster's worker threads.
+
+    Raises:
+        ImportError: ``distributed`` is not installed (the message names the extra).
+        ValueError: a limit the Dask backend does not support yet
+            (``maxtasksperchild``/``max_tasks_per_child``, ``max_memory_per_child``).
+    """
+    limits = ((spec.max_tasks, "max_tasks_per_child"), (spec.max_memory, "max_memory_per_child"))
+    for value, name in limits:
+        if value is not None:
+            msg = f"{name} is not supported on the Dask backend yet; leave it None"
+            raise ValueError(msg)
+    connection = connect(spec.backend, spec.workers)
+    try:
+        plugin = None
+        if spec.initializer is not None:
+            plugin = f"corral-initializer-{uuid.uuid4().hex}"
+            connection.client.register_plugin(
+                _Initializer(spec.initializer, spec.initargs), name=plugin
+            )
+        size = spec.workers or connection.capacity()
+        return DaskEngine(connection, size, plugin)
+    except BaseException:
+        connection.close()
+        raise
