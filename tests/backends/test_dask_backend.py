@@ -1,0 +1,161 @@
+"""The Pool and ProcessPoolExecutor front ends on a Dask cluster (issue 15).
+
+Each test starts (or has corral start) a small local cluster for a 2-core
+machine and checks, through ``no_leaks`` in this directory's conftest, that no
+scheduler, nanny or worker process outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+distributed = pytest.importorskip(
+    "distributed", reason="the Dask backend tests need distributed: pip install 'corral[dask]'"
+)
+import dask  # noqa: E402
+
+import corral  # noqa: E402
+from corral.backends import Dask  # noqa: E402
+from corral.errors import RemoteTraceback, TaskTimeoutError, WorkerLostError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_with_key(x: int) -> None:
+    raise KeyError(x)
+
+
+def die_or_return(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return x
+
+
+def sleep_then(seconds: float, value: int) -> int:
+    time.sleep(seconds)
+    return value
+
+
+_initialised: list[str] = []
+
+
+def record_start(path: str) -> None:
+    _initialised.append(path)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def pid_if_initialised(_: int) -> tuple[int, bool]:
+    time.sleep(0.02)
+    return os.getpid(), bool(_initialised)
+
+
+@pytest.fixture
+def user_cluster() -> object:
+    """A cluster the user started (corral must never stop it): one worker, one thread."""
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_pool_api_on_a_local_cluster_corral_starts_and_stops():
+    with corral.Pool(backend="dask") as pool:
+        assert pool._processes == (os.cpu_count() or 1)
+        assert pool.map(square, range(20), chunksize=3) == [x * x for x in range(20)]
+        assert list(pool.imap(lambda x: x + 1, range(10))) == list(range(1, 11))
+        assert sorted(pool.imap_unordered(square, range(5))) == [0, 1, 4, 9, 16]
+        assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        done = threading.Event()
+        got: list[int] = []
+        pool.apply_async(square, (7,), callback=lambda v: (got.append(v), done.set()))
+        assert done.wait(30)
+        assert got == [49]
+        with pytest.raises(KeyError) as info:
+            pool.apply(fail_with_key, (5,))
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "fail_with_key" in str(info.value.__cause__)
+    pool.join()
+
+
+def test_executor_api_on_a_local_cluster():
+    with corral.ProcessPoolExecutor(max_workers=2, backend=Dask()) as ex:
+        futures = [ex.submit(square, i) for i in range(10)]
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(10)]
+        assert list(ex.map(square, range(50), timeout=30)) == [i * i for i in range(50)]
+        with pytest.raises(KeyError):
+            ex.submit(fail_with_key, 1).result(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["client", "address", "config", "default client"])
+def test_an_existing_cluster_is_found_and_left_running(user_cluster, how):
+    with distributed.Client(user_cluster, set_as_default=(how == "default client")) as client:
+        backend: object = "dask"
+        config = {}
+        if how == "client":
+            backend = Dask(client=client)
+        elif how == "address":
+            backend = Dask(address=user_cluster.scheduler_address)
+        elif how == "config":
+            config = {"scheduler-address": user_cluster.scheduler_address}
+        with dask.config.set(config), corral.Pool(backend=backend) as pool:
+            assert pool._processes == 1  # the user's cluster: one worker thread
+            assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+        pool.join()
+        # Still there, still usable: corral closed only what it opened.
+        assert client.submit(square, 6, pure=False).result(timeout=30) == 36
+        assert len(client.nthreads()) == 1
+
+
+def test_a_worker_killed_mid_task_fails_that_task_alone():
+    with corral.Pool(2, backend="dask") as pool:
+        results = [pool.apply_async(die_or_return, (i,)) for i in range(8)]
+        for i, result in enumerate(results):
+            if i == 3:
+                with pytest.raises(
+                    WorkerLostError, match="the Dask cluster lost this task"
+                ) as info:
+                    result.get(timeout=60)
+                assert type(info.value.__cause__).__name__ == "KilledWorker"
+            else:
+                assert result.get(timeout=60) == i
+        assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]  # the pool lives on
+
+
+def test_task_timeout_fails_the_task_and_the_pool_lives_on():
+    with corral.Pool(2, backend="dask", task_timeout=2) as pool:
+        slow = pool.apply_async(sleep_then, (60, 0))
+        quick = [pool.apply_async(sleep_then, (0.1, i)) for i in range(4)]
+        with pytest.raises(TaskTimeoutError, match="task_timeout=2"):
+            slow.get(timeout=60)
+        assert [r.get(timeout=60) for r in quick] == [0, 1, 2, 3]
+        assert pool.apply(square, (9,)) == 81
+
+
+def test_initializer_runs_once_per_worker_process(tmp_path):
+    log = tmp_path / "starts"
+    with corral.Pool(2, backend="dask", initializer=record_start, initargs=(str(log),)) as pool:
+        seen = pool.map(pid_if_initialised, range(40), chunksize=1)
+    pool.join()
+    assert all(initialised for _pid, initialised in seen)
+    started = log.read_text().split()
+    assert len(started) == len(set(started)) == 2
+    assert {pid for pid, _ in seen} <= {int(pid) for pid in started}
+
+
+def test_limits_the_backend_does_not_support_are_refused():
+    with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
+        corral.Pool(1, backend="dask", maxtasksperchild=3)
