@@ -4,7 +4,8 @@ How a task travels::
 
     front end --new_task--> Task (payload pickled here, in the caller's thread)
       submit --> _queue (in corral: cancellable, bounded memory)
-      _fill: at most capacity + _WINDOW tasks on the cluster at once;
+      _fill: at most capacity (+ _WINDOW on a cluster corral did not start)
+             tasks on the cluster at once;
              claim() just before, then client.submit(_run, pure=False)
       worker process: _run unpickles, calls, returns (ok, value, traceback text)
       delivery thread: as_completed --> on_done(ok, value) --> _fill again
@@ -34,7 +35,12 @@ try:
 except ImportError as exc:  # the registry imports this module on first use
     raise ImportError(INSTALL_HINT) from exc
 
-_WINDOW = 4  # tasks submitted to the cluster beyond its capacity
+# Tasks handed to a cluster beyond its capacity. On a cluster corral started the
+# window is 0: a worker then never holds a task waiting behind the one it runs,
+# so with allowed-failures=0 its death fails the running task alone (Dask fails
+# every task a dead worker held). On other clusters (which rerun a dead
+# worker's tasks) a few more keep workers busy between round trips.
+_WINDOW = 4
 
 
 _started: dict[Any, float] = {}  # (in a worker) task key -> time.monotonic() it started
@@ -97,6 +103,7 @@ class DaskEngine:
         self.broken: BaseException | None = None
         self._connection = connection
         self._plugin = plugin  # the initializer's plugin name, removed at the end
+        self._window = 0 if connection.cluster is not None else _WINDOW
         self._lock = threading.Lock()
         self._queue: deque[Task] = deque()
         self._running: dict[str, Task] = {}
@@ -199,7 +206,7 @@ class DaskEngine:
     def _fill(self) -> None:
         while True:
             with self._lock:
-                if not self._queue or len(self._running) >= self.size + _WINDOW:
+                if not self._queue or len(self._running) >= self.size + self._window:
                     break
                 task = self._queue.popleft()
             if task.claim is not None and not task.claim():
