@@ -21,7 +21,12 @@ import dask  # noqa: E402
 
 import corral  # noqa: E402
 from corral.backends import Dask  # noqa: E402
-from corral.errors import RemoteTraceback, TaskTimeoutError, WorkerLostError  # noqa: E402
+from corral.errors import (  # noqa: E402
+    InitializerError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -159,3 +164,16 @@ def test_initializer_runs_once_per_worker_process(tmp_path):
 def test_limits_the_backend_does_not_support_are_refused():
     with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
         corral.Pool(1, backend="dask", maxtasksperchild=3)
+
+
+def fail_to_start() -> None:
+    raise OSError("no licence server")
+
+
+def test_a_failing_initializer_raises_initializer_error_and_leaves_nothing_running():
+    with pytest.raises(InitializerError, match="initializer raised OSError: no licence") as info:
+        corral.Pool(2, backend="dask", initializer=fail_to_start)
+    assert isinstance(info.value.__cause__, OSError)
+    executor = corral.ProcessPoolExecutor(1, backend="dask", initializer=fail_to_start)
+    with executor, pytest.raises(InitializerError):
+        executor.submit(square, 2)

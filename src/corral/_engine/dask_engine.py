@@ -322,6 +322,30 @@ def _lost(exc: BaseException) -> BaseException:
     return error
 
 
+def _register_initializer(client: Any, plugin: str, spec: EngineSpec) -> None:
+    """Run the initializer in every worker now and in every worker that starts later.
+
+    Raises:
+        InitializerError: it raised in a worker (its error is the ``__cause__``);
+            the plugin is removed again.
+    """
+    from ..errors import InitializerError
+
+    assert spec.initializer is not None
+    try:
+        client.register_plugin(_Initializer(spec.initializer, spec.initargs), name=plugin)
+    except Exception as exc:
+        try:
+            client.unregister_worker_plugin(plugin)
+        except Exception:  # it may not have been registered at all
+            pass
+        msg = (
+            f"the pool's initializer raised {type(exc).__name__}: {exc} in a Dask worker; "
+            "no pool was started. Fix the initializer and create the pool again."
+        )
+        raise InitializerError(msg) from exc
+
+
 def start_dask_engine(spec: EngineSpec) -> DaskEngine:
     """The engine on the cluster ``spec.backend`` (a ``corral.backends.Dask``) points at.
 
@@ -329,6 +353,7 @@ def start_dask_engine(spec: EngineSpec) -> DaskEngine:
 
     Raises:
         ImportError: ``distributed`` is not installed (the message names the extra).
+        InitializerError: the initializer raised in a worker (nothing is left running).
         ValueError: a limit the Dask backend does not support yet
             (``maxtasksperchild``/``max_tasks_per_child``, ``max_memory_per_child``).
     """
@@ -342,9 +367,7 @@ def start_dask_engine(spec: EngineSpec) -> DaskEngine:
         plugin = None
         if spec.initializer is not None:
             plugin = f"corral-initializer-{uuid.uuid4().hex}"
-            connection.client.register_plugin(
-                _Initializer(spec.initializer, spec.initargs), name=plugin
-            )
+            _register_initializer(connection.client, plugin, spec)
         size = spec.workers or connection.capacity()
         return DaskEngine(connection, size, plugin)
     except BaseException:
