@@ -110,6 +110,9 @@ class DaskEngine:
         self._holds = 0
         self._closing = False
         self._stopped = threading.Event()
+        # Set when a future joins _done (or the engine stops): the delivery
+        # thread sleeps on it once every future handed out has been delivered.
+        self._added = threading.Event()
         self._done = as_completed([], loop=self.client.loop, with_results=False)
         self._delivering = threading.local()
         self.thread: threading.Thread | None = threading.Thread(
@@ -215,6 +218,7 @@ class DaskEngine:
             with self._lock:
                 self._running[future.key] = task
             self._done.add(future)
+            self._added.set()
             if task.timeout is not None:
                 self._arm(future, task.timeout)
 
@@ -271,6 +275,8 @@ class DaskEngine:
     def _deliver(self) -> None:
         self._delivering.on = True
         while not self._stopped.is_set():
+            # Cleared before draining: a future added after the drain sets it again.
+            self._added.clear()
             for future in self._done:
                 with self._lock:
                     task = self._running.pop(future.key, None)
@@ -287,8 +293,7 @@ class DaskEngine:
                 self._outcome(task, ok, value)
                 self._fill()
                 self._maybe_finish()
-            if self._stopped.wait(0.05):
-                break
+            self._added.wait()
 
     def _maybe_finish(self) -> None:
         with self._lock:
@@ -300,6 +305,7 @@ class DaskEngine:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._added.set()
         try:
             if self._plugin is not None and self._connection.cluster is None:
                 self.client.unregister_worker_plugin(self._plugin)
