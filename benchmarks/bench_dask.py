@@ -1,0 +1,120 @@
+"""corral's Pool on Dask against Dask's own client, side by side on one local cluster.
+
+The cluster is the one ``corral.Pool(2, backend="dask")`` starts (2 single-threaded
+worker processes, allowed-failures=0, worker-saturation=1.0); Dask's side uses the
+pool's own client, so both run on the same scheduler and workers. Needs
+``pip install 'corral[dask]'``. ``--quick`` runs fewer rounds and items.
+
+Notes (crash isolation, not timed): on this cluster a worker killed mid-task fails
+that task alone with ``WorkerLostError`` and the pool goes on
+(tests/backends/test_dask_backend.py); with Dask's defaults the task is rerun on up
+to 3 more workers, killing each, before ``KilledWorker``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import corral
+from _harness import compare
+
+QUICK = "--quick" in sys.argv
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def corral_async(pool: corral.pool.Pool, n: int) -> float:
+    t0 = time.perf_counter()
+    results = [pool.apply_async(noop, (i,)) for i in range(n)]
+    for result in results:
+        result.get(120)
+    return n / (time.perf_counter() - t0)
+
+
+def dask_submit(client, n: int) -> float:
+    t0 = time.perf_counter()
+    futures = [client.submit(noop, i, pure=False) for i in range(n)]
+    client.gather(futures)
+    return n / (time.perf_counter() - t0)
+
+
+def corral_round_trip(pool: corral.pool.Pool, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        pool.apply(noop, (i,))
+    return (time.perf_counter() - t0) / n
+
+
+def dask_round_trip(client, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        client.submit(noop, i, pure=False).result()
+    return (time.perf_counter() - t0) / n
+
+
+def corral_map(pool: corral.pool.Pool, n: int) -> float:
+    t0 = time.perf_counter()
+    assert pool.map(noop, range(n)) == list(range(n))
+    return n / (time.perf_counter() - t0)
+
+
+def dask_map(client, n: int) -> float:
+    t0 = time.perf_counter()
+    assert client.gather(client.map(noop, range(n), pure=False)) == list(range(n))
+    return n / (time.perf_counter() - t0)
+
+
+def corral_imap(pool: corral.pool.Pool, n: int) -> float:
+    t0 = time.perf_counter()
+    assert list(pool.imap(noop, range(n), chunksize=1)) == list(range(n))
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    rounds = 3 if QUICK else 5
+    n_tasks = 200 if QUICK else 1_000
+    n_items = 2_000 if QUICK else 10_000
+    with corral.Pool(2, backend="dask") as pool:
+        client = pool._engine.client  # the same scheduler and workers
+        pool.map(noop, range(10))
+        compare(
+            f"apply_async / submit {n_tasks} no-ops",
+            lambda: corral_async(pool, n_tasks),
+            lambda: dask_submit(client, n_tasks),
+            rounds,
+            unit="tasks/s",
+            higher_is_better=True,
+            other="dask",
+        )
+        compare(
+            "apply / submit().result() round trip",
+            lambda: corral_round_trip(pool, 100),
+            lambda: dask_round_trip(client, 100),
+            rounds,
+            other="dask",
+        )
+        compare(
+            f"imap chunksize=1 / Client.map {n_tasks} no-ops",
+            lambda: corral_imap(pool, n_tasks),
+            lambda: dask_map(client, n_tasks),
+            rounds,
+            unit="tasks/s",
+            higher_is_better=True,
+            other="dask",
+        )
+        compare(
+            f"Pool.map / Client.map {n_items:,} items",
+            lambda: corral_map(pool, n_items),
+            lambda: dask_map(client, n_items),
+            rounds,
+            unit="items/s",
+            higher_is_better=True,
+            other="dask",
+        )
+
+
+if __name__ == "__main__":
+    main()
