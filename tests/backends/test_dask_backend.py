@@ -22,6 +22,7 @@ import dask  # noqa: E402
 import corral  # noqa: E402
 from corral.backends import Dask  # noqa: E402
 from corral.errors import (  # noqa: E402
+    BrokenProcessPool,
     InitializerError,
     RemoteTraceback,
     TaskTimeoutError,
@@ -177,3 +178,13 @@ def test_a_failing_initializer_raises_initializer_error_and_leaves_nothing_runni
     executor = corral.ProcessPoolExecutor(1, backend="dask", initializer=fail_to_start)
     with executor, pytest.raises(InitializerError):
         executor.submit(square, 2)
+
+
+def test_terminate_with_tasks_running_fails_them_and_stops_the_cluster():
+    pool = corral.Pool(2, backend="dask")
+    running = [pool.apply_async(sleep_then, (60, i)) for i in range(4)]
+    pool.terminate()
+    pool.join()
+    for result in running:
+        with pytest.raises(BrokenProcessPool, match="terminated"):
+            result.get(timeout=30)
