@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 distributed = pytest.importorskip(
@@ -188,3 +191,50 @@ def test_terminate_with_tasks_running_fails_them_and_stops_the_cluster():
     for result in running:
         with pytest.raises(BrokenProcessPool, match="terminated"):
             result.get(timeout=30)
+
+
+PARENT_DIES = """
+import os, signal, corral
+
+def pid(_):
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = corral.Pool(2, backend="dask")
+    print(*sorted(set(pool.map(pid, range(20), chunksize=1))), flush=True)
+    {end}
+"""
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        "os.kill(os.getpid(), signal.SIGKILL)",  # parent death
+        "pool.map(__import__('time').sleep, [60] * 4, chunksize=1)",  # Ctrl-C below
+    ],
+    ids=["parent SIGKILLed", "Ctrl-C"],
+)
+def test_the_cluster_corral_started_goes_away_with_its_program(tmp_path, end):
+    script = tmp_path / "script.py"
+    script.write_text(PARENT_DIES.format(end=end))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        workers = [psutil.Process(int(p)) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2
+        if "sleep" in end:
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) != 0
+        _gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"Dask workers outlived the program: {alive}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        proc.stdout.close()
