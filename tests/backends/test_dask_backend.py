@@ -27,6 +27,7 @@ from corral.backends import Dask  # noqa: E402
 from corral.errors import (  # noqa: E402
     BrokenProcessPool,
     InitializerError,
+    MaybeEncodingError,
     RemoteTraceback,
     TaskTimeoutError,
     WorkerLostError,
@@ -238,3 +239,14 @@ def test_the_cluster_corral_started_goes_away_with_its_program(tmp_path, end):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def return_a_lock(_: int) -> threading.Lock:
+    return threading.Lock()
+
+
+def test_an_unpicklable_result_fails_that_task_with_maybe_encoding_error():
+    with corral.Pool(1, backend="dask") as pool:
+        with pytest.raises(MaybeEncodingError, match=r"Error sending result: .*lock"):
+            pool.apply(return_a_lock, (1,))
+        assert pool.apply(square, (4,)) == 16  # not a lost worker: the pool goes on

@@ -46,8 +46,13 @@ _WINDOW = 4
 _started: dict[Any, float] = {}  # (in a worker) task key -> time.monotonic() it started
 
 
-def _run(kind: int, payload: bytes) -> tuple[bool, Any, str | None]:
-    """(In a Dask worker) run one corral task; never raise: (ok, value, traceback text)."""
+def _run(kind: int, payload: bytes) -> bytes:
+    """(In a Dask worker) run one corral task; never raise.
+
+    Returns the pickled ``(ok, value, traceback text)``: pickled here, so that a
+    result that cannot be pickled fails its task with ``MaybeEncodingError`` (as
+    in the local pool) instead of looking like a lost worker to Dask.
+    """
     import pickle
 
     key = get_worker().get_current_task()
@@ -55,16 +60,28 @@ def _run(kind: int, payload: bytes) -> tuple[bool, Any, str | None]:
     try:
         fn, args, kwargs = pickle.loads(payload)
         if kind == CALL:
-            return True, fn(*args, **kwargs), None
-        if kind == MAP:
-            return True, [fn(item) for item in args], None
-        return True, [fn(*item) for item in args], None
+            outcome: tuple[bool, Any, str | None] = (True, fn(*args, **kwargs), None)
+        elif kind == MAP:
+            outcome = (True, [fn(item) for item in args], None)
+        else:
+            outcome = (True, [fn(*item) for item in args], None)
     except BaseException as exc:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        exc.__traceback__ = None
-        return False, exc, text
+        outcome = (False, exc, _traceback_text(exc))
     finally:
         _started.pop(key, None)
+    try:
+        return bytes(reduction.ForkingPickler.dumps(outcome))
+    except Exception as exc:
+        from ..errors import MaybeEncodingError
+
+        error = MaybeEncodingError(exc, outcome[1])
+        return bytes(reduction.ForkingPickler.dumps((False, error, _traceback_text(exc))))
+
+
+def _traceback_text(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    return text
 
 
 def _running_for(key: str, dask_worker: Any = None) -> float | None:
@@ -283,9 +300,11 @@ class DaskEngine:
                 if task is None:
                     continue
                 try:
-                    ok, value, text = future.result()
+                    encoded = future.result()
                 except BaseException as exc:  # the cluster lost it (worker died...)
                     ok, value, text = False, _lost(exc), None
+                else:
+                    ok, value, text = _decode(encoded)
                 if not ok and text:
                     from ..errors import attach_remote_traceback
 
@@ -312,6 +331,25 @@ class DaskEngine:
         except Exception:  # the cluster may be gone; the plugin goes with it
             pass
         self._connection.close()
+
+
+def _decode(encoded: bytes) -> tuple[bool, Any, str | None]:
+    """A task's outcome as ``_run`` pickled it; one that cannot be unpickled fails the task."""
+    import pickle
+
+    try:
+        ok, value, text = pickle.loads(encoded)
+    except Exception as exc:
+        from ..errors import ResultUnpicklingError
+
+        msg = (
+            f"the task's result could not be unpickled here ({type(exc).__name__}: {exc}); "
+            "only this task failed. Make the result's type importable in this process."
+        )
+        error = ResultUnpicklingError(msg)
+        error.__cause__ = exc
+        return False, error, None
+    return ok, value, text
 
 
 def _lost(exc: BaseException) -> BaseException:
