@@ -83,7 +83,14 @@ def engines(ray_session: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[list
     made: list[RayEngine] = []
 
     def start(spec: EngineSpec) -> RayEngine:
-        made.append(start_ray_engine(spec.workers))
+        made.append(
+            start_ray_engine(
+                spec.workers,
+                initializer=spec.initializer,
+                max_tasks=spec.max_tasks,
+                max_memory=spec.max_memory,
+            )
+        )
         return made[-1]
 
     monkeypatch.setattr(corral.pool, "start_engine", start)
@@ -191,6 +198,23 @@ def test_task_timeout_stops_the_task(engines: list[RayEngine]) -> None:
         assert time.monotonic() - start < 60
         assert quick.get(60) == 0.01
         assert pool.apply(abs, (-3,)) == 3
+
+
+def test_terminate_stops_running_tasks(engines: list[RayEngine]) -> None:
+    pool = corral.Pool(2)
+    results = [pool.apply_async(_wait_forever, (300,)) for _ in range(6)]
+    pool.terminate()
+    pool.join()
+    for result in results:
+        with pytest.raises(corral.errors.BrokenProcessPool, match="terminated"):
+            result.get(30)
+
+
+def test_unsupported_pool_options_raise(engines: list[RayEngine]) -> None:
+    with pytest.raises(NotImplementedError, match="initializer is not supported"):
+        corral.Pool(2, initializer=print)
+    with pytest.raises(NotImplementedError, match="maxtasksperchild"):
+        corral.Pool(2, maxtasksperchild=3)
 
 
 def test_cancel_queued_takes_back_tasks_not_yet_in_ray(engines: list[RayEngine]) -> None:

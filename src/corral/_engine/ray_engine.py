@@ -320,27 +320,54 @@ class RayEngine:
         self._delivering.on = True
         try:
             while not self._stopping.is_set():
-                self._fill()
-                with self._lock:
-                    refs = list(self._running)
-                    idle = not self._queue and not refs and self._holds <= 0
-                if self._closing and idle:
+                # Any Ray call without a session would start a new one (Ray's
+                # auto-init): check first, and fail what is left if it is gone.
+                if not self._ray.is_initialized():
+                    self._session_lost(None)
                     break
-                if not refs:
-                    self._wake.wait()
-                    self._wake.clear()
-                    continue
-                ready, _ = self._ray.wait(refs, num_returns=1, timeout=self._wait_time())
-                if ready:
-                    rest = [ref for ref in refs if ref not in set(ready)]
-                    more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
-                    self._deliver(ready + more)
-                self._expire()
+                try:
+                    if not self._step():
+                        break
+                except self._ray.exceptions.RaySystemError as exc:
+                    self._session_lost(exc)
+                    break
         finally:
             self._stopping.set()
             if self._owns_session:
                 self._ray.shutdown()
             self._stopped.set()
+
+    def _step(self) -> bool:
+        """Hand over, wait for and deliver tasks once; False when closed and idle."""
+        self._fill()
+        with self._lock:
+            refs = list(self._running)
+            idle = not self._queue and not refs and self._holds <= 0
+        if self._closing and idle:
+            return False
+        if not refs:
+            self._wake.wait()
+            self._wake.clear()
+            return True
+        ready, rest = self._ray.wait(refs, num_returns=1, timeout=self._wait_time())
+        if ready:
+            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0) if rest else ([], [])
+            self._deliver(ready + more)
+        self._expire()
+        return True
+
+    def _session_lost(self, cause: BaseException | None) -> None:
+        """The Ray session went away under the engine: it is broken, every task fails."""
+        from ..errors import BrokenProcessPool
+
+        msg = (
+            "the Ray session was shut down (or lost) while the pool was using it; "
+            "its tasks failed. Close the pool before ray.shutdown(), and start a new pool"
+        )
+        error = BrokenProcessPool(msg)
+        error.__cause__ = cause
+        self.broken = error
+        self.stop(error)
 
     def _wait_time(self) -> float:
         with self._lock:
@@ -413,18 +440,39 @@ class RayEngine:
                 pass
 
 
-def start_ray_engine(workers: int | None, address: str | None = None) -> RayEngine:
+def start_ray_engine(
+    workers: int | None,
+    address: str | None = None,
+    *,
+    initializer: Callable[..., object] | None = None,
+    max_tasks: int | None = None,
+    max_memory: int | None = None,
+) -> RayEngine:
     """Start a ``RayEngine`` on a Ray session: the one running, or one it starts.
 
     Order: a session already initialised in this process (left running at the
     end); else ``ray.init(address)`` (``address`` or ``RAY_ADDRESS`` connects to
     a cluster; neither starts a local one sized for ``workers`` with the
     dashboard off, a 200 MiB object store and no usage reporting), shut down
-    when the engine stops.
+    when the engine stops. ``initializer``, ``max_tasks`` and ``max_memory``
+    (``EngineSpec``'s) are not supported yet: given, they raise rather than
+    being ignored.
 
     Raises:
         ImportError: Ray is not installed (the message names the pip command).
+        NotImplementedError: ``initializer``, ``max_tasks`` or ``max_memory`` given.
     """
+    for name, value in (
+        ("initializer", initializer),
+        ("maxtasksperchild/max_tasks_per_child", max_tasks),
+        ("max_memory", max_memory),
+    ):
+        if value is not None:
+            msg = (
+                f"{name} is not supported on the Ray backend yet; "
+                "run without it, or use the local process backend"
+            )
+            raise NotImplementedError(msg)
     try:
         import ray
     except ImportError as exc:
@@ -443,5 +491,10 @@ def start_ray_engine(workers: int | None, address: str | None = None) -> RayEngi
                 object_store_memory=200 * 1024 * 1024,
                 log_to_driver=False,
             )
-    size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return RayEngine(size, owns_session=owns_session)
+    try:
+        size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return RayEngine(size, owns_session=owns_session)
+    except BaseException:
+        if owns_session:
+            ray.shutdown()
+        raise
