@@ -81,6 +81,7 @@ LAYERS = {
     "_engine.lending": 6,
     "_engine.engine": 6,
     "_engine.direct": 6,
+    "_engine.ray_engine": 6,
     # 7: the front ends, and the public context module (it re-exports layer 3)
     "context": 7,
     "pool": 7,

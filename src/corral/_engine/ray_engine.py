@@ -210,7 +210,11 @@ class RayEngine:
     def submit_many(self, tasks: list[Task]) -> None:
         """Queue several tasks, in order."""
         if self.broken is not None or self._stopping.is_set():
-            error = self.broken or RuntimeError("the pool has shut down; start a new one")
+            error = self.broken
+            if error is None:
+                from ..errors import BrokenProcessPool
+
+                error = BrokenProcessPool("the Ray engine has stopped; start a new pool")
             for task in tasks:
                 task.on_done(False, error)
             return
@@ -264,7 +268,7 @@ class RayEngine:
             self._running.clear()
             self._timed = 0
         self._stopping.set()
-        for flight in running:
+        for flight in running if self._ray.is_initialized() else ():  # no auto-init
             try:
                 self._ray.cancel(flight.ref, force=hard)
             except Exception:  # already finished, or the session is gone
