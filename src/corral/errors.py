@@ -41,6 +41,10 @@ Hierarchy::
     ManagerConnectionError            (ConnectionError and EOFError) a proxy or manager
                                       lost its manager: shut down, or its process died
 
+    NotOnBackendError                 (NotImplementedError) a backend context (Ray,
+                                      Dask) was asked for something that lives in
+                                      this machine's processes: Process, Queue, Lock
+
     TaskTimeoutError                  (ProcessError's TimeoutError and the builtin
                                       TimeoutError) a task ran past ``task_timeout``;
                                       its worker was stopped and replaced
@@ -74,6 +78,7 @@ __all__ = (
     "ManagerConnectionError",
     "MaybeEncodingError",
     "MessageLostError",
+    "NotOnBackendError",
     "ProcessError",
     "RemoteError",
     "RemoteTraceback",
@@ -279,3 +284,17 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | _POOL_ERRORS)
+
+
+class NotOnBackendError(NotImplementedError):
+    """A backend context cannot make this object: it needs this machine's processes.
+
+    ``corral.backends.Ray().get_context()`` and ``Dask().get_context()`` give a
+    context whose ``Pool`` (and ``ProcessPoolExecutor(mp_context=...)``) run on
+    the cluster. A ``Process``, queue, pipe, lock, shared value or manager of
+    that context would have to be shared between this process and tasks on
+    other machines, which the cluster cannot do: they raise this error. Use
+    ``corral.get_context()`` for them, or pass data through task arguments and
+    results. It is a ``NotImplementedError``, as the stdlib raises for features
+    a platform lacks.
+    """

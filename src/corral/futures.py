@@ -127,6 +127,8 @@ class ProcessPoolExecutor(Executor):
         isolate_failures: bool = True,
         backend: Any = None,
     ) -> None:
+        if backend is None:  # a backend's context (backend.get_context()) names it
+            backend = getattr(mp_context, "corral_backend", None)
         backend = as_backend(backend)
         if max_workers is None:
             # On a cluster, 0 asks the engine for the cluster's capacity.

@@ -258,6 +258,8 @@ class Pool:
         isolate_failures: bool = True,
         backend: Any = None,
     ) -> None:
+        if backend is None:  # a backend's context (backend.get_context()) names it
+            backend = getattr(context, "corral_backend", None)
         self._backend = as_backend(backend)
         # None keeps the default context itself: workers started later follow
         # set_start_method(force=True); any other object is normalised.

@@ -54,6 +54,7 @@ LAYERS = {
     "_resource_sharer": 3,
     "_factories": 3,
     "_contexts": 3,
+    "_backend_context": 3,
     "_popen_fork": 3,
     "_popen_spawn": 3,
     "_popen_forkserver": 3,
