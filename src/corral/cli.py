@@ -7,7 +7,11 @@ result, or ``{"error": {"type": ..., "message": ...}}`` for an input that
 failed (invalid JSON, an exception, a crashed worker, a timeout). Blank lines
 are skipped. The exit status is 1 when any input failed, 2 for bad usage.
 
-The current directory is put on ``sys.path`` so ``MODULE`` can be a local file.
+The current directory is put on ``sys.path`` (in the workers too) so ``MODULE``
+can be a local file. ``--backend ray`` or ``--backend dask`` runs the calls on a
+cluster (``--address`` names it; else the backend finds or starts one, as
+``Pool(backend=...)`` does); a cluster's workers must be able to import
+``MODULE`` (the same directory on a shared file system, or an installed package).
 """
 
 from __future__ import annotations
@@ -91,9 +95,20 @@ def run_map(args: argparse.Namespace) -> int:
     out = sys.stdout
     ctx = _default_context.get_context(args.start_method)
     try:
-        with Pool(args.workers, context=ctx, task_timeout=args.task_timeout) as pool:
+        try:
+            pool = Pool(
+                args.workers, context=ctx, task_timeout=args.task_timeout, backend=_backend(args)
+            )
+        except (
+            ImportError
+        ) as exc:  # the backend's package is missing: the message says what to install
+            print(f"corral map: {exc}", file=sys.stderr)
+            return 2
+        with pool:
             results = pool.imap(
-                _LineTask(args.function), _lines(stream, read), chunksize=args.chunksize
+                _LineTask(args.function, os.getcwd()),
+                _lines(stream, read),
+                chunksize=args.chunksize,
             )
             while True:
                 try:
@@ -123,13 +138,36 @@ def run_map(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-class _LineTask:
-    """A picklable ``line -> (ok, json)`` callable bound to one ``MODULE:FUNCTION``."""
+def _backend(args: argparse.Namespace) -> Any:
+    """``Pool``'s ``backend=`` for ``--backend`` and ``--address``."""
+    if args.backend == "process":
+        return None
+    if args.address is None:
+        return args.backend
+    from . import backends
 
-    def __init__(self, spec: str) -> None:
+    return (
+        backends.Ray(address=args.address)
+        if args.backend == "ray"
+        else backends.Dask(address=args.address)
+    )
+
+
+class _LineTask:
+    """A picklable ``line -> (ok, json)`` callable bound to one ``MODULE:FUNCTION``.
+
+    It puts the directory ``corral map`` ran in on the worker's ``sys.path``
+    first, so that a module there imports in workers started elsewhere (a
+    cluster's, or a forkserver's).
+    """
+
+    def __init__(self, spec: str, path: str) -> None:
         self.spec = spec
+        self.path = path
 
     def __call__(self, line: str) -> tuple[bool, str]:
+        if self.path not in sys.path:
+            sys.path.insert(0, self.path)
         return apply_to_line(self.spec, line)
 
 
@@ -176,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: the platform's",
     )
+    mapper.add_argument(
+        "--backend",
+        choices=("process", "ray", "dask"),
+        default="process",
+        help="where the calls run: worker processes here (default), or a Ray or Dask cluster",
+    )
+    mapper.add_argument(
+        "--address",
+        default=None,
+        help="the cluster's address (Ray: host:port; Dask: tcp://host:port); needs --backend",
+    )
     return parser
 
 
@@ -184,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if ":" not in args.function:
         print("corral map: give the function as MODULE:FUNCTION", file=sys.stderr)
+        return 2
+    if args.address is not None and args.backend == "process":
+        print("corral map: --address needs --backend ray or --backend dask", file=sys.stderr)
+        return 2
+    if args.start_method is not None and args.backend != "process":
+        print(
+            f"corral map: --start-method applies to the process backend, not {args.backend}",
+            file=sys.stderr,
+        )
         return 2
     return run_map(args)
 
