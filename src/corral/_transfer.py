@@ -50,6 +50,7 @@ from collections import OrderedDict
 from typing import Any, Generic
 
 from . import reduction
+from ._anonymous_memory import anonymous_fd
 from ._typevars import T as _T
 
 __all__ = ("MIN_SIZE", "Outbox", "Shared", "open_views", "outbox")
@@ -83,7 +84,6 @@ def _in_flight_segments() -> int:
     return max(4, min(128, soft // 8))
 
 
-_HAVE_MEMFD = hasattr(os, "memfd_create")
 _MAX_FDS = 253  # descriptors one message may carry (Linux's SCM_MAX_FD)
 _GRANULE = 1 << 16  # segment sizes are rounded up to this (64 KiB)
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
@@ -91,25 +91,6 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) & ~(_ALIGN - 1)
-
-
-def _new_fd(size: int) -> int:
-    """An anonymous shared-memory file of ``size`` bytes (a memfd; elsewhere an unlinked shm)."""
-    if _HAVE_MEMFD:
-        fd = os.memfd_create("corral-transfer", os.MFD_CLOEXEC)
-    else:  # macOS: a POSIX shm object unlinked at once has no name either
-        import _posixshmem
-        import secrets
-
-        name = f"/crl-{secrets.token_hex(8)}"
-        fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-        _posixshmem.shm_unlink(name)
-    try:
-        os.ftruncate(fd, size)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _populate(fd: int, mm: mmap.mmap, size: int) -> bool:
@@ -142,7 +123,7 @@ class Segment:
         self.owned = False
         self.size = size = -(-size // _GRANULE) * _GRANULE  # close sizes can reuse it
         self.fd = -1
-        fd = _new_fd(size)
+        fd = anonymous_fd(size, "corral-transfer")
         try:
             self.mm = mmap.mmap(fd, size)
             # One that may be reused gets all its pages now, mapped here, in two

@@ -21,13 +21,13 @@ import bisect
 import mmap
 import os
 import sys
-import tempfile
 import threading
 import weakref
 from collections import deque
 from typing import Any
 
 from . import _spawning, reduction
+from ._anonymous_memory import anonymous_fd
 
 __all__ = ("Arena", "BufferWrapper", "Heap")
 
@@ -37,21 +37,6 @@ _ARENA_SIZE = 1 << 20
 
 def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
-
-
-def _shared_fd(size: int) -> int:
-    """A file descriptor of ``size`` bytes of fresh shared memory, with no name."""
-    if hasattr(os, "memfd_create"):
-        fd: int = os.memfd_create("corral-heap", os.MFD_CLOEXEC)
-    else:  # macOS and others: a temporary file, unlinked at once
-        fd, path = tempfile.mkstemp(prefix="corral-heap-")
-        os.unlink(path)
-    try:
-        os.ftruncate(fd, size)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class Arena:
@@ -65,7 +50,7 @@ class Arena:
     def __init__(self, size: int, fd: int = -1) -> None:
         self.size = size
         if fd == -1:
-            fd = _shared_fd(size)
+            fd = anonymous_fd(size, "corral-heap")
         self.fd = fd
         self.buffer = mmap.mmap(fd, size)
         self._finalizer = weakref.finalize(self, _close_arena, self.buffer, fd)

@@ -40,9 +40,7 @@ def _corral_map(tmp_path, *args, stdin="1\n2\n3\n4\n"):
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
-def test_results_come_in_input_order_from_a_module_in_the_current_directory(
-    tmp_path, start_method
-):
+def test_results_come_in_input_order_from_a_module_in_the_current_directory(tmp_path, start_method):
     done = _corral_map(tmp_path, "jobs:square", "--workers", "2", "--start-method", start_method)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line) for line in done.stdout.splitlines()] == [1, 4, 9, 16]

@@ -38,6 +38,7 @@ LAYERS = {
     "_spawning": 0,
     "util": 0,
     "_lifeline": 0,
+    "_anonymous_memory": 0,
     # 1: pickling
     "reduction": 1,
     "_by_value": 1,
