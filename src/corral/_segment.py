@@ -44,6 +44,7 @@ import struct
 from typing import Any
 
 from . import reduction, resource_tracker
+from ._wire import write_all
 from .errors import MessageLostError
 
 __all__ = ("Loaded", "SegmentRef", "discard", "load", "read", "write")
@@ -54,7 +55,6 @@ _ALIGN = 64
 _VIEW, _BYTES, _BYTEARRAY = 0, 1, 2
 # Exporters whose PickleBuffer arrives in band as bytes/bytearray with the stdlib.
 _PLAIN_EXPORTERS = (bytes, bytearray, memoryview, array.array, mmap.mmap, type(None))
-_IOV_MAX = 1024  # iovecs per writev (Linux's IOV_MAX)
 _ZEROS = bytes(_ALIGN)
 
 
@@ -111,17 +111,7 @@ def write(prefix: str, data: bytes, buffers: list[memoryview], tracker_fd: int |
 
 
 def _write_all(fd: int, pieces: list[Any]) -> None:
-    pending = [memoryview(p).cast("B") for p in pieces if len(p)]
-    while pending:
-        written = os.writev(fd, pending[:_IOV_MAX])
-        while written:
-            first = pending[0]
-            if written >= first.nbytes:
-                written -= first.nbytes
-                pending.pop(0)
-            else:
-                pending[0] = first[written:]
-                written = 0
+    write_all(fd, [memoryview(p).cast("B") for p in pieces])
 
 
 def read(name: str, tracker_fd: int | None) -> Any:

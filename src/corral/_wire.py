@@ -37,6 +37,7 @@ _LARGE = 1 << 16
 _SMALL = 1 << 14
 # os.read/os.write move at most this much per call on Linux.
 _MAX_IO = 0x7FFFF000
+_IOV_MAX = 1024  # iovecs per writev (Linux's IOV_MAX)
 
 _dumps = reduction._dumps
 _dumps_with_buffers = reduction.dumps_with_buffers
@@ -222,21 +223,7 @@ class Connection(Generic[_SendT, _RecvT]):
         self._write_all(memoryview(header), memoryview(buf).cast("B"))
 
     def _write_all(self, *views: memoryview) -> None:
-        fd = self._handle
-        pending = [v for v in views if v.nbytes]
-        while pending:
-            if len(pending) > 1:
-                written = os.writev(fd, pending)  # type: ignore[arg-type]
-            else:
-                written = os.write(fd, pending[0][:_MAX_IO])  # type: ignore[arg-type]
-            while written:
-                first = pending[0]
-                if written >= first.nbytes:
-                    written -= first.nbytes
-                    pending.pop(0)
-                else:
-                    pending[0] = first[written:]
-                    written = 0
+        write_all(self._handle, views)  # type: ignore[arg-type]
 
     # -- receiving --------------------------------------------------------------
 
@@ -395,6 +382,32 @@ class Connection(Generic[_SendT, _RecvT]):
         state = "closed" if self._handle is None else f"fd={self._handle}"
         mode = ("r" if self._readable else "") + ("w" if self._writable else "")
         return f"<{type(self).__name__} {state} {mode}>"
+
+
+def write_all(fd: int, views: Iterable[memoryview]) -> None:
+    """Write every byte of ``views`` (byte-format memoryviews) to the blocking ``fd``, in order.
+
+    One ``writev`` per round (at most ``_IOV_MAX`` views), a single view in
+    ``os.write`` pieces of at most ``_MAX_IO`` bytes; a short write resumes
+    where it stopped.
+
+    Raises:
+        OSError: the write failed (the peer is gone: ``BrokenPipeError``).
+    """
+    pending = [v for v in views if v.nbytes]
+    while pending:
+        if len(pending) > 1:
+            written = os.writev(fd, pending[:_IOV_MAX])
+        else:
+            written = os.write(fd, pending[0][:_MAX_IO])
+        while written:
+            first = pending[0]
+            if written >= first.nbytes:
+                written -= first.nbytes
+                pending.pop(0)
+            else:
+                pending[0] = first[written:]
+                written = 0
 
 
 def _shares_memory(fd: int) -> bool:
