@@ -145,6 +145,32 @@ def test_a_worker_killed_mid_task_fails_that_task_alone():
         assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]  # the pool lives on
 
 
+def die_when_told(x: int, path: str) -> int:
+    if x == 0:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)  # the test kills this worker now
+    time.sleep(0.05)
+    return x
+
+
+def test_tasks_beyond_capacity_wait_in_dask_and_a_death_fails_only_the_running_one(tmp_path):
+    marker = tmp_path / "killer"
+    with corral.Pool(2, backend="dask") as pool:
+        engine = pool._engine
+        results = [pool.apply_async(die_when_told, (i, str(marker))) for i in range(30)]
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline, "the first task never started"
+            time.sleep(0.02)
+        # More than the cluster's capacity is in Dask (the window), none of it on a worker.
+        assert len(engine._running) > engine.size
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        with pytest.raises(WorkerLostError):
+            results[0].get(timeout=60)
+        assert [r.get(timeout=60) for r in results[1:]] == list(range(1, 30))
+
+
 def test_task_timeout_fails_the_task_and_the_pool_lives_on():
     with corral.Pool(2, backend="dask", task_timeout=2) as pool:
         slow = pool.apply_async(sleep_then, (60, 0))
