@@ -73,6 +73,42 @@ def corral_imap(pool: corral.pool.Pool, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def first(array, i: int) -> float:
+    return float(array[i])
+
+
+def corral_shared_array(pool: corral.pool.Pool, array) -> float:
+    t0 = time.perf_counter()
+    handle = pool.share(array)
+    results = [pool.apply_async(first, (handle, i)) for i in range(20)]
+    assert [r.get(120) for r in results] == [float(i) for i in range(20)]
+    handle.release()
+    return time.perf_counter() - t0
+
+
+def dask_scattered_array(client, array) -> float:
+    t0 = time.perf_counter()
+    [future] = client.scatter([array], hash=False)
+    futures = client.map(first, [future] * 20, range(20), pure=False)
+    assert client.gather(futures) == [float(i) for i in range(20)]
+    del future, futures
+    return time.perf_counter() - t0
+
+
+def corral_plain_array(pool: corral.pool.Pool, array) -> float:
+    t0 = time.perf_counter()
+    results = [pool.apply_async(first, (array, i)) for i in range(20)]
+    assert [r.get(120) for r in results] == [float(i) for i in range(20)]
+    return time.perf_counter() - t0
+
+
+def dask_plain_array(client, array) -> float:
+    t0 = time.perf_counter()
+    futures = [client.submit(first, array, i, pure=False) for i in range(20)]
+    assert client.gather(futures) == [float(i) for i in range(20)]
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     rounds = 3 if QUICK else 5
     n_tasks = 200 if QUICK else 1_000
@@ -112,6 +148,26 @@ def main() -> None:
             rounds,
             unit="items/s",
             higher_is_better=True,
+            other="dask",
+        )
+        try:
+            import numpy as np
+        except ImportError:
+            print("(the 64 MiB rows need numpy)")
+            return
+        array = np.arange(8 << 20, dtype=np.float64)  # 64 MiB
+        compare(
+            "64 MiB array to 20 tasks: share() / scatter + Client.map",
+            lambda: corral_shared_array(pool, array),
+            lambda: dask_scattered_array(client, array),
+            rounds,
+            other="dask",
+        )
+        compare(
+            "64 MiB array to 20 tasks as a plain argument: apply_async / submit",
+            lambda: corral_plain_array(pool, array),
+            lambda: dask_plain_array(client, array),
+            rounds,
             other="dask",
         )
 

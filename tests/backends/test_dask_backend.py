@@ -276,3 +276,63 @@ def test_an_unpicklable_result_fails_that_task_with_maybe_encoding_error():
         with pytest.raises(MaybeEncodingError, match=r"Error sending result: .*lock"):
             pool.apply(return_a_lock, (1,))
         assert pool.apply(square, (4,)) == 16  # not a lost worker: the pool goes on
+
+
+def array_sum_and_address(array: object, offset: int) -> tuple[float, tuple[int, int]]:
+    import numpy as np
+
+    assert isinstance(array, np.ndarray)
+    return float(array[offset]), (os.getpid(), id(array))
+
+
+def _cluster_keys(client: object) -> set[str]:
+    return set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+
+
+def test_share_places_an_array_on_the_cluster_once_and_release_frees_it():
+    np = pytest.importorskip("numpy")
+    array = np.arange(8 << 20, dtype=np.float64)  # 64 MiB
+    with corral.Pool(2, backend="dask") as pool:
+        client = pool._engine.client
+        handle = pool.share(array)
+        assert isinstance(handle, corral.Shared)
+        results = [pool.apply_async(array_sum_and_address, (handle, i)) for i in range(20)]
+        assert [r.get(timeout=60)[0] for r in results] == [float(i) for i in range(20)]
+        # Held once per worker that used it (the same object in each), not per task.
+        assert len({r.get(timeout=1)[1] for r in results}) <= 2
+        assert 1 <= len(client.who_has()[handle._key]) <= 2
+        assert pool.starmap(array_sum_and_address, [(handle, 5)])[0][0] == 5.0
+        assert float(handle.get()[7]) == 7.0
+        key = handle._key
+        assert key in _cluster_keys(client)
+        handle.release()
+        with pytest.raises(ValueError, match="released"):
+            pool.apply(array_sum_and_address, (handle, 1))
+        deadline = time.monotonic() + 30
+        while key in _cluster_keys(client):
+            assert time.monotonic() < deadline, "the released object stayed on the cluster"
+            time.sleep(0.05)
+
+
+def test_the_pools_end_frees_what_it_shared_on_a_users_cluster(user_cluster):
+    np = pytest.importorskip("numpy")
+    with distributed.Client(user_cluster, set_as_default=False) as client:
+        with corral.Pool(backend=Dask(client=client)) as pool:
+            handle = pool.share(np.ones(1000))
+            assert pool.apply(array_sum_and_address, ({"a": [handle]}["a"][0], 3))[0] == 1.0
+        pool.join()
+        assert handle.released
+        deadline = time.monotonic() + 30
+        while _cluster_keys(client):
+            assert time.monotonic() < deadline, f"left on the cluster: {_cluster_keys(client)}"
+            time.sleep(0.05)
+
+
+def test_a_handle_cannot_be_pickled_outside_a_task():
+    import pickle
+
+    with corral.Pool(1, backend="dask") as pool:
+        handle = pool.share([1, 2, 3])
+        assert pool.apply(len, (handle,)) == 3
+        with pytest.raises(TypeError, match="only be passed in the arguments of tasks"):
+            pickle.dumps(handle)
