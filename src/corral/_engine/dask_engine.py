@@ -486,11 +486,21 @@ def start_dask_engine(spec: EngineSpec) -> DaskEngine:
         ValueError: a limit the Dask backend does not support yet
             (``maxtasksperchild``/``max_tasks_per_child``, ``max_memory_per_child``).
     """
-    limits = ((spec.max_tasks, "max_tasks_per_child"), (spec.max_memory, "max_memory_per_child"))
-    for value, name in limits:
-        if value is not None:
-            msg = f"{name} is not supported on the Dask backend yet; leave it None"
-            raise ValueError(msg)
+    if spec.max_tasks is not None:
+        msg = (
+            "maxtasksperchild / max_tasks_per_child is not supported on the Dask backend: "
+            "Dask's scheduler, not corral, hands a worker its next task, so a worker cannot "
+            "be replaced after exactly N tasks without rerunning the one it was given next. "
+            "Leave it None (a Dask cluster can recycle workers itself: dask worker --lifetime)."
+        )
+        raise ValueError(msg)
+    if spec.max_memory is not None:
+        msg = (
+            "max_memory_per_child is not supported on the Dask backend: Dask limits memory "
+            "per worker when the cluster starts (dask worker --memory-limit, "
+            "distributed.worker.memory.terminate). Leave it None and set the limit there."
+        )
+        raise ValueError(msg)
     connection = connect(spec.backend, spec.workers)
     try:
         plugin = None
