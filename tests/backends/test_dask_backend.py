@@ -29,6 +29,7 @@ from corral.errors import (  # noqa: E402
     InitializerError,
     MaybeEncodingError,
     RemoteTraceback,
+    SerializationError,
     TaskTimeoutError,
     WorkerLostError,
 )
@@ -74,7 +75,11 @@ def pid_if_initialised(_: int) -> tuple[int, bool]:
 def user_cluster() -> object:
     """A cluster the user started (corral must never stop it): one worker, one thread."""
     cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},  # never the shared port 8787
     )
     try:
         yield cluster
@@ -341,3 +346,54 @@ def test_a_handle_cannot_be_pickled_outside_a_task():
         assert pool.apply(len, (handle,)) == 3
         with pytest.raises(TypeError, match="only be passed in the arguments of tasks"):
             pickle.dumps(handle)
+
+
+def random_token(_: object = None) -> str:
+    return os.urandom(8).hex()
+
+
+def test_identical_calls_are_never_merged():
+    """Dask's pure=True would run two identical calls once; corral runs each."""
+    with corral.Pool(2, backend="dask") as pool:
+        tokens = [pool.apply_async(random_token, (1,)) for _ in range(3)]
+        assert len({r.get(timeout=30) for r in tokens}) == 3
+        assert len(set(pool.map(random_token, [1, 1, 1, 1], chunksize=1))) == 4
+    with corral.ProcessPoolExecutor(2, backend="dask") as executor:
+        futures = [executor.submit(random_token, 1) for _ in range(3)]
+        assert len({f.result(timeout=30) for f in futures}) == 3
+
+
+def make_adder(n: int) -> object:
+    def add(x: int) -> int:
+        return x + n
+
+    return add
+
+
+def test_closures_lambdas_and_errors_through_the_executor():
+    with corral.ProcessPoolExecutor(2, backend="dask") as executor:
+        assert list(executor.map(make_adder(5), range(4), timeout=30)) == [5, 6, 7, 8]
+        assert executor.submit(lambda: 6 * 7).result(timeout=30) == 42
+        with pytest.raises(KeyError) as info:
+            executor.submit(fail_with_key, 9).result(timeout=30)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "fail_with_key" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("front", ["pool", "executor"])
+def test_an_unpicklable_argument_raises_at_the_call(front):
+    lock = threading.Lock()
+    if front == "pool":
+        with corral.Pool(1, backend="dask") as pool:
+            with pytest.raises(SerializationError, match="lock"):
+                pool.apply_async(square, (lock,))
+            assert pool.apply(square, (3,)) == 9
+    else:
+        with corral.ProcessPoolExecutor(1, backend="dask") as executor:
+            assert executor.submit(square, 2).result(timeout=30) == 4
+            # As in the stdlib, the executor fails the future (at once, in the caller).
+            future = executor.submit(square, lock)
+            assert future.done()
+            assert isinstance(future.exception(timeout=0), SerializationError)
+            assert "lock" in str(future.exception(timeout=0))
+            assert executor.submit(square, 3).result(timeout=30) == 9

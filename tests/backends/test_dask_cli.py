@@ -54,6 +54,22 @@ def killed_once(x: int, marker: str) -> object:
     return x
 
 
+SCRIPT = """
+import corral
+
+def triple(x):
+    return 3 * x
+
+def scaled(k):
+    return lambda x: k * x
+
+if __name__ == "__main__":
+    # DASK_SCHEDULER_ADDRESS (Dask's own setting) points corral at the cluster.
+    with corral.Pool(backend="dask") as pool:
+        print(pool._processes, pool.map(triple, range(4)), pool.map(scaled(5), range(3)))
+"""
+
+
 def _wait_for(predicate: object, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
@@ -100,7 +116,17 @@ def cli_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[byt
     scheduler_file = tmp_path / "scheduler.json"
     procs = [
         _start(
-            ["scheduler", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+            # --dashboard-address: its HTTP routes (health, metrics) on a free port, not 8787.
+            [
+                "scheduler",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--dashboard-address",
+                ":0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
             tmp_path / "scheduler.log",
         )
     ]
@@ -145,6 +171,17 @@ def test_a_cluster_started_with_the_dask_command_line(cli_cluster, tmp_path):
         with corral.ProcessPoolExecutor(backend=Dask(address=address)) as executor:
             assert list(executor.map(square, range(10), timeout=60)) == [x * x for x in range(10)]
             assert executor._max_workers == 2  # known once the executor has started
+
+        # A script's own functions (its __main__ is not the workers' __main__: they
+        # run `dask worker`) travel by value; the address comes from Dask's config.
+        script = tmp_path / "script.py"
+        script.write_text(SCRIPT)
+        env = dict(os.environ, DASK_SCHEDULER_ADDRESS=address)
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[0] == "2 [0, 3, 6, 9] [0, 5, 10]"
 
         # corral never stops what it did not start: the cluster is still there.
         assert len(client.nthreads()) == 2
