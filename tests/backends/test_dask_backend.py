@@ -397,3 +397,24 @@ def test_an_unpicklable_argument_raises_at_the_call(front):
             assert isinstance(future.exception(timeout=0), SerializationError)
             assert "lock" in str(future.exception(timeout=0))
             assert executor.submit(square, 3).result(timeout=30) == 9
+
+
+def first_and_sum(array: object) -> tuple[float, float]:
+    return float(array[0]), float(array.sum())  # type: ignore[attr-defined]
+
+
+def test_a_big_plain_argument_is_copied_at_the_call_and_freed_after_its_task():
+    np = pytest.importorskip("numpy")
+    array = np.ones(2 << 20)  # 16 MiB: sent beside the task, not inside it
+    with corral.Pool(2, backend="dask") as pool:
+        client = pool._engine.client
+        results = [pool.apply_async(first_and_sum, (array,)) for _ in range(4)]
+        array[0] = 5.0  # after the calls: the tasks got the array as it was then
+        later = pool.apply_async(first_and_sum, (array,))
+        assert [r.get(timeout=60) for r in results] == [(1.0, float(2 << 20))] * 4
+        assert later.get(timeout=60) == (5.0, float(2 << 20) + 4)
+        assert pool.map(first_and_sum, [array[:10]] * 3) == [(5.0, 14.0)] * 3
+        deadline = time.monotonic() + 30
+        while _cluster_keys(client):
+            assert time.monotonic() < deadline, f"left on the cluster: {_cluster_keys(client)}"
+            time.sleep(0.05)

@@ -20,6 +20,7 @@ died; Dask's error as ``__cause__``); ``TaskTimeoutError`` past
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 import traceback
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import reduction
+from .._transfer import MIN_SIZE
 from .contract import CALL, MAP, EngineSpec, Task
 from .dask_cluster import INSTALL_HINT, Connection, connect
 from .dask_shared import DaskShared, collecting, resolving
@@ -52,21 +54,21 @@ _WINDOW = 16
 _started: dict[Any, float] = {}  # (in a worker) task key -> time.monotonic() it started
 
 
-def _run(kind: int, payload: bytes, *shared: Any) -> bytes:
+def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     """(In a Dask worker) run one corral task; never raise.
 
     Returns the pickled ``(ok, value, traceback text)``: pickled here, so that a
     result that cannot be pickled fails its task with ``MaybeEncodingError`` (as
-    in the local pool) instead of looking like a lost worker to Dask. ``shared``
-    are the objects of the task's shared handles, which Dask resolved.
+    in the local pool) instead of looking like a lost worker to Dask. ``inputs``
+    are what Dask resolved the task's dependencies to: the objects of its
+    ``n_shared`` shared handles, then its big buffers, out of the pickle.
     """
-    import pickle
 
     key = get_worker().get_current_task()
     _started[key] = time.monotonic()
     try:
-        with resolving(shared):
-            fn, args, kwargs = pickle.loads(payload)
+        with resolving(inputs[:n_shared]):
+            fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
         if kind == CALL:
             outcome: tuple[bool, Any, str | None] = (True, fn(*args, **kwargs), None)
         elif kind == MAP:
@@ -142,14 +144,21 @@ class DaskEngine:
         # Set when a future joins _done (or the engine stops): the delivery
         # thread sleeps on it once every future handed out has been delivered.
         self._added = threading.Event()
-        # with_results: the event loop fetches each result before waking this thread
-        # (one hop from the loop instead of two through future.result()).
-        self._done = as_completed([], loop=self.client.loop, with_results=True, raise_errors=False)
+        # Results are fetched per batch of finished futures (one gather, one request
+        # per worker), not per future.
+        self._done = as_completed([], loop=self.client.loop, with_results=False)
         self._delivering = threading.local()
         self.thread: threading.Thread | None = threading.Thread(
             target=self._deliver, name="corral-dask-engine", daemon=True
         )
         self.thread.start()
+        # Hands queued tasks to Dask: callers only queue and wake it, so the tasks
+        # submitted while it is busy go out together, as one graph.
+        self._wanted = threading.Event()
+        self._submitter = threading.Thread(
+            target=self._hand_out_loop, name="corral-dask-submit", daemon=True
+        )
+        self._submitter.start()
 
     # ------------------------------------------------------------- contract
 
@@ -172,11 +181,18 @@ class DaskEngine:
             ValueError: a shared handle in the arguments was released.
         """
         with collecting() as keys:
-            payload = _encode_task((fn, args, kwargs or {}), keys)
-        task = Task(kind, payload, on_done, timeout, claim, tag, len(payload))
+            payload, buffers = _encode_task((fn, args, kwargs or {}), keys)
+        size = len(payload) + sum(view.nbytes for view in buffers)
+        task = Task(kind, payload, on_done, timeout, claim, tag, size)
         # Our own references to the shared objects: they stay on the cluster until
         # the task is done even if their handles are released meanwhile.
-        task.transfer = [Future(key, self.client) for key in keys]
+        inputs = [Future(key, self.client) for key in keys]
+        if buffers:
+            # Big buffers (>= 1 MiB: NumPy arrays...) go straight to a worker now,
+            # copied at the call as the local pool does, instead of inside the
+            # task through the scheduler (which costs seconds per 64 MiB there).
+            inputs += self.client.scatter(buffers, broadcast=False, hash=False)
+        task.transfer = (len(keys), inputs)
         return task
 
     def submit(self, task: Task) -> None:
@@ -263,6 +279,46 @@ class DaskEngine:
     # ------------------------------------------------------------- inside
 
     def _fill(self) -> None:
+        """Hand queued tasks to Dask (any thread).
+
+        On an idle engine the caller does it at once (a lone call's latency);
+        otherwise it wakes the submitting thread, so that tasks queued while
+        that thread is busy go out together, as one graph.
+        """
+        with self._lock:
+            idle = not self._running
+        if idle and self._fill_lock.acquire(blocking=False):
+            try:
+                self._fill_now()
+            finally:
+                self._fill_lock.release()
+        else:
+            self._wanted.set()
+
+    def _hand_out_loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self._fill_now()
+            except BaseException as exc:  # the cluster went away: fail what waits
+                self._break(exc)
+
+    def _break(self, exc: BaseException) -> None:
+        from ..errors import BrokenProcessPool
+
+        msg = f"the Dask cluster can no longer take tasks ({type(exc).__name__}: {exc})"
+        error = BrokenProcessPool(msg)
+        error.__cause__ = exc
+        self.broken = error
+        try:
+            self.stop(error)
+        except Exception:  # cancelling on a cluster that is gone: nothing is left to stop
+            self._finish()
+
+    def _fill_now(self) -> None:
         """Hand every free slot's task to Dask, in one graph; claim() each just before."""
         with self._fill_lock:
             while True:
@@ -281,8 +337,11 @@ class DaskEngine:
             self._count += 1
             # Numbered keys: the scheduler queues the graph's tasks in key order.
             key = f"{self._keys}-{self._count:012d}"
-            refs = [TaskRef(future.key) for future in task.transfer or ()]
-            graph[key] = DaskTask(key, _run, task.kind, task.payload, *refs, _data_producer=True)
+            n_shared, inputs = task.transfer
+            refs = [TaskRef(future.key) for future in inputs]
+            graph[key] = DaskTask(
+                key, _run, task.kind, task.payload, n_shared, *refs, _data_producer=True
+            )
         futures = self.client.get(graph, list(graph), sync=False)
         with self._lock:
             for future, task in zip(futures, tasks, strict=True):
@@ -349,11 +408,34 @@ class DaskEngine:
             # Cleared before draining: a future added after the drain sets it again.
             self._added.clear()
             for batch in self._done.batches():
-                for future, result in batch:
+                for future, result in self._results(batch):
                     self._deliver_one(future, result)
+                # Our last references to these futures: the cluster frees their
+                # results now, not when the next batch comes.
+                batch = future = result = None
                 self._fill()
                 self._maybe_finish()
             self._added.wait()
+
+    def _results(self, batch: list[Any]) -> list[tuple[Any, Any]]:
+        """``(future, result)`` for a batch: ``_run``'s bytes, or Dask's error for the task."""
+        finished = [future for future in batch if future.status == "finished"]
+        values: dict[Any, Any] = {}
+        if finished:
+            try:
+                values = dict(zip(finished, self.client.gather(finished), strict=True))
+            except Exception:  # one of them was lost meanwhile: each on its own
+                values = {}
+        outcomes = []
+        for future in batch:
+            if future in values:
+                outcomes.append((future, values[future]))
+                continue
+            try:
+                outcomes.append((future, future.result()))
+            except BaseException as exc:
+                outcomes.append((future, exc))
+        return outcomes
 
     def _deliver_one(self, future: Any, result: Any) -> None:
         """Deliver one outcome: ``result`` is ``_run``'s bytes, or Dask's error for the task."""
@@ -361,12 +443,11 @@ class DaskEngine:
             task = self._running.pop(future.key, None)
         if task is None:  # timed out or stopped meanwhile
             return
-        if future.status == "finished":
+        if isinstance(result, bytes):
             ok, value, text = _decode(result)
-        else:  # the cluster lost it (its worker died...): (type, error, traceback)
-            error = result[1] if isinstance(result, tuple) else result
-            ok, value, text = False, _lost(error), None
-        task.transfer = None  # our references to its shared objects
+        else:  # the cluster lost it (its worker died...): Dask's error
+            ok, value, text = False, _lost(result), None
+        task.transfer = None  # our references to its shared objects and buffers
         if not ok and text:
             from ..errors import attach_remote_traceback
 
@@ -384,6 +465,7 @@ class DaskEngine:
             return
         self._stopped.set()
         self._added.set()
+        self._wanted.set()
         for handle in list(self._shared):
             handle.release()
         try:
@@ -394,25 +476,37 @@ class DaskEngine:
         self._connection.close()
 
 
-def _encode_task(call: tuple[Any, Any, Any], keys: list[str]) -> bytes:
-    """Pickle a task as corral does, with ``__main__``'s definitions by value.
+def _encode_task(call: tuple[Any, Any, Any], keys: list[str]) -> tuple[bytes, list[memoryview]]:
+    """Pickle a task as corral does: the pickle, and its big buffers kept out of it.
 
-    A Dask worker's ``__main__`` is not the user's script (``dask worker`` runs
-    its own), so a function of the script must travel by value (cloudpickle).
+    ``__main__``'s definitions go by value (cloudpickle): a Dask worker's
+    ``__main__`` is not the user's script (``dask worker`` runs its own).
 
     Raises:
         SerializationError: something in ``call`` cannot be pickled.
     """
-    payload = bytes(reduction.ForkingPickler.dumps(call))
+    payload, buffers = reduction.dumps_with_buffers(call, MIN_SIZE)
     if b"__main__" not in payload:
-        return payload
+        return bytes(payload), buffers
     import cloudpickle
 
     from ..errors import SerializationError
 
     keys.clear()  # the second pass meets the same handles again
+    buffers = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        if view.nbytes < MIN_SIZE:
+            return True
+        buffers.append(view)
+        return False
+
     try:
-        return bytes(cloudpickle.dumps(call, protocol=5))
+        return bytes(cloudpickle.dumps(call, protocol=5, buffer_callback=out_of_band)), buffers
     except Exception as exc:
         msg = f"the task cannot be pickled for the Dask cluster: {exc}"
         raise SerializationError(msg) from exc
@@ -420,7 +514,6 @@ def _encode_task(call: tuple[Any, Any, Any], keys: list[str]) -> bytes:
 
 def _decode(encoded: bytes) -> tuple[bool, Any, str | None]:
     """A task's outcome as ``_run`` pickled it; one that cannot be unpickled fails the task."""
-    import pickle
 
     try:
         ok, value, text = pickle.loads(encoded)
