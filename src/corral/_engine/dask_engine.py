@@ -3,14 +3,17 @@
 How a task travels::
 
     front end --new_task--> Task (payload pickled here, in the caller's thread;
-                            shared handles in it become Dask keys it depends on)
+                            shared handles in it become Dask keys it depends on;
+                            buffers >= 1 MiB scattered to a worker now, likewise)
       submit --> _queue (in corral: cancellable, bounded memory)
-      _fill: at most capacity + window tasks in Dask at once; claim() just
+      _fill (the caller if the engine is idle, else the submitting thread):
+             at most capacity + window tasks in Dask at once; claim() just
              before; every free slot's task in one graph (client.get), each a
              unique key marked a data producer, so the scheduler queues it
              and hands a worker only as many as it has threads
       worker process: _run unpickles, calls, returns (ok, value, traceback text)
-      delivery thread: as_completed batches --> on_done(ok, value) --> _fill
+      delivery thread: as_completed batches --> one gather per batch
+                       --> on_done(ok, value) --> _fill
 
 Outcomes: the task's own exception (type kept, remote traceback as
 ``__cause__``); ``WorkerLostError`` when the cluster lost the task (its worker
