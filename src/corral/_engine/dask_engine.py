@@ -189,7 +189,7 @@ class DaskEngine:
         task = Task(kind, payload, on_done, timeout, claim, tag, size)
         # Our own references to the shared objects: they stay on the cluster until
         # the task is done even if their handles are released meanwhile.
-        inputs = [Future(key, self.client) for key in keys]
+        inputs: list[Any] = [Future(key, self.client) for key in keys]
         if buffers:
             # Big buffers (>= 1 MiB: NumPy arrays...) go straight to a worker now,
             # copied at the call as the local pool does, instead of inside the
