@@ -20,6 +20,7 @@ import corral
 from _harness import compare
 
 QUICK = "--quick" in sys.argv
+CRASH = "--crash" in sys.argv  # also show what a worker killed mid-batch does (not timed)
 
 
 def noop(x: int) -> int:
@@ -73,6 +74,89 @@ def corral_imap(pool: corral.pool.Pool, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def first(array, i: int) -> float:
+    return float(array[i])
+
+
+def corral_shared_array(pool: corral.pool.Pool, array) -> float:
+    t0 = time.perf_counter()
+    handle = pool.share(array)
+    results = [pool.apply_async(first, (handle, i)) for i in range(20)]
+    assert [r.get(120) for r in results] == [float(i) for i in range(20)]
+    handle.release()
+    return time.perf_counter() - t0
+
+
+def dask_scattered_array(client, array) -> float:
+    t0 = time.perf_counter()
+    [future] = client.scatter([array], hash=False)
+    futures = client.map(first, [future] * 20, range(20), pure=False)
+    assert client.gather(futures) == [float(i) for i in range(20)]
+    del future, futures
+    return time.perf_counter() - t0
+
+
+def corral_plain_array(pool: corral.pool.Pool, array) -> float:
+    t0 = time.perf_counter()
+    results = [pool.apply_async(first, (array, i)) for i in range(20)]
+    assert [r.get(120) for r in results] == [float(i) for i in range(20)]
+    return time.perf_counter() - t0
+
+
+def dask_plain_array(client, array) -> float:
+    t0 = time.perf_counter()
+    futures = [client.submit(first, array, i, pure=False) for i in range(20)]
+    assert client.gather(futures) == [float(i) for i in range(20)]
+    return time.perf_counter() - t0
+
+
+def die_or_sleep(x: int) -> int:
+    import os
+    import signal
+
+    if x == 3:
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.1)
+    return x
+
+
+def _failures(outcomes: list) -> str:
+    bad = [(i, type(e).__name__) for i, e in enumerate(outcomes) if isinstance(e, BaseException)]
+    return f"{len(outcomes) - len(bad)} results, failed: {bad}"
+
+
+def crash_notes() -> None:
+    """A task that kills its worker, in a batch of 20: Dask's own map vs corral's."""
+    import distributed
+
+    def dask_map_on(client) -> str:
+        deaths_before = len(client.scheduler_info()["workers"])
+        futures = client.map(die_or_sleep, range(20), pure=False)
+        client.gather(futures, errors="skip")  # waits for them all
+        outcomes = [f.exception() or f.result() for f in futures]
+        return f"{_failures(outcomes)} ({deaths_before} workers at the start)"
+
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+    )  # fmt: skip
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        print("Client.map, Dask's defaults (allowed-failures=3):", dask_map_on(client))
+        log = client.get_scheduler_logs(n=200)
+        print("  workers that died:", sum("Remove worker" in str(line) for line in log))
+    with corral.Pool(2, backend="dask") as pool:
+        results = [pool.apply_async(die_or_sleep, (i,)) for i in range(20)]
+        outcomes = []
+        for result in results:
+            try:
+                outcomes.append(result.get(120))
+            except Exception as exc:
+                outcomes.append(exc)
+        print("corral apply_async on the cluster it starts:", _failures(outcomes))
+        print("  Client.map on that same cluster:", dask_map_on(pool._engine.client))
+
+
 def main() -> None:
     rounds = 3 if QUICK else 5
     n_tasks = 200 if QUICK else 1_000
@@ -114,7 +198,30 @@ def main() -> None:
             higher_is_better=True,
             other="dask",
         )
+        try:
+            import numpy as np
+        except ImportError:
+            print("(the 64 MiB rows need numpy)")
+            return
+        array = np.arange(8 << 20, dtype=np.float64)  # 64 MiB
+        compare(
+            "64 MiB array to 20 tasks: share() / scatter + Client.map",
+            lambda: corral_shared_array(pool, array),
+            lambda: dask_scattered_array(client, array),
+            rounds,
+            other="dask",
+        )
+        compare(
+            "64 MiB array to 20 tasks as a plain argument: apply_async / submit",
+            lambda: corral_plain_array(pool, array),
+            lambda: dask_plain_array(client, array),
+            rounds,
+            other="dask",
+        )
 
 
 if __name__ == "__main__":
-    main()
+    if CRASH:
+        crash_notes()
+    else:
+        main()

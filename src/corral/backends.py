@@ -31,6 +31,15 @@ class Dask:
     default client already connected in this process, else a new local cluster
     that corral starts and stops with the pool.
 
+    On the cluster corral starts, a task whose worker dies fails alone with
+    ``WorkerLostError`` and is never rerun; on a cluster the user started, the
+    scheduler's ``allowed-failures`` (Dask's default 3) reruns it first, so a
+    task may run more than once there. ``share()`` and arguments of 1 MiB or
+    more go to the workers through ``scatter``. ``maxtasksperchild`` and
+    ``max_memory_per_child`` are refused (``ValueError``). The workers must be
+    able to import corral and the task's modules (functions of ``__main__``
+    travel by value).
+
     Raises:
         ValueError: both ``client`` and ``address`` are given.
     """

@@ -29,6 +29,7 @@ from corral.errors import (  # noqa: E402
     InitializerError,
     MaybeEncodingError,
     RemoteTraceback,
+    SerializationError,
     TaskTimeoutError,
     WorkerLostError,
 )
@@ -74,7 +75,11 @@ def pid_if_initialised(_: int) -> tuple[int, bool]:
 def user_cluster() -> object:
     """A cluster the user started (corral must never stop it): one worker, one thread."""
     cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},  # never the shared port 8787
     )
     try:
         yield cluster
@@ -145,6 +150,32 @@ def test_a_worker_killed_mid_task_fails_that_task_alone():
         assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]  # the pool lives on
 
 
+def die_when_told(x: int, path: str) -> int:
+    if x == 0:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)  # the test kills this worker now
+    time.sleep(0.05)
+    return x
+
+
+def test_tasks_beyond_capacity_wait_in_dask_and_a_death_fails_only_the_running_one(tmp_path):
+    marker = tmp_path / "killer"
+    with corral.Pool(2, backend="dask") as pool:
+        engine = pool._engine
+        results = [pool.apply_async(die_when_told, (i, str(marker))) for i in range(30)]
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline, "the first task never started"
+            time.sleep(0.02)
+        # More than the cluster's capacity is in Dask (the window), none of it on a worker.
+        assert len(engine._running) > engine.size
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        with pytest.raises(WorkerLostError):
+            results[0].get(timeout=60)
+        assert [r.get(timeout=60) for r in results[1:]] == list(range(1, 30))
+
+
 def test_task_timeout_fails_the_task_and_the_pool_lives_on():
     with corral.Pool(2, backend="dask", task_timeout=2) as pool:
         slow = pool.apply_async(sleep_then, (60, 0))
@@ -169,6 +200,11 @@ def test_initializer_runs_once_per_worker_process(tmp_path):
 def test_limits_the_backend_does_not_support_are_refused():
     with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
         corral.Pool(1, backend="dask", maxtasksperchild=3)
+    executor = corral.ProcessPoolExecutor(1, backend="dask", max_tasks_per_child=3)
+    with executor, pytest.raises(ValueError, match="max_tasks_per_child is not supported"):
+        executor.submit(square, 2)
+    with pytest.raises(ValueError, match="--memory-limit"):
+        corral.Pool(1, backend="dask", max_memory_per_child=1 << 30)
 
 
 def fail_to_start() -> None:
@@ -250,3 +286,135 @@ def test_an_unpicklable_result_fails_that_task_with_maybe_encoding_error():
         with pytest.raises(MaybeEncodingError, match=r"Error sending result: .*lock"):
             pool.apply(return_a_lock, (1,))
         assert pool.apply(square, (4,)) == 16  # not a lost worker: the pool goes on
+
+
+def array_sum_and_address(array: object, offset: int) -> tuple[float, tuple[int, int]]:
+    import numpy as np
+
+    assert isinstance(array, np.ndarray)
+    return float(array[offset]), (os.getpid(), id(array))
+
+
+def _cluster_keys(client: object) -> set[str]:
+    return set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+
+
+def test_share_places_an_array_on_the_cluster_once_and_release_frees_it():
+    np = pytest.importorskip("numpy")
+    array = np.arange(8 << 20, dtype=np.float64)  # 64 MiB
+    with corral.Pool(2, backend="dask") as pool:
+        client = pool._engine.client
+        handle = pool.share(array)
+        assert isinstance(handle, corral.Shared)
+        results = [pool.apply_async(array_sum_and_address, (handle, i)) for i in range(20)]
+        assert [r.get(timeout=60)[0] for r in results] == [float(i) for i in range(20)]
+        # Held once per worker that used it (the same object in each), not per task.
+        assert len({r.get(timeout=1)[1] for r in results}) <= 2
+        assert 1 <= len(client.who_has()[handle._key]) <= 2
+        assert pool.starmap(array_sum_and_address, [(handle, 5)])[0][0] == 5.0
+        assert float(handle.get()[7]) == 7.0
+        key = handle._key
+        assert key in _cluster_keys(client)
+        handle.release()
+        with pytest.raises(ValueError, match="released"):
+            pool.apply(array_sum_and_address, (handle, 1))
+        deadline = time.monotonic() + 30
+        while key in _cluster_keys(client):
+            assert time.monotonic() < deadline, "the released object stayed on the cluster"
+            time.sleep(0.05)
+
+
+def test_the_pools_end_frees_what_it_shared_on_a_users_cluster(user_cluster):
+    np = pytest.importorskip("numpy")
+    with distributed.Client(user_cluster, set_as_default=False) as client:
+        with corral.Pool(backend=Dask(client=client)) as pool:
+            handle = pool.share(np.ones(1000))
+            assert pool.apply(array_sum_and_address, ({"a": [handle]}["a"][0], 3))[0] == 1.0
+        pool.join()
+        assert handle.released
+        deadline = time.monotonic() + 30
+        while _cluster_keys(client):
+            assert time.monotonic() < deadline, f"left on the cluster: {_cluster_keys(client)}"
+            time.sleep(0.05)
+
+
+def test_a_handle_cannot_be_pickled_outside_a_task():
+    import pickle
+
+    with corral.Pool(1, backend="dask") as pool:
+        handle = pool.share([1, 2, 3])
+        assert pool.apply(len, (handle,)) == 3
+        with pytest.raises(TypeError, match="only be passed in the arguments of tasks"):
+            pickle.dumps(handle)
+
+
+def random_token(_: object = None) -> str:
+    return os.urandom(8).hex()
+
+
+def test_identical_calls_are_never_merged():
+    """Dask's pure=True would run two identical calls once; corral runs each."""
+    with corral.Pool(2, backend="dask") as pool:
+        tokens = [pool.apply_async(random_token, (1,)) for _ in range(3)]
+        assert len({r.get(timeout=30) for r in tokens}) == 3
+        assert len(set(pool.map(random_token, [1, 1, 1, 1], chunksize=1))) == 4
+    with corral.ProcessPoolExecutor(2, backend="dask") as executor:
+        futures = [executor.submit(random_token, 1) for _ in range(3)]
+        assert len({f.result(timeout=30) for f in futures}) == 3
+
+
+def make_adder(n: int) -> object:
+    def add(x: int) -> int:
+        return x + n
+
+    return add
+
+
+def test_closures_lambdas_and_errors_through_the_executor():
+    with corral.ProcessPoolExecutor(2, backend="dask") as executor:
+        assert list(executor.map(make_adder(5), range(4), timeout=30)) == [5, 6, 7, 8]
+        assert executor.submit(lambda: 6 * 7).result(timeout=30) == 42
+        with pytest.raises(KeyError) as info:
+            executor.submit(fail_with_key, 9).result(timeout=30)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "fail_with_key" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("front", ["pool", "executor"])
+def test_an_unpicklable_argument_raises_at_the_call(front):
+    lock = threading.Lock()
+    if front == "pool":
+        with corral.Pool(1, backend="dask") as pool:
+            with pytest.raises(SerializationError, match="lock"):
+                pool.apply_async(square, (lock,))
+            assert pool.apply(square, (3,)) == 9
+    else:
+        with corral.ProcessPoolExecutor(1, backend="dask") as executor:
+            assert executor.submit(square, 2).result(timeout=30) == 4
+            # As in the stdlib, the executor fails the future (at once, in the caller).
+            future = executor.submit(square, lock)
+            assert future.done()
+            assert isinstance(future.exception(timeout=0), SerializationError)
+            assert "lock" in str(future.exception(timeout=0))
+            assert executor.submit(square, 3).result(timeout=30) == 9
+
+
+def first_and_sum(array: object) -> tuple[float, float]:
+    return float(array[0]), float(array.sum())  # type: ignore[attr-defined]
+
+
+def test_a_big_plain_argument_is_copied_at_the_call_and_freed_after_its_task():
+    np = pytest.importorskip("numpy")
+    array = np.ones(2 << 20)  # 16 MiB: sent beside the task, not inside it
+    with corral.Pool(2, backend="dask") as pool:
+        client = pool._engine.client
+        results = [pool.apply_async(first_and_sum, (array,)) for _ in range(4)]
+        array[0] = 5.0  # after the calls: the tasks got the array as it was then
+        later = pool.apply_async(first_and_sum, (array,))
+        assert [r.get(timeout=60) for r in results] == [(1.0, float(2 << 20))] * 4
+        assert later.get(timeout=60) == (5.0, float(2 << 20) + 4)
+        assert pool.map(first_and_sum, [array[:10]] * 3) == [(5.0, 14.0)] * 3
+        deadline = time.monotonic() + 30
+        while _cluster_keys(client):
+            assert time.monotonic() < deadline, f"left on the cluster: {_cluster_keys(client)}"
+            time.sleep(0.05)

@@ -72,7 +72,14 @@ def connect(backend: Any, workers: int) -> Connection:
     }
     with dask.config.set(settings):
         cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            # With the dashboard off the scheduler still serves /health and
+            # /metrics, by default on port 8787: a second cluster on the machine
+            # would warn (an error under -W error) and move. Any free port.
+            scheduler_kwargs={"dashboard_address": ":0"},
         )
     try:
         client = distributed.Client(cluster, set_as_default=False)

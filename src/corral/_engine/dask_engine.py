@@ -2,13 +2,18 @@
 
 How a task travels::
 
-    front end --new_task--> Task (payload pickled here, in the caller's thread)
+    front end --new_task--> Task (payload pickled here, in the caller's thread;
+                            shared handles in it become Dask keys it depends on;
+                            buffers >= 1 MiB scattered to a worker now, likewise)
       submit --> _queue (in corral: cancellable, bounded memory)
-      _fill: at most capacity (+ _WINDOW on a cluster corral did not start)
-             tasks on the cluster at once;
-             claim() just before, then client.submit(_run, pure=False)
+      _fill (the caller if the engine is idle, else the submitting thread):
+             at most capacity + window tasks in Dask at once; claim() just
+             before; every free slot's task in one graph (client.get), each a
+             unique key marked a data producer, so the scheduler queues it
+             and hands a worker only as many as it has threads
       worker process: _run unpickles, calls, returns (ok, value, traceback text)
-      delivery thread: as_completed --> on_done(ok, value) --> _fill again
+      delivery thread: as_completed batches --> one gather per batch
+                       --> on_done(ok, value) --> _fill
 
 Outcomes: the task's own exception (type kept, remote traceback as
 ``__cause__``); ``WorkerLostError`` when the cluster lost the task (its worker
@@ -18,47 +23,55 @@ died; Dask's error as ``__cause__``); ``TaskTimeoutError`` past
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import reduction
+from .._transfer import MIN_SIZE
 from .contract import CALL, MAP, EngineSpec, Task
 from .dask_cluster import INSTALL_HINT, Connection, connect
+from .dask_shared import DaskShared, collecting, resolving
 
 try:
-    from distributed import WorkerPlugin, get_worker
+    from dask._task_spec import Task as DaskTask
+    from dask._task_spec import TaskRef
+    from distributed import Future, WorkerPlugin, get_worker
 except ImportError as exc:  # the registry imports this module on first use
     raise ImportError(INSTALL_HINT) from exc
 
-# Tasks handed to a cluster beyond its capacity. On a cluster corral started the
-# window is 0: a worker then never holds a task waiting behind the one it runs,
-# so with allowed-failures=0 its death fails the running task alone (Dask fails
-# every task a dead worker held). On other clusters (which rerun a dead
-# worker's tasks) a few more keep workers busy between round trips.
-_WINDOW = 4
+# Tasks in Dask beyond the cluster's capacity (at least _WINDOW, else as many as
+# the capacity): they wait in the scheduler's queue, not on a worker (they are
+# marked data producers, which the scheduler queues while worker-saturation is
+# finite), so a worker's death fails only what it runs, and a worker that
+# finishes a task gets the next one without a round trip through corral.
+_WINDOW = 16
 
 
 _started: dict[Any, float] = {}  # (in a worker) task key -> time.monotonic() it started
 
 
-def _run(kind: int, payload: bytes) -> bytes:
+def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     """(In a Dask worker) run one corral task; never raise.
 
     Returns the pickled ``(ok, value, traceback text)``: pickled here, so that a
     result that cannot be pickled fails its task with ``MaybeEncodingError`` (as
-    in the local pool) instead of looking like a lost worker to Dask.
+    in the local pool) instead of looking like a lost worker to Dask. ``inputs``
+    are what Dask resolved the task's dependencies to: the objects of its
+    ``n_shared`` shared handles, then its big buffers, out of the pickle.
     """
-    import pickle
 
     key = get_worker().get_current_task()
     _started[key] = time.monotonic()
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        with resolving(inputs[:n_shared]):
+            fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
         if kind == CALL:
             outcome: tuple[bool, Any, str | None] = (True, fn(*args, **kwargs), None)
         elif kind == MAP:
@@ -120,8 +133,12 @@ class DaskEngine:
         self.broken: BaseException | None = None
         self._connection = connection
         self._plugin = plugin  # the initializer's plugin name, removed at the end
-        self._window = 0 if connection.cluster is not None else _WINDOW
+        self._window = max(_WINDOW, size)
         self._lock = threading.Lock()
+        self._fill_lock = threading.RLock()  # one hand-out at a time, in order
+        self._keys = f"corral-{uuid.uuid4().hex[:16]}"  # task keys: this, then a number
+        self._count = 0
+        self._shared: weakref.WeakSet[DaskShared[Any]] = weakref.WeakSet()
         self._queue: deque[Task] = deque()
         self._running: dict[str, Task] = {}
         self._holds = 0
@@ -130,12 +147,21 @@ class DaskEngine:
         # Set when a future joins _done (or the engine stops): the delivery
         # thread sleeps on it once every future handed out has been delivered.
         self._added = threading.Event()
+        # Results are fetched per batch of finished futures (one gather, one request
+        # per worker), not per future.
         self._done = as_completed([], loop=self.client.loop, with_results=False)
         self._delivering = threading.local()
         self.thread: threading.Thread | None = threading.Thread(
             target=self._deliver, name="corral-dask-engine", daemon=True
         )
         self.thread.start()
+        # Hands queued tasks to Dask: callers only queue and wake it, so the tasks
+        # submitted while it is busy go out together, as one graph.
+        self._wanted = threading.Event()
+        self._submitter = threading.Thread(
+            target=self._hand_out_loop, name="corral-dask-submit", daemon=True
+        )
+        self._submitter.start()
 
     # ------------------------------------------------------------- contract
 
@@ -151,8 +177,26 @@ class DaskEngine:
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
     ) -> Task:
-        payload = bytes(reduction.ForkingPickler.dumps((fn, args, kwargs or {})))
-        return Task(kind, payload, on_done, timeout, claim, tag, len(payload))
+        """Encode the task in the calling thread (unpicklable arguments raise here).
+
+        Raises:
+            SerializationError: ``fn`` or an argument cannot be pickled.
+            ValueError: a shared handle in the arguments was released.
+        """
+        with collecting() as keys:
+            payload, buffers = _encode_task((fn, args, kwargs or {}), keys)
+        size = len(payload) + sum(view.nbytes for view in buffers)
+        task = Task(kind, payload, on_done, timeout, claim, tag, size)
+        # Our own references to the shared objects: they stay on the cluster until
+        # the task is done even if their handles are released meanwhile.
+        inputs: list[Any] = [Future(key, self.client) for key in keys]
+        if buffers:
+            # Big buffers (>= 1 MiB: NumPy arrays...) go straight to a worker now,
+            # copied at the call as the local pool does, instead of inside the
+            # task through the scheduler (which costs seconds per 64 MiB there).
+            inputs += self.client.scatter(buffers, broadcast=False, hash=False)
+        task.transfer = (len(keys), inputs)
+        return task
 
     def submit(self, task: Task) -> None:
         self.submit_many([task])
@@ -217,27 +261,99 @@ class DaskEngine:
     def processes(self) -> list[Any]:
         return []
 
-    def share(self, obj: Any) -> Any:
-        msg = "share() is not available on the Dask backend yet"
-        raise NotImplementedError(msg)
+    def share(self, obj: Any) -> DaskShared[Any]:
+        """Scatter ``obj`` into the cluster once (never deduplicated); return its handle.
+
+        Raises:
+            SerializationError: ``obj`` cannot be sent to the cluster.
+        """
+        from ..errors import SerializationError
+
+        try:
+            # A list of one: scatter would spread a list or dict's items instead.
+            [future] = self.client.scatter([obj], broadcast=False, hash=False)
+        except Exception as exc:
+            msg = f"share() could not place the object on the Dask cluster: {exc}"
+            raise SerializationError(msg) from exc
+        handle: DaskShared[Any] = DaskShared(future, type(obj).__name__)
+        self._shared.add(handle)
+        return handle
 
     # ------------------------------------------------------------- inside
 
     def _fill(self) -> None:
+        """Hand queued tasks to Dask (any thread).
+
+        On an idle engine the caller does it at once (a lone call's latency);
+        otherwise it wakes the submitting thread, so that tasks queued while
+        that thread is busy go out together, as one graph.
+        """
+        with self._lock:
+            idle = not self._running
+        if idle and self._fill_lock.acquire(blocking=False):
+            try:
+                self._fill_now()
+            finally:
+                self._fill_lock.release()
+        else:
+            self._wanted.set()
+
+    def _hand_out_loop(self) -> None:
         while True:
-            with self._lock:
-                if not self._queue or len(self._running) >= self.size + self._window:
-                    break
-                task = self._queue.popleft()
-            if task.claim is not None and not task.claim():
-                continue
-            future = self.client.submit(_run, task.kind, task.payload, pure=False)
-            with self._lock:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self._fill_now()
+            except BaseException as exc:  # the cluster went away: fail what waits
+                self._break(exc)
+
+    def _break(self, exc: BaseException) -> None:
+        from ..errors import BrokenProcessPool
+
+        msg = f"the Dask cluster can no longer take tasks ({type(exc).__name__}: {exc})"
+        error = BrokenProcessPool(msg)
+        error.__cause__ = exc
+        self.broken = error
+        try:
+            self.stop(error)
+        except Exception:  # cancelling on a cluster that is gone: nothing is left to stop
+            self._finish()
+
+    def _fill_now(self) -> None:
+        """Hand every free slot's task to Dask, in one graph; claim() each just before."""
+        with self._fill_lock:
+            while True:
+                with self._lock:
+                    free = self.size + self._window - len(self._running)
+                    batch = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+                if not batch:
+                    return
+                claimed = [task for task in batch if task.claim is None or task.claim()]
+                if claimed:
+                    self._hand_out(claimed)
+
+    def _hand_out(self, tasks: list[Task]) -> None:
+        graph = {}
+        for task in tasks:
+            self._count += 1
+            # Numbered keys: the scheduler queues the graph's tasks in key order.
+            key = f"{self._keys}-{self._count:012d}"
+            n_shared, inputs = task.transfer
+            refs = [TaskRef(future.key) for future in inputs]
+            graph[key] = DaskTask(
+                key, _run, task.kind, task.payload, n_shared, *refs, _data_producer=True
+            )
+        futures = self.client.get(graph, list(graph), sync=False)
+        with self._lock:
+            for future, task in zip(futures, tasks, strict=True):
                 self._running[future.key] = task
+        for future, task in zip(futures, tasks, strict=True):
             self._done.add(future)
-            self._added.set()
             if task.timeout is not None:
                 self._arm(future, task.timeout)
+        self._added.set()
 
     def _arm(self, future: Any, delay: float) -> None:
         timer = threading.Timer(delay, self._check_deadline, (future,))
@@ -294,25 +410,52 @@ class DaskEngine:
         while not self._stopped.is_set():
             # Cleared before draining: a future added after the drain sets it again.
             self._added.clear()
-            for future in self._done:
-                with self._lock:
-                    task = self._running.pop(future.key, None)
-                if task is None:
-                    continue
-                try:
-                    encoded = future.result()
-                except BaseException as exc:  # the cluster lost it (worker died...)
-                    ok, value, text = False, _lost(exc), None
-                else:
-                    ok, value, text = _decode(encoded)
-                if not ok and text:
-                    from ..errors import attach_remote_traceback
-
-                    value = attach_remote_traceback(value, text)
-                self._outcome(task, ok, value)
+            for batch in self._done.batches():
+                for future, result in self._results(batch):
+                    self._deliver_one(future, result)
+                # Our last references to these futures: the cluster frees their
+                # results now, not when the next batch comes.
+                batch = future = result = None
                 self._fill()
                 self._maybe_finish()
             self._added.wait()
+
+    def _results(self, batch: list[Any]) -> list[tuple[Any, Any]]:
+        """``(future, result)`` for a batch: ``_run``'s bytes, or Dask's error for the task."""
+        finished = [future for future in batch if future.status == "finished"]
+        values: dict[Any, Any] = {}
+        if finished:
+            try:
+                values = dict(zip(finished, self.client.gather(finished), strict=True))
+            except Exception:  # one of them was lost meanwhile: each on its own
+                values = {}
+        outcomes = []
+        for future in batch:
+            if future in values:
+                outcomes.append((future, values[future]))
+                continue
+            try:
+                outcomes.append((future, future.result()))
+            except BaseException as exc:
+                outcomes.append((future, exc))
+        return outcomes
+
+    def _deliver_one(self, future: Any, result: Any) -> None:
+        """Deliver one outcome: ``result`` is ``_run``'s bytes, or Dask's error for the task."""
+        with self._lock:
+            task = self._running.pop(future.key, None)
+        if task is None:  # timed out or stopped meanwhile
+            return
+        if isinstance(result, bytes):
+            ok, value, text = _decode(result)
+        else:  # the cluster lost it (its worker died...): Dask's error
+            ok, value, text = False, _lost(result), None
+        task.transfer = None  # our references to its shared objects and buffers
+        if not ok and text:
+            from ..errors import attach_remote_traceback
+
+            value = attach_remote_traceback(value, text)
+        self._outcome(task, ok, value)
 
     def _maybe_finish(self) -> None:
         with self._lock:
@@ -325,6 +468,9 @@ class DaskEngine:
             return
         self._stopped.set()
         self._added.set()
+        self._wanted.set()
+        for handle in list(self._shared):
+            handle.release()
         try:
             if self._plugin is not None and self._connection.cluster is None:
                 self.client.unregister_worker_plugin(self._plugin)
@@ -333,9 +479,44 @@ class DaskEngine:
         self._connection.close()
 
 
+def _encode_task(call: tuple[Any, Any, Any], keys: list[str]) -> tuple[bytes, list[memoryview]]:
+    """Pickle a task as corral does: the pickle, and its big buffers kept out of it.
+
+    ``__main__``'s definitions go by value (cloudpickle): a Dask worker's
+    ``__main__`` is not the user's script (``dask worker`` runs its own).
+
+    Raises:
+        SerializationError: something in ``call`` cannot be pickled.
+    """
+    payload, buffers = reduction.dumps_with_buffers(call, MIN_SIZE)
+    if b"__main__" not in payload:
+        return bytes(payload), buffers
+    import cloudpickle
+
+    from ..errors import SerializationError
+
+    keys.clear()  # the second pass meets the same handles again
+    buffers = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        if view.nbytes < MIN_SIZE:
+            return True
+        buffers.append(view)
+        return False
+
+    try:
+        return bytes(cloudpickle.dumps(call, protocol=5, buffer_callback=out_of_band)), buffers
+    except Exception as exc:
+        msg = f"the task cannot be pickled for the Dask cluster: {exc}"
+        raise SerializationError(msg) from exc
+
+
 def _decode(encoded: bytes) -> tuple[bool, Any, str | None]:
     """A task's outcome as ``_run`` pickled it; one that cannot be unpickled fails the task."""
-    import pickle
 
     try:
         ok, value, text = pickle.loads(encoded)
@@ -401,11 +582,21 @@ def start_dask_engine(spec: EngineSpec) -> DaskEngine:
         ValueError: a limit the Dask backend does not support yet
             (``maxtasksperchild``/``max_tasks_per_child``, ``max_memory_per_child``).
     """
-    limits = ((spec.max_tasks, "max_tasks_per_child"), (spec.max_memory, "max_memory_per_child"))
-    for value, name in limits:
-        if value is not None:
-            msg = f"{name} is not supported on the Dask backend yet; leave it None"
-            raise ValueError(msg)
+    if spec.max_tasks is not None:
+        msg = (
+            "maxtasksperchild / max_tasks_per_child is not supported on the Dask backend: "
+            "Dask's scheduler, not corral, hands a worker its next task, so a worker cannot "
+            "be replaced after exactly N tasks without rerunning the one it was given next. "
+            "Leave it None (a Dask cluster can recycle workers itself: dask worker --lifetime)."
+        )
+        raise ValueError(msg)
+    if spec.max_memory is not None:
+        msg = (
+            "max_memory_per_child is not supported on the Dask backend: Dask limits memory "
+            "per worker when the cluster starts (dask worker --memory-limit, "
+            "distributed.worker.memory.terminate). Leave it None and set the limit there."
+        )
+        raise ValueError(msg)
     connection = connect(spec.backend, spec.workers)
     try:
         plugin = None
