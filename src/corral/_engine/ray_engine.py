@@ -1,14 +1,15 @@
-"""The engine contract on a Ray cluster (issue 15; the front ends are not wired yet).
+"""The engine contract on a Ray cluster (``backend="ray"``).
 
 How a task travels::
 
-    caller thread                       delivery thread (one)          Ray worker
-    new_task: ForkingPickler.dumps  ->
-      (shared handles -> ObjectRefs)
-    submit: queue (deque) -> _fill: claim(), _run.remote(kind, payload, *refs)
-                                        ray.wait(in flight, 1) ------> _run: loads,
-                                        ray.get(ready)  <------------   call, dumps result
-                                        on_done(ok, value), _fill()      (never raises)
+    caller thread                                       Ray worker process
+    new_task: ForkingPickler.dumps (shared handles -> ObjectRefs)
+    submit: queue (deque) -> _fill: claim(),
+            _remote.remote(kind, payload, init, *refs) -> _run: initializer once
+            ref.future() done-callback                     per process and pool,
+                 |                                         loads, call, dumps
+    delivery thread (one): _done.get() <-------------------- (never raises)
+            decode -> on_done(ok, value), _fill()
 
 At most ``size + _WINDOW`` tasks are in Ray at once (``size`` alone while a
 task with a ``task_timeout`` is queued or running, so that a submitted task
@@ -17,25 +18,30 @@ starts at once and its clock is its run time); the rest waits in corral, where
 ``retry_exceptions=False``: a worker that dies mid-task fails that task alone
 with ``WorkerLostError`` (Ray's error as ``__cause__``), never a silent rerun.
 A ``task_timeout`` force-cancels the task (Ray kills its worker process) and
-fails it with ``TaskTimeoutError``. A Ray session corral started (``ray.init``)
-is shut down when the engine stops; one it found running is left alone.
+fails it with ``TaskTimeoutError``. Completions arrive through each
+ObjectRef's done-callback, so the delivery thread sleeps until one does (or a
+deadline passes): no polling. The session is found or started by
+``ray_cluster.connect``, which alone decides whether it is shut down.
 """
 
 from __future__ import annotations
 
-import os
+import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import reduction
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
-from .contract import CALL, MAP, Task
+from .contract import CALL, MAP, EngineSpec, Task
+from .ray_cluster import Session, connect, import_ray
 
 _WINDOW = 4  # tasks submitted to the cluster beyond its capacity
-_POLL = 0.05  # seconds ray.wait blocks before looking for new tasks and deadlines
+_CHECK = 1.0  # seconds between checks that the session still exists, when idle
+_OWNED = ("max_retries", "retry_exceptions")  # task options corral sets itself
 
 # Shared handles met while pickling a task in this thread (their ObjectRefs go
 # to Ray as top-level arguments, which Ray resolves in the worker), and, in a
@@ -80,10 +86,47 @@ class RayShared:
         return _shared_value, (len(refs) - 1,)
 
 
-def _run(kind: int, payload: bytes, *shared: Any) -> bytes:
-    """(In a Ray worker) run one corral task; never raise: pickled (ok, value, traceback)."""
+# (In a Ray worker) the pools whose initializer this process has run. Ray
+# reuses a worker process for many tasks, so the pool's token marks it.
+_initialised: set[str] = set()
+
+_INIT_FAILED = 2  # an outcome's "ok" when the pool's initializer raised
+
+
+def _initialise(init: tuple[str, list[Any]] | None) -> None:
+    """(In a Ray worker) run the pool's initializer if this process has not yet."""
+    if init is None or init[0] in _initialised:
+        return
+    import ray
+
+    fn, args = ray.get(init[1][0])
+    fn(*args)
+    _initialised.add(init[0])
+
+
+def _run_initializer(init: tuple[str, list[Any]]) -> bytes | None:
+    """(In a Ray worker) run the initializer now; None, or the pickled (error, traceback)."""
+    try:
+        _initialise(init)
+    except BaseException as exc:
+        return reduction.ForkingPickler.dumps((exc, _traceback_text(exc)))
+    return None
+
+
+def _traceback_text(exc: BaseException) -> str:
     import traceback
 
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    return text
+
+
+def _run(kind: int, payload: bytes, init: tuple[str, list[Any]] | None, *shared: Any) -> bytes:
+    """(In a Ray worker) run one corral task; never raise: pickled (ok, value, traceback)."""
+    try:
+        _initialise(init)
+    except BaseException as exc:
+        return reduction.ForkingPickler.dumps((_INIT_FAILED, exc, _traceback_text(exc)))
     try:
         _collect.values = shared
         try:
@@ -97,9 +140,7 @@ def _run(kind: int, payload: bytes, *shared: Any) -> bytes:
         else:
             outcome = (True, [fn(*item) for item in args], None)
     except BaseException as exc:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        exc.__traceback__ = None
-        outcome = (False, exc, text)
+        outcome = (False, exc, _traceback_text(exc))
     try:
         return reduction.ForkingPickler.dumps(outcome)
     except BaseException as exc:  # the result or the exception cannot be pickled
@@ -132,37 +173,52 @@ def _encode_task(call: tuple[Any, Any, Any]) -> bytes:
 
 
 class _InFlight:
-    """A task submitted to Ray: its ObjectRef and its deadline (monotonic), if any."""
+    """A task handed to Ray: its ObjectRef and its deadline (monotonic), if any."""
 
-    __slots__ = ("deadline", "ref", "task")
+    __slots__ = ("deadline", "future", "ref", "task")
 
-    def __init__(self, task: Task, ref: Any) -> None:
+    def __init__(self, task: Task) -> None:
         self.task = task
-        self.ref = ref
-        self.deadline = None if task.timeout is None else time.monotonic() + task.timeout
+        self.ref: Any = None
+        self.future: Any = None  # the ref's concurrent.futures.Future
+        self.deadline: float | None = None
 
 
 class RayEngine:
     """``contract.Engine`` on a Ray session (see the module docstring).
 
     Args:
+        session: the session (``ray_cluster.connect``), released when the engine stops.
         size: how many tasks run at once (the cluster's CPUs by default).
-        owns_session: this engine called ``ray.init``; it calls ``ray.shutdown``
-            when it stops.
+        remote_args: options of every task (``num_cpus``, ``resources``, ...).
+        init: ``(token, [ObjectRef of (initializer, initargs)])``, or None.
+        max_tasks: a Ray worker process exits after this many of the pool's tasks.
     """
 
-    def __init__(self, size: int, *, owns_session: bool) -> None:
-        import ray
-
+    def __init__(
+        self,
+        session: Session,
+        size: int,
+        *,
+        remote_args: dict[str, Any] | None = None,
+        init: tuple[str, list[Any]] | None = None,
+        max_tasks: int | None = None,
+    ) -> None:
+        ray = session.ray
         self._ray = ray
-        self._remote = ray.remote(max_retries=0, retry_exceptions=False, num_cpus=1)(_run)
+        self._session = session
+        options: dict[str, Any] = {"num_cpus": 1, **(remote_args or {})}
+        options.update(max_retries=0, retry_exceptions=False)
+        if max_tasks is not None:
+            options["max_calls"] = max_tasks  # Ray retires the process after that many
+        self._remote = ray.remote(_run).options(**options)
+        self._init = init
         self.size = size
         self.broken: BaseException | None = None
-        self._owns_session = owns_session
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._done: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._queue: deque[Task] = deque()
-        self._running: dict[Any, _InFlight] = {}
+        self._running: dict[_InFlight, None] = {}
         self._timed = 0  # tasks with a timeout queued or in flight
         self._holds = 0
         self._closing = False
@@ -204,11 +260,11 @@ class RayEngine:
         return task
 
     def submit(self, task: Task) -> None:
-        """Queue ``task`` (any thread); a stopped engine fails it at once."""
+        """Queue ``task`` (any thread) and hand it to Ray if there is room."""
         self.submit_many([task])
 
     def submit_many(self, tasks: list[Task]) -> None:
-        """Queue several tasks, in order."""
+        """Queue several tasks, in order; a stopped engine fails them at once."""
         if self.broken is not None or self._stopping.is_set():
             error = self.broken
             if error is None:
@@ -221,7 +277,7 @@ class RayEngine:
         with self._lock:
             self._queue.extend(tasks)
             self._timed += sum(task.timeout is not None for task in tasks)
-        self._wake.set()
+        self._fill()
 
     def run_direct(self, task: Task, *, queued: bool = False) -> bool:
         """Never: every task goes through Ray."""
@@ -244,7 +300,7 @@ class RayEngine:
         """Undo one ``hold()``."""
         with self._lock:
             self._holds -= 1
-        self._wake.set()
+        self._done.put(None)
 
     def delivering(self) -> bool:
         """Whether the calling thread is the delivery thread, delivering outcomes."""
@@ -255,20 +311,22 @@ class RayEngine:
         fn()
 
     def close(self) -> None:
-        """Run what is queued, then stop (and shut down a session corral started)."""
+        """Run what is queued, then stop (and release the session)."""
         self._closing = True
-        self._wake.set()
+        self._done.put(None)
 
     def stop(self, error: BaseException | None, *, hard: bool = False) -> None:
         """Stop now: cancel running tasks (``hard`` kills their workers), fail or drop the rest."""
         with self._lock:
             queued = list(self._queue)
             self._queue.clear()
-            running = list(self._running.values())
+            running = list(self._running)
             self._running.clear()
             self._timed = 0
         self._stopping.set()
         for flight in running if self._ray.is_initialized() else ():  # no auto-init
+            if flight.ref is None:
+                continue  # _fill, in another thread, cancels it on seeing the stop
             try:
                 self._ray.cancel(flight.ref, force=hard)
             except Exception:  # already finished, or the session is gone
@@ -276,10 +334,10 @@ class RayEngine:
         if error is not None:
             for task in [flight.task for flight in running] + queued:
                 task.on_done(False, error)
-        self._wake.set()
+        self._done.put(None)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until the engine has stopped (and its session, if corral's, is shut down)."""
+        """Wait until the engine has stopped (and released its session)."""
         return self._stopped.wait(timeout)
 
     def processes(self) -> list[Any]:
@@ -304,61 +362,59 @@ class RayEngine:
     # ------------------------------------------------------------- inside
 
     def _fill(self) -> None:
-        """Hand queued tasks to Ray up to the in-flight limit (delivery thread only)."""
+        """Hand queued tasks to Ray up to the in-flight limit (any thread)."""
         while not self._stopping.is_set():
             with self._lock:
                 limit = self.size if self._timed else self.size + _WINDOW
                 if not self._queue or len(self._running) >= limit:
                     return
                 task = self._queue.popleft()
+                # Counted as running before it reaches Ray: another thread's
+                # _fill sees the slot taken.
+                flight = _InFlight(task)
+                self._running[flight] = None
             if task.claim is not None and not task.claim():
-                if task.timeout is not None:
-                    with self._lock:
+                with self._lock:
+                    self._running.pop(flight, None)
+                    if task.timeout is not None:
                         self._timed -= 1
                 continue
-            ref = self._remote.remote(task.kind, task.payload, *(task.transfer or ()))
-            with self._lock:
-                self._running[ref] = _InFlight(task, ref)
+            shared = task.transfer or ()
+            flight.ref = self._remote.remote(task.kind, task.payload, self._init, *shared)
+            if task.timeout is not None:
+                flight.deadline = time.monotonic() + task.timeout
+            flight.future = flight.ref.future()
+            flight.future.add_done_callback(lambda _f, flight=flight: self._done.put(flight))
+            if self._stopping.is_set():  # stop() ran meanwhile and failed the task
+                self._ray.cancel(flight.ref, force=True)
+            if flight.deadline is not None:
+                self._done.put(None)  # the delivery thread recomputes its wake-up time
 
     def _deliver_loop(self) -> None:
         self._delivering.on = True
         try:
             while not self._stopping.is_set():
+                try:
+                    flight = self._done.get(timeout=self._wait_time())
+                except queue.Empty:
+                    flight = None
                 # Any Ray call without a session would start a new one (Ray's
                 # auto-init): check first, and fail what is left if it is gone.
                 if not self._ray.is_initialized():
                     self._session_lost(None)
                     break
-                try:
-                    if not self._step():
-                        break
-                except self._ray.exceptions.RaySystemError as exc:
-                    self._session_lost(exc)
+                if flight is not None:
+                    self._deliver(flight)
+                self._expire()
+                self._fill()
+                with self._lock:
+                    idle = not self._queue and not self._running and self._holds <= 0
+                if self._closing and idle:
                     break
         finally:
             self._stopping.set()
-            if self._owns_session:
-                self._ray.shutdown()
+            self._session.close()
             self._stopped.set()
-
-    def _step(self) -> bool:
-        """Hand over, wait for and deliver tasks once; False when closed and idle."""
-        self._fill()
-        with self._lock:
-            refs = list(self._running)
-            idle = not self._queue and not refs and self._holds <= 0
-        if self._closing and idle:
-            return False
-        if not refs:
-            self._wake.wait()
-            self._wake.clear()
-            return True
-        ready, rest = self._ray.wait(refs, num_returns=1, timeout=self._wait_time())
-        if ready:
-            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0) if rest else ([], [])
-            self._deliver(ready + more)
-        self._expire()
-        return True
 
     def _session_lost(self, cause: BaseException | None) -> None:
         """The Ray session went away under the engine: it is broken, every task fails."""
@@ -375,28 +431,30 @@ class RayEngine:
 
     def _wait_time(self) -> float:
         with self._lock:
-            deadlines = [f.deadline for f in self._running.values() if f.deadline is not None]
+            deadlines = [f.deadline for f in self._running if f.deadline is not None]
         if not deadlines:
-            return _POLL
-        return max(0.0, min(_POLL, min(deadlines) - time.monotonic()))
+            return _CHECK
+        return max(0.0, min(_CHECK, min(deadlines) - time.monotonic()))
 
-    def _deliver(self, refs: list[Any]) -> None:
-        for ref in refs:
-            with self._lock:
-                flight = self._running.pop(ref, None)
-                if flight is not None and flight.task.timeout is not None:
-                    self._timed -= 1
-            if flight is None:
-                continue  # stopped or timed out meanwhile
-            ok, value = self._outcome(ref)
-            try:
-                flight.task.on_done(ok, value)
-            except BaseException:  # a front end's callback must not stop delivery
-                pass
-
-    def _outcome(self, ref: Any) -> tuple[bool, Any]:
+    def _deliver(self, flight: _InFlight) -> None:
+        with self._lock:
+            if flight not in self._running:
+                return  # stopped or timed out meanwhile
+            del self._running[flight]
+            if flight.task.timeout is not None:
+                self._timed -= 1
+        ok, value = self._outcome(flight.future)
+        if ok == _INIT_FAILED:
+            self._initializer_failed(value)
+            return
         try:
-            encoded = self._ray.get(ref)
+            flight.task.on_done(ok, value)
+        except BaseException:  # a front end's callback must not stop delivery
+            pass
+
+    def _outcome(self, future: Any) -> tuple[Any, Any]:
+        try:
+            encoded = future.result(timeout=0)
         except self._ray.exceptions.RayError as exc:  # the worker died, or Ray lost it
             from ..errors import WorkerLostError
 
@@ -418,16 +476,22 @@ class RayEngine:
             error = ResultUnpicklingError(msg)
             error.__cause__ = exc
             return False, error
-        if not ok and text:
+        if ok is not True and text:
             value = attach_remote_traceback(value, text)
         return ok, value
+
+    def _initializer_failed(self, exc: BaseException) -> None:
+        """A worker process that joined later could not run the initializer: break the pool."""
+        error = _initializer_error(exc)
+        self.broken = error
+        self.stop(error)
 
     def _expire(self) -> None:
         now = time.monotonic()
         with self._lock:
-            late = [f for f in self._running.values() if f.deadline and f.deadline <= now]
+            late = [f for f in self._running if f.deadline is not None and f.deadline <= now]
             for flight in late:
-                del self._running[flight.ref]
+                del self._running[flight]
                 self._timed -= 1
         for flight in late:
             try:
@@ -444,61 +508,69 @@ class RayEngine:
                 pass
 
 
-def start_ray_engine(
-    workers: int | None,
-    address: str | None = None,
-    *,
-    initializer: Callable[..., object] | None = None,
-    max_tasks: int | None = None,
-    max_memory: int | None = None,
-) -> RayEngine:
-    """Start a ``RayEngine`` on a Ray session: the one running, or one it starts.
+def _initializer_error(exc: BaseException) -> BaseException:
+    from ..errors import InitializerError
 
-    Order: a session already initialised in this process (left running at the
-    end); else ``ray.init(address)`` (``address`` or ``RAY_ADDRESS`` connects to
-    a cluster; neither starts a local one sized for ``workers`` with the
-    dashboard off, a 200 MiB object store and no usage reporting), shut down
-    when the engine stops. ``initializer``, ``max_tasks`` and ``max_memory``
-    (``EngineSpec``'s) are not supported yet: given, they raise rather than
-    being ignored.
+    msg = (
+        f"the pool's initializer raised {type(exc).__name__}: {exc} in a Ray worker; "
+        "the pool cannot run tasks. Fix the initializer and create a new pool."
+    )
+    error = InitializerError(msg)
+    error.__cause__ = exc
+    return error
+
+
+def _check_initializer(session: Session, spec: EngineSpec, options: dict[str, Any]) -> Any:
+    """Place the initializer in the object store and run it once now, in a worker.
+
+    Returns the ``init`` argument of every task. Run eagerly so that an
+    initializer that raises fails ``Pool()`` (the executor's first submit), as
+    on the Dask backend, rather than every task later.
 
     Raises:
-        ImportError: Ray is not installed (the message names the pip command).
-        NotImplementedError: ``initializer``, ``max_tasks`` or ``max_memory`` given.
+        InitializerError: it raised (its error, with the remote traceback, is the cause).
     """
-    for name, value in (
-        ("initializer", initializer),
-        ("maxtasksperchild/max_tasks_per_child", max_tasks),
-        ("max_memory", max_memory),
-    ):
-        if value is not None:
-            msg = (
-                f"{name} is not supported on the Ray backend yet; "
-                "run without it, or use the local process backend"
-            )
-            raise NotImplementedError(msg)
+    ray = session.ray
+    init = (uuid.uuid4().hex, [ray.put((spec.initializer, spec.initargs))])
+    probe = ray.remote(_run_initializer).options(**options, max_retries=0)
+    failed = ray.get(probe.remote(init))
+    if failed is not None:
+        exc, text = reduction.ForkingPickler.loads(failed)
+        raise _initializer_error(attach_remote_traceback(exc, text))
+    return init
+
+
+def start_ray_engine(spec: EngineSpec) -> RayEngine:
+    """The engine on the Ray cluster ``spec.backend`` (a ``corral.backends.Ray``) points at.
+
+    ``spec.workers`` 0 means the cluster's CPUs (divided by ``num_cpus`` of
+    the backend's ``remote_args``). ``spec.max_tasks`` becomes Ray's
+    ``max_calls``: a worker process exits after that many of the pool's tasks.
+
+    Raises:
+        ImportError: Ray is not installed (the message names the extra).
+        InitializerError: the initializer raised in a worker (the session a
+            failed start began is released).
+        ValueError: ``max_memory_per_child`` (not supported on Ray), or an
+            ``address`` other than the cluster this process is connected to.
+    """
+    if spec.max_memory is not None:
+        msg = (
+            "max_memory_per_child is not supported on the Ray backend (Ray's own memory "
+            "monitor kills workers); leave it None"
+        )
+        raise ValueError(msg)
+    import_ray()
+    remote_args = dict(getattr(spec.backend, "remote_args", None) or {})
+    session = connect(spec.backend, spec.workers)
     try:
-        import ray
-    except ImportError as exc:
-        msg = "the Ray backend needs ray: pip install 'corral[ray]'"
-        raise ImportError(msg) from exc
-    owns_session = not ray.is_initialized()
-    if owns_session:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in $HOME
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=workers or os.cpu_count() or 1,
-                include_dashboard=False,
-                object_store_memory=200 * 1024 * 1024,
-                log_to_driver=False,
-            )
-    try:
-        size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return RayEngine(size, owns_session=owns_session)
+        init = None
+        if spec.initializer is not None:
+            init = _check_initializer(session, spec, {"num_cpus": 1, **remote_args})
+        size = spec.workers or session.capacity(float(remote_args.get("num_cpus", 1)))
+        return RayEngine(
+            session, size, remote_args=remote_args, init=init, max_tasks=spec.max_tasks
+        )
     except BaseException:
-        if owns_session:
-            ray.shutdown()
+        session.close()
         raise
