@@ -207,11 +207,13 @@ class RayEngine:
         ray = session.ray
         self._ray = ray
         self._session = session
-        options: dict[str, Any] = {"num_cpus": 1, **(remote_args or {})}
-        options.update(max_retries=0, retry_exceptions=False)
+        # max_calls (Ray retires a worker process after that many calls) is
+        # accepted by ray.remote only, not by .options().
+        fixed: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False}
         if max_tasks is not None:
-            options["max_calls"] = max_tasks  # Ray retires the process after that many
-        self._remote = ray.remote(_run).options(**options)
+            fixed["max_calls"] = max_tasks
+        options: dict[str, Any] = {"num_cpus": 1, **(remote_args or {})}
+        self._remote = ray.remote(**fixed)(_run).options(**options)
         self._init = init
         self.size = size
         self.broken: BaseException | None = None
