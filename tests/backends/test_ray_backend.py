@@ -246,3 +246,29 @@ def test_pools_share_the_session_corral_started(
     result = run_script(tmp_path, TWO_POOLS, timeout=90)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+def sum_and_scribble(array: object) -> tuple[float, bool]:
+    import numpy as np
+
+    assert isinstance(array, np.ndarray)
+    total = float(array.sum())
+    array[0] = -1.0  # arrives writable, as with the stdlib's pool
+    return total, array.flags.writeable
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_big_arrays_travel_through_the_object_store_copied_at_the_call() -> None:
+    np = pytest.importorskip("numpy")
+    array = np.ones((4 << 20) // 8)  # 4 MiB: out of the pickle, through ray.put
+    with corral.Pool(2, backend="ray") as pool:
+        first = pool.apply_async(sum_and_scribble, (array,))
+        array[:] = 2.0  # after the call: the task still sees the array as it was
+        assert first.get(60) == (float(len(array)), True)
+        assert array[0] == 2.0  # the worker wrote to its own copy
+        handle = pool._engine.share(np.arange(3.0))
+        assert pool.apply(lambda a, h: float(a.sum() + h.sum()), (array, handle)) == (
+            2.0 * len(array) + 3.0
+        )
+        results = pool.map(sum_and_scribble, [array] * 3)
+        assert results == [(2.0 * len(array), True)] * 3

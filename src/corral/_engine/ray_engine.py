@@ -26,6 +26,7 @@ deadline passes): no polling. The session is found or started by
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 import time
@@ -41,7 +42,7 @@ from .ray_cluster import Session, connect, import_ray
 
 _WINDOW = 4  # tasks submitted to the cluster beyond its capacity
 _CHECK = 1.0  # seconds between checks that the session still exists, when idle
-_OWNED = ("max_retries", "retry_exceptions")  # task options corral sets itself
+_BIG = 1 << 20  # buffers this big travel through the object store, out of the pickle
 
 # Shared handles met while pickling a task in this thread (their ObjectRefs go
 # to Ray as top-level arguments, which Ray resolves in the worker), and, in a
@@ -82,6 +83,10 @@ class RayShared:
                 "of the Ray engine that shared it"
             )
             raise TypeError(msg)
+        # The same handle twice (or a task pickled again) keeps one index.
+        for index, ref in enumerate(refs):
+            if ref is self.ref:
+                return _shared_value, (index,)
         refs.append(self.ref)
         return _shared_value, (len(refs) - 1,)
 
@@ -121,8 +126,19 @@ def _traceback_text(exc: BaseException) -> str:
     return text
 
 
-def _run(kind: int, payload: bytes, init: tuple[str, list[Any]] | None, *shared: Any) -> bytes:
-    """(In a Ray worker) run one corral task; never raise: pickled (ok, value, traceback)."""
+def _run(
+    kind: int,
+    payload: bytes,
+    init: tuple[str, list[Any]] | None,
+    buffers: list[Any] | None,
+    *shared: Any,
+) -> bytes:
+    """(In a Ray worker) run one corral task; never raise: pickled (ok, value, traceback).
+
+    ``buffers`` (the task's big buffers, which Ray maps read-only from its
+    object store) are copied once, so that arrays arrive writable, as with
+    the stdlib's pool.
+    """
     try:
         _initialise(init)
     except BaseException as exc:
@@ -130,7 +146,11 @@ def _run(kind: int, payload: bytes, init: tuple[str, list[Any]] | None, *shared:
     try:
         _collect.values = shared
         try:
-            fn, args, kwargs = reduction.ForkingPickler.loads(payload)
+            if buffers:
+                copies = [bytearray(buffer) for buffer in buffers]
+                fn, args, kwargs = reduction.ForkingPickler.loads(payload, buffers=copies)
+            else:
+                fn, args, kwargs = reduction.ForkingPickler.loads(payload)
         finally:
             _collect.values = None
         if kind == CALL:
@@ -148,25 +168,38 @@ def _run(kind: int, payload: bytes, init: tuple[str, list[Any]] | None, *shared:
         return reduction.ForkingPickler.dumps((False, error, outcome[2]))
 
 
-def _encode_task(call: tuple[Any, Any, Any]) -> bytes:
+def _encode_task(call: tuple[Any, Any, Any]) -> tuple[bytes, list[memoryview]]:
     """Pickle a task as corral does, but with ``__main__``'s definitions by value.
 
-    A Ray worker's ``__main__`` is Ray's own worker script, never the user's,
-    so a function of the user's script must travel by value (cloudpickle).
+    Returns the pickle and its big buffers (``_BIG`` bytes or more: NumPy
+    arrays...), kept out of it as views of the caller's memory. A Ray worker's
+    ``__main__`` is Ray's own worker script, never the user's, so a task that
+    refers to the user's script travels by value (cloudpickle).
 
     Raises:
         SerializationError: something in ``call`` cannot be pickled.
     """
-    payload = reduction.ForkingPickler.dumps(call)
+    payload, buffers = reduction.dumps_with_buffers(call, _BIG)
     if b"__main__" not in payload:
-        return payload
+        return payload, buffers
     import cloudpickle
 
     from ..errors import SerializationError
 
-    del _collect.refs[:]  # pickled again below
+    buffers = []
+
+    def keep_big(buffer: Any) -> bool:  # falsy: out of band
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: pickled in band
+            return True
+        if view.nbytes < _BIG:
+            return True
+        buffers.append(view)
+        return False
+
     try:
-        return cloudpickle.dumps(call, protocol=5)
+        return cloudpickle.dumps(call, protocol=5, buffer_callback=keep_big), buffers
     except Exception as exc:
         msg = f"the task cannot be pickled for Ray: {exc}"
         raise SerializationError(msg) from exc
@@ -253,11 +286,17 @@ class RayEngine:
         """
         _collect.refs = []
         try:
-            payload = _encode_task((fn, args, kwargs or {}))
+            payload, buffers = _encode_task((fn, args, kwargs or {}))
             refs = _collect.refs
         finally:
             _collect.refs = None
-        task = Task(kind, payload, on_done, timeout, claim, tag, len(payload))
+        size = len(payload) + sum(view.nbytes for view in buffers)
+        if buffers:
+            # Copied now, as the stdlib copies at the call: the caller may change
+            # its array once the call returns. Into Ray's object store only
+            # when the task is handed to Ray (a full store spills to disk).
+            payload = (payload, [bytearray(view) for view in buffers])
+        task = Task(kind, payload, on_done, timeout, claim, tag, size)
         task.transfer = refs
         return task
 
@@ -368,6 +407,8 @@ class RayEngine:
         while not self._stopping.is_set():
             with self._lock:
                 limit = self.size if self._timed else self.size + _WINDOW
+                if self._queue and self._queue[0].size >= _BIG:
+                    limit = self.size  # big tasks wait in corral, not in Ray's store
                 if not self._queue or len(self._running) >= limit:
                     return
                 task = self._queue.popleft()
@@ -382,7 +423,11 @@ class RayEngine:
                         self._timed -= 1
                 continue
             shared = task.transfer or ()
-            flight.ref = self._remote.remote(task.kind, task.payload, self._init, *shared)
+            payload, buffers = task.payload if type(task.payload) is tuple else (task.payload, None)
+            if buffers:  # out of band: Ray places them in its store with no pickling
+                buffers = [pickle.PickleBuffer(buffer) for buffer in buffers]
+            flight.ref = self._remote.remote(task.kind, payload, self._init, buffers, *shared)
+            task.payload = None  # Ray holds its copy now
             if task.timeout is not None:
                 flight.deadline = time.monotonic() + task.timeout
             flight.future = flight.ref.future()
@@ -396,18 +441,24 @@ class RayEngine:
         self._delivering.on = True
         try:
             while not self._stopping.is_set():
+                batch = []
                 try:
-                    flight = self._done.get(timeout=self._wait_time())
+                    batch.append(self._done.get(timeout=self._wait_time()))
+                    while True:  # and whatever else completed meanwhile
+                        batch.append(self._done.get_nowait())
                 except queue.Empty:
-                    flight = None
+                    pass
                 # Any Ray call without a session would start a new one (Ray's
                 # auto-init): check first, and fail what is left if it is gone.
                 if not self._ray.is_initialized():
                     self._session_lost(None)
                     break
-                if flight is not None:
-                    self._deliver(flight)
-                self._expire()
+                for flight in batch:
+                    if flight is not None:
+                        self._deliver(flight)
+                        self._fill()
+                if self._timed:
+                    self._expire()
                 self._fill()
                 with self._lock:
                     idle = not self._queue and not self._running and self._holds <= 0
@@ -432,6 +483,8 @@ class RayEngine:
         self.stop(error)
 
     def _wait_time(self) -> float:
+        if not self._timed:
+            return _CHECK
         with self._lock:
             deadlines = [f.deadline for f in self._running if f.deadline is not None]
         if not deadlines:
