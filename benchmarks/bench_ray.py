@@ -7,7 +7,8 @@ pools, each made once and warmed up; they run alternately (``_harness.compare``,
 the "stdlib" column is Ray's Pool). corral's is ``corral.Pool(2, backend="ray")``.
 Reported:
 
-* per call: sequential ``apply`` (one round trip at a time: delivery latency);
+* per call: sequential ``apply`` (one round trip at a time: delivery latency),
+  alone and while another task runs (a result must not wait for older tasks);
 * per task: ``apply_async`` of a tiny call, N at once, then every ``get``;
 * per item: ``imap(chunksize=1)``;
 * ``map`` over many tiny items (each pool's default chunksize);
@@ -97,6 +98,24 @@ def main() -> None:
             apply(ours),
             apply(theirs),
             rounds=ROUNDS,
+            other="ray Pool",
+        )
+
+        def apply_beside_a_long_task(pool):
+            def run():
+                long = pool.apply_async(time.sleep, (1.0,))
+                time.sleep(0.1)  # it runs
+                elapsed = timed(lambda: [pool.apply(abs, (-i,)) for i in range(50)]) / 50
+                long.get(60)
+                return elapsed
+
+            return run
+
+        compare(
+            "apply x50 while a 1 s task runs, per call",
+            apply_beside_a_long_task(ours),
+            apply_beside_a_long_task(theirs),
+            rounds=3,
             other="ray Pool",
         )
 

@@ -98,6 +98,9 @@ def connect(backend: Any, workers: int) -> Session:
             return Session(ray, owned=True)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in $HOME
+        # A task the memory monitor kills is a lost task too: never rerun (Ray
+        # counts OOM retries apart from max_retries).
+        os.environ.setdefault("RAY_task_oom_retries", "0")
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, log_to_driver=False)
         else:

@@ -6,7 +6,7 @@ How a task travels::
     new_task: ForkingPickler.dumps (shared handles -> ObjectRefs)
     submit: queue (deque) -> _fill: claim(),
             _remote.remote(kind, payload, init, *refs) -> _run: initializer once
-            ref.future() done-callback                     per process and pool,
+            ref._on_completed callback                     per process and pool,
                  |                                         loads, call, dumps
     delivery thread (one): _done.get() <-------------------- (never raises)
             decode -> on_done(ok, value), _fill()
@@ -19,7 +19,8 @@ starts at once and its clock is its run time); the rest waits in corral, where
 with ``WorkerLostError`` (Ray's error as ``__cause__``), never a silent rerun.
 A ``task_timeout`` force-cancels the task (Ray kills its worker process) and
 fails it with ``TaskTimeoutError``. Completions arrive through each
-ObjectRef's done-callback, so the delivery thread sleeps until one does (or a
+ObjectRef's completion callback (``_on_completed``, what ``ref.future()``
+builds on, without the ``Future``), so the delivery thread sleeps until one does (or a
 deadline passes): no polling. The session is found or started by
 ``ray_cluster.connect``, which alone decides whether it is shut down.
 """
@@ -33,6 +34,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .. import reduction
@@ -208,12 +210,12 @@ def _encode_task(call: tuple[Any, Any, Any]) -> tuple[bytes, list[memoryview]]:
 class _InFlight:
     """A task handed to Ray: its ObjectRef and its deadline (monotonic), if any."""
 
-    __slots__ = ("deadline", "future", "ref", "task")
+    __slots__ = ("deadline", "outcome", "ref", "task")
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.ref: Any = None
-        self.future: Any = None  # the ref's concurrent.futures.Future
+        self.outcome: Any = None  # what Ray's completion callback got
         self.deadline: float | None = None
 
 
@@ -430,8 +432,7 @@ class RayEngine:
             task.payload = None  # Ray holds its copy now
             if task.timeout is not None:
                 flight.deadline = time.monotonic() + task.timeout
-            flight.future = flight.ref.future()
-            flight.future.add_done_callback(lambda _f, flight=flight: self._done.put(flight))
+            flight.ref._on_completed(partial(self._completed, flight))
             if self._stopping.is_set():  # stop() ran meanwhile and failed the task
                 self._ray.cancel(flight.ref, force=True)
             if flight.deadline is not None:
@@ -498,7 +499,7 @@ class RayEngine:
             del self._running[flight]
             if flight.task.timeout is not None:
                 self._timed -= 1
-        ok, value = self._outcome(flight.future)
+        ok, value = self._outcome(flight.outcome)
         if ok == _INIT_FAILED:
             self._initializer_failed(value)
             return
@@ -507,10 +508,13 @@ class RayEngine:
         except BaseException:  # a front end's callback must not stop delivery
             pass
 
-    def _outcome(self, future: Any) -> tuple[Any, Any]:
-        try:
-            encoded = future.result(timeout=0)
-        except self._ray.exceptions.RayError as exc:  # the worker died, or Ray lost it
+    def _completed(self, flight: _InFlight, outcome: Any) -> None:
+        """(A Ray thread) the task's result, or Ray's error, is here: hand it to delivery."""
+        flight.outcome = outcome
+        self._done.put(flight)
+
+    def _outcome(self, encoded: Any) -> tuple[Any, Any]:
+        if isinstance(encoded, BaseException):  # Ray's error: the worker died, or was lost
             from ..errors import WorkerLostError
 
             msg = (
@@ -520,7 +524,7 @@ class RayEngine:
                 "cause this; corral never reruns a task."
             )
             lost = WorkerLostError(msg)
-            lost.__cause__ = exc
+            lost.__cause__ = encoded
             return False, lost
         try:
             ok, value, text = reduction.ForkingPickler.loads(encoded)
