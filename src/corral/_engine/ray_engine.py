@@ -297,8 +297,10 @@ class RayEngine:
             # Copied now, as the stdlib copies at the call: the caller may change
             # its array once the call returns. Into Ray's object store only
             # when the task is handed to Ray (a full store spills to disk).
-            payload = (payload, [bytearray(view) for view in buffers])
-        task = Task(kind, payload, on_done, timeout, claim, tag, size)
+            copies = [bytearray(view) for view in buffers]
+            task = Task(kind, (payload, copies), on_done, timeout, claim, tag, size)
+        else:
+            task = Task(kind, payload, on_done, timeout, claim, tag, size)
         task.transfer = refs
         return task
 
