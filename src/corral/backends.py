@@ -56,10 +56,10 @@ class Ray:
         address: a cluster address (``"10.0.0.5:6379"``, ``"ray://host:10001"``
             or ``"auto"``) to connect to; corral disconnects at the end and never
             stops the cluster.
-        remote_args: options given to every task (Ray's ``.options(...)``):
+        remote_args: options of every worker, a Ray actor (``.options(...)``):
             ``num_cpus``, ``num_gpus``, ``resources``, ``runtime_env``,
             ``scheduling_strategy``... ``processes``/``max_workers`` default to
-            the cluster's CPUs divided by ``num_cpus``.
+            the cluster's CPUs divided by ``num_cpus`` (1 by default).
 
     With no address the cluster is, in order: ``RAY_ADDRESS``, the session
     already initialised in this process (``ray.init``, left running), else a
@@ -67,9 +67,10 @@ class Ray:
 
     Raises:
         TypeError: ``remote_args`` is not a dict with string keys.
-        ValueError: ``remote_args`` sets ``max_retries`` or ``retry_exceptions``
-            (corral never lets Ray rerun a task: a lost task fails with
-            ``WorkerLostError``) or ``max_calls`` (use ``maxtasksperchild``).
+        ValueError: ``remote_args`` sets ``max_retries``, ``retry_exceptions``,
+            ``max_restarts`` or ``max_task_retries`` (corral never lets Ray rerun
+            a task: a lost task fails with ``WorkerLostError``) or ``max_calls``
+            (use ``maxtasksperchild``).
     """
 
     name = "ray"
@@ -82,7 +83,7 @@ class Ray:
         if not isinstance(remote_args, dict) or not all(isinstance(k, str) for k in remote_args):
             msg = f"remote_args must be a dict of Ray task options, not {remote_args!r}"
             raise TypeError(msg)
-        for key in ("max_retries", "retry_exceptions"):
+        for key in ("max_retries", "retry_exceptions", "max_restarts", "max_task_retries"):
             if key in remote_args:
                 msg = (
                     f"remote_args may not set {key!r}: corral never lets Ray rerun a task "

@@ -62,7 +62,7 @@ def _stop_groups(pgids: list[int]) -> None:
                 proc.send_signal(sig)
             except psutil.Error:
                 pass
-        _gone, alive = psutil.wait_procs(procs, timeout=10)
+        _gone, alive = psutil.wait_procs(procs, timeout=5 if sig == signal.SIGTERM else 10)
         alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         if not alive:
             return

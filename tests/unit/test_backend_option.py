@@ -81,6 +81,8 @@ def test_ray_reaches_the_registry_like_dask(inline_ray, backend):
     [
         ({"max_retries": 3}, ValueError, r"may not set 'max_retries': corral never lets Ray rerun"),
         ({"retry_exceptions": True}, ValueError, r"may not set 'retry_exceptions'"),
+        ({"max_restarts": -1}, ValueError, r"may not set 'max_restarts'"),
+        ({"max_task_retries": 2}, ValueError, r"may not set 'max_task_retries'"),
         ({"max_calls": 2}, ValueError, r"'max_calls'; use maxtasksperchild"),
         ([("num_cpus", 1)], TypeError, r"remote_args must be a dict of Ray task options"),
     ],

@@ -2,25 +2,28 @@
 
 How a task travels::
 
-    caller thread                                       Ray worker process
-    new_task: ForkingPickler.dumps (shared handles -> ObjectRefs)
-    submit: queue (deque) -> _fill: claim(),
-            _remote.remote(kind, payload, init, *refs) -> _run: initializer once
-            ref._on_completed callback                     per process and pool,
-                 |                                         loads, call, dumps
-    delivery thread (one): _done.get() <-------------------- (never raises)
-            decode -> on_done(ok, value), _fill()
+    caller thread                                   worker: a Ray actor (a process)
+    new_task: pickle (shared handles -> ObjectRefs,
+              big buffers out of band)
+    submit: queue (deque) -> _fill: an idle actor,
+            claim(), actor.run.remote(...)  ------> _run: initializer once per
+            ref._on_completed callback                 process and pool, loads,
+                 |                                     call, dumps (never raises)
+    delivery thread (one): _done.get() <------------------
+            decode -> on_done(ok, value), actor idle again, _fill()
 
-At most ``size + _WINDOW`` tasks are in Ray at once (``size`` alone while a
-task with a ``task_timeout`` is queued or running, so that a submitted task
-starts at once and its clock is its run time); the rest waits in corral, where
-``cancel_queued`` takes it back exactly. Tasks run with ``max_retries=0`` and
-``retry_exceptions=False``: a worker that dies mid-task fails that task alone
-with ``WorkerLostError`` (Ray's error as ``__cause__``), never a silent rerun.
-A ``task_timeout`` force-cancels the task (Ray kills its worker process) and
-fails it with ``TaskTimeoutError``. Completions arrive through each
-ObjectRef's completion callback (``_on_completed``, what ``ref.future()``
-builds on, without the ``Future``), so the delivery thread sleeps until one does (or a
+Each worker is an actor (``_Worker``) that corral starts, replaces and kills
+itself. A task goes to an idle actor only, so at most ``size`` tasks are in Ray;
+the rest waits in corral, where ``cancel_queued`` takes it back exactly, a task
+starts as it is handed over (its ``task_timeout`` counts run time) and a dying
+actor holds no task but the one it runs. Actors run with ``max_restarts=0`` and
+``max_task_retries=0``: an actor that dies mid-task fails that task alone with
+``WorkerLostError`` (Ray's error as ``__cause__``), never a silent rerun, and a
+new actor takes its place. A ``task_timeout`` kills the actor (stopping the
+task) and fails the task with ``TaskTimeoutError``; ``maxtasksperchild``
+replaces an actor after that many tasks. Completions arrive through each
+ObjectRef's completion callback (``_on_completed``, what ``ref.future()`` builds
+on, without the ``Future``), so the delivery thread sleeps until one does (or a
 deadline passes): no polling. The session is found or started by
 ``ray_cluster.connect``, which alone decides whether it is shut down.
 """
@@ -42,7 +45,6 @@ from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceba
 from .contract import CALL, MAP, EngineSpec, Task
 from .ray_cluster import Session, connect, import_ray
 
-_WINDOW = 4  # tasks submitted to the cluster beyond its capacity
 _CHECK = 1.0  # seconds between checks that the session still exists, when idle
 _BIG = 1 << 20  # buffers this big travel through the object store, out of the pickle
 
@@ -170,6 +172,35 @@ def _run(
         return reduction.ForkingPickler.dumps((False, error, outcome[2]))
 
 
+class _Worker:
+    """(A Ray actor: one worker process of a pool) runs the pool's tasks, one at a time."""
+
+    def ready(self, init: tuple[str, list[Any]] | None) -> bytes | None:
+        """Run the initializer now; None, or its pickled (error, traceback)."""
+        return None if init is None else _run_initializer(init)
+
+    def run(
+        self,
+        kind: int,
+        payload: bytes,
+        init: tuple[str, list[Any]] | None,
+        buffers: list[Any] | None,
+        *shared: Any,
+    ) -> bytes:
+        """Run one task (see ``_run``)."""
+        return _run(kind, payload, init, buffers, *shared)
+
+
+class _Actor:
+    """The engine's side of one ``_Worker`` actor: its handle and the tasks it ran."""
+
+    __slots__ = ("handle", "tasks")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.tasks = 0
+
+
 def _encode_task(call: tuple[Any, Any, Any]) -> tuple[bytes, list[memoryview]]:
     """Pickle a task as corral does, but with ``__main__``'s definitions by value.
 
@@ -210,10 +241,11 @@ def _encode_task(call: tuple[Any, Any, Any]) -> tuple[bytes, list[memoryview]]:
 class _InFlight:
     """A task handed to Ray: its ObjectRef and its deadline (monotonic), if any."""
 
-    __slots__ = ("deadline", "outcome", "ref", "task")
+    __slots__ = ("actor", "deadline", "outcome", "ref", "task")
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, actor: _Actor) -> None:
         self.task = task
+        self.actor = actor
         self.ref: Any = None
         self.outcome: Any = None  # what Ray's completion callback got
         self.deadline: float | None = None
@@ -224,10 +256,11 @@ class RayEngine:
 
     Args:
         session: the session (``ray_cluster.connect``), released when the engine stops.
-        size: how many tasks run at once (the cluster's CPUs by default).
-        remote_args: options of every task (``num_cpus``, ``resources``, ...).
+        size: how many workers (actors), so how many tasks run at once.
+        actor_class: the ``_Worker`` actor class with its options, to replace workers.
         init: ``(token, [ObjectRef of (initializer, initargs)])``, or None.
-        max_tasks: a Ray worker process exits after this many of the pool's tasks.
+        max_tasks: a worker (actor) is replaced after this many tasks.
+        actors: the workers, already started (``start_actors``).
     """
 
     def __init__(
@@ -235,20 +268,18 @@ class RayEngine:
         session: Session,
         size: int,
         *,
-        remote_args: dict[str, Any] | None = None,
+        actor_class: Any,
+        actors: list[_Actor],
         init: tuple[str, list[Any]] | None = None,
         max_tasks: int | None = None,
     ) -> None:
         ray = session.ray
         self._ray = ray
         self._session = session
-        # max_calls (Ray retires a worker process after that many calls) is
-        # accepted by ray.remote only, not by .options().
-        fixed: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False}
-        if max_tasks is not None:
-            fixed["max_calls"] = max_tasks
-        options: dict[str, Any] = {"num_cpus": 1, **(remote_args or {})}
-        self._remote = ray.remote(**fixed)(_run).options(**options)
+        self._actor_class = actor_class
+        self._idle: deque[_Actor] = deque(actors)
+        self._actors: set[_Actor] = set(actors)
+        self._max_tasks = max_tasks
         self._init = init
         self.size = size
         self.broken: BaseException | None = None
@@ -369,13 +400,9 @@ class RayEngine:
             self._running.clear()
             self._timed = 0
         self._stopping.set()
-        for flight in running if self._ray.is_initialized() else ():  # no auto-init
-            if flight.ref is None:
-                continue  # _fill, in another thread, cancels it on seeing the stop
-            try:
-                self._ray.cancel(flight.ref, force=hard)
-            except Exception:  # already finished, or the session is gone
-                pass
+        if self._ray.is_initialized():  # (any Ray call without a session starts one)
+            for actor in list(self._actors):
+                self._kill(actor)
         if error is not None:
             for task in [flight.task for flight in running] + queued:
                 task.on_done(False, error)
@@ -407,22 +434,23 @@ class RayEngine:
     # ------------------------------------------------------------- inside
 
     def _fill(self) -> None:
-        """Hand queued tasks to Ray up to the in-flight limit (any thread)."""
+        """Hand queued tasks to idle workers, one task per worker (any thread).
+
+        A worker never holds a task waiting behind the one it runs, so its
+        death fails that task alone, and a task starts as it is handed over
+        (its ``task_timeout`` counts run time).
+        """
         while not self._stopping.is_set():
             with self._lock:
-                limit = self.size if self._timed else self.size + _WINDOW
-                if self._queue and self._queue[0].size >= _BIG:
-                    limit = self.size  # big tasks wait in corral, not in Ray's store
-                if not self._queue or len(self._running) >= limit:
+                if not self._queue or not self._idle:
                     return
                 task = self._queue.popleft()
-                # Counted as running before it reaches Ray: another thread's
-                # _fill sees the slot taken.
-                flight = _InFlight(task)
+                flight = _InFlight(task, self._idle.popleft())
                 self._running[flight] = None
             if task.claim is not None and not task.claim():
                 with self._lock:
                     self._running.pop(flight, None)
+                    self._idle.appendleft(flight.actor)
                     if task.timeout is not None:
                         self._timed -= 1
                 continue
@@ -430,15 +458,35 @@ class RayEngine:
             payload, buffers = task.payload if type(task.payload) is tuple else (task.payload, None)
             if buffers:  # out of band: Ray places them in its store with no pickling
                 buffers = [pickle.PickleBuffer(buffer) for buffer in buffers]
-            flight.ref = self._remote.remote(task.kind, payload, self._init, buffers, *shared)
+            run = flight.actor.handle.run
+            flight.ref = run.remote(task.kind, payload, self._init, buffers, *shared)
             task.payload = None  # Ray holds its copy now
             if task.timeout is not None:
                 flight.deadline = time.monotonic() + task.timeout
             flight.ref._on_completed(partial(self._completed, flight))
             if self._stopping.is_set():  # stop() ran meanwhile and failed the task
-                self._ray.cancel(flight.ref, force=True)
+                self._kill(flight.actor)
             if flight.deadline is not None:
                 self._done.put(None)  # the delivery thread recomputes its wake-up time
+
+    def _kill(self, actor: _Actor) -> None:
+        """Kill a worker actor (its running task, if any, is lost); never raise."""
+        with self._lock:
+            self._actors.discard(actor)
+        try:
+            self._ray.kill(actor.handle)
+        except Exception:  # already dead, or the session is gone
+            pass
+
+    def _replace(self, actor: _Actor) -> None:
+        """Kill ``actor`` and start a new worker in its place (delivery thread)."""
+        self._kill(actor)
+        if self._stopping.is_set() or not self._ray.is_initialized():
+            return
+        fresh = _Actor(self._actor_class.remote())
+        with self._lock:
+            self._actors.add(fresh)
+            self._idle.append(fresh)
 
     def _deliver_loop(self) -> None:
         self._delivering.on = True
@@ -469,6 +517,9 @@ class RayEngine:
                     break
         finally:
             self._stopping.set()
+            if self._ray.is_initialized():
+                for actor in list(self._actors):
+                    self._kill(actor)
             self._session.close()
             self._stopped.set()
 
@@ -505,6 +556,15 @@ class RayEngine:
         if ok == _INIT_FAILED:
             self._initializer_failed(value)
             return
+        actor = flight.actor
+        actor.tasks += 1
+        if isinstance(flight.outcome, BaseException):  # the worker died: a new one
+            self._replace(actor)
+        elif self._max_tasks is not None and actor.tasks >= self._max_tasks:
+            self._replace(actor)  # maxtasksperchild: a new process
+        else:
+            with self._lock:
+                self._idle.append(actor)
         try:
             flight.task.on_done(ok, value)
         except BaseException:  # a front end's callback must not stop delivery
@@ -555,10 +615,7 @@ class RayEngine:
                 del self._running[flight]
                 self._timed -= 1
         for flight in late:
-            try:
-                self._ray.cancel(flight.ref, force=True)  # Ray kills the worker process
-            except Exception:  # it finished meanwhile
-                pass
+            self._replace(flight.actor)  # stops the task: its process is killed
             msg = (
                 f"the task ran longer than its task_timeout ({flight.task.timeout} s); "
                 "its Ray worker was killed and the other tasks continue"
@@ -581,32 +638,41 @@ def _initializer_error(exc: BaseException) -> BaseException:
     return error
 
 
-def _check_initializer(session: Session, spec: EngineSpec, options: dict[str, Any]) -> Any:
-    """Place the initializer in the object store and run it once now, in a worker.
+def start_actors(
+    session: Session, actor_class: Any, count: int, init: tuple[str, list[Any]] | None
+) -> list[_Actor]:
+    """Start ``count`` worker actors; with an initializer, wait until each has run it.
 
-    Returns the ``init`` argument of every task. Run eagerly so that an
-    initializer that raises fails ``Pool()`` (the executor's first submit), as
-    on the Dask backend, rather than every task later.
+    Run eagerly so that an initializer that raises fails ``Pool()`` (the
+    executor's first submit), as on the Dask backend, rather than every task.
 
     Raises:
-        InitializerError: it raised (its error, with the remote traceback, is the cause).
+        InitializerError: it raised (its error, with the remote traceback, is the
+            cause); the actors are killed again.
     """
     ray = session.ray
-    init = (uuid.uuid4().hex, [ray.put((spec.initializer, spec.initargs))])
-    probe = ray.remote(_run_initializer).options(**options, max_retries=0)
-    failed = ray.get(probe.remote(init))
-    if failed is not None:
-        exc, text = reduction.ForkingPickler.loads(failed)
-        raise _initializer_error(attach_remote_traceback(exc, text))
-    return init
+    actors = [_Actor(actor_class.remote()) for _ in range(count)]
+    if init is None:
+        return actors
+    try:
+        failures = ray.get([actor.handle.ready.remote(init) for actor in actors])
+        for failed in failures:
+            if failed is not None:
+                exc, text = reduction.ForkingPickler.loads(failed)
+                raise _initializer_error(attach_remote_traceback(exc, text))
+    except BaseException:
+        for actor in actors:
+            ray.kill(actor.handle)
+        raise
+    return actors
 
 
 def start_ray_engine(spec: EngineSpec) -> RayEngine:
     """The engine on the Ray cluster ``spec.backend`` (a ``corral.backends.Ray``) points at.
 
-    ``spec.workers`` 0 means the cluster's CPUs (divided by ``num_cpus`` of
-    the backend's ``remote_args``). ``spec.max_tasks`` becomes Ray's
-    ``max_calls``: a worker process exits after that many of the pool's tasks.
+    Each worker is a Ray actor (one process). ``spec.workers`` 0 means the
+    cluster's CPUs (divided by ``num_cpus`` of the backend's ``remote_args``).
+    ``spec.max_tasks``: a worker is replaced by a new one after that many tasks.
 
     Raises:
         ImportError: Ray is not installed (the message names the extra).
@@ -625,12 +691,25 @@ def start_ray_engine(spec: EngineSpec) -> RayEngine:
     remote_args = dict(getattr(spec.backend, "remote_args", None) or {})
     session = connect(spec.backend, spec.workers)
     try:
+        ray = session.ray
+        size = spec.workers or session.capacity(float(remote_args.get("num_cpus", 1)))
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        if "num_cpus" not in remote_args:
+            # One CPU each, or an equal share when asked for more workers than
+            # the cluster has CPUs (a worker that cannot be placed would wait).
+            options["num_cpus"] = min(1.0, session.capacity() / size)
+        actor_class = ray.remote(_Worker).options(**options, **remote_args)
         init = None
         if spec.initializer is not None:
-            init = _check_initializer(session, spec, {"num_cpus": 1, **remote_args})
-        size = spec.workers or session.capacity(float(remote_args.get("num_cpus", 1)))
+            init = (uuid.uuid4().hex, [ray.put((spec.initializer, spec.initargs))])
+        actors = start_actors(session, actor_class, size, init)
         return RayEngine(
-            session, size, remote_args=remote_args, init=init, max_tasks=spec.max_tasks
+            session,
+            size,
+            actor_class=actor_class,
+            actors=actors,
+            init=init,
+            max_tasks=spec.max_tasks,
         )
     except BaseException:
         session.close()
