@@ -272,3 +272,17 @@ def test_big_arrays_travel_through_the_object_store_copied_at_the_call() -> None
         )
         results = pool.map(sum_and_scribble, [array] * 3)
         assert results == [(2.0 * len(array), True)] * 3
+
+
+def pid_after(seconds: float) -> int:
+    threading.Event().wait(seconds)
+    return os.getpid()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_more_workers_than_cpus_all_run() -> None:
+    # The module's session has 2 CPUs: 4 workers get half a CPU each and all
+    # start (a worker that could not be placed would leave its task waiting).
+    with corral.Pool(4, backend="ray") as pool:
+        pids = pool.map(pid_after, [1.0] * 4, chunksize=1)
+    assert len(set(pids)) == 4
