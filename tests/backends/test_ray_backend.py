@@ -286,3 +286,22 @@ def test_more_workers_than_cpus_all_run() -> None:
     with corral.Pool(4, backend="ray") as pool:
         pids = pool.map(pid_after, [1.0] * 4, chunksize=1)
     assert len(set(pids)) == 4
+
+
+def record_pid_then_wait(path: str) -> None:
+    with open(path, "w") as file:
+        file.write(str(os.getpid()))
+    threading.Event().wait(300)  # stands for a task that runs too long
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_executor_task_timeout_kills_the_worker_running_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    with corral.ProcessPoolExecutor(2, backend="ray", task_timeout=2) as ex:
+        late = ex.submit(record_pid_then_wait, str(pid_file))
+        with pytest.raises(corral.TaskTimeoutError, match="task_timeout"):
+            late.result(timeout=60)
+        worker = psutil.Process(int(pid_file.read_text()))
+        _gone, alive = psutil.wait_procs([worker], timeout=30)
+        assert not alive, "the task's worker process still runs: the task was not stopped"
+        assert ex.submit(abs, -7).result(timeout=60) == 7  # a new worker took its place
