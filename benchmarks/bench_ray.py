@@ -4,15 +4,18 @@ Run: python benchmarks/bench_ray.py [--quick]   (needs ray: pip install 'corral[
 
 One local session (2 CPUs, dashboard off, 200 MiB object store) serves both
 pools, each made once and warmed up; they run alternately (``_harness.compare``,
-the "stdlib" column is Ray's Pool). Until ``backend="ray"`` is wired into the
-front ends, corral's Pool is put on the Ray engine by replacing its
-``start_engine``. Reported:
+the "stdlib" column is Ray's Pool). corral's is ``corral.Pool(2, backend="ray")``.
+Reported:
 
+* per call: sequential ``apply`` (one round trip at a time: delivery latency),
+  alone and while another task runs (a result must not wait for older tasks);
 * per task: ``apply_async`` of a tiny call, N at once, then every ``get``;
 * per item: ``imap(chunksize=1)``;
 * ``map`` over many tiny items (each pool's default chunksize);
-* a 64 MiB array read by 20 tasks: corral ``share`` once vs Ray's Pool with the
-  array as an argument of each task, as its users write it.
+* a 64 MiB array read by 20 tasks: the array as a plain argument of each
+  ``apply_async`` in both pools, then corral ``share`` once;
+* crash isolation (not timed): 8 ``apply_async`` calls of which one SIGKILLs
+  its worker, then 8 more; how many results each pool returns.
 """
 
 from __future__ import annotations
@@ -31,9 +34,7 @@ import ray
 import ray.util.multiprocessing
 
 import corral
-import corral.pool
 from _harness import compare
-from corral._engine.ray_engine import start_ray_engine
 
 QUICK = "--quick" in sys.argv
 faulthandler.dump_traceback_later(900, exit=True)  # a benchmark must never hang
@@ -44,6 +45,25 @@ ROUNDS = 3 if QUICK else 5
 
 def total(a):
     return float(a.sum())
+
+
+def die_on_three(x):
+    if x == 3:
+        os.kill(os.getpid(), 9)
+    time.sleep(0.05)
+    return x
+
+
+def results_of(pool, n, fn=die_on_three):
+    """How many of n apply_async calls of fn (die_on_three: the 4th kills its worker) return."""
+    pending = [pool.apply_async(fn, (i,)) for i in range(n)]
+    got = 0
+    for r in pending:
+        try:
+            got += r.get(60) is not None
+        except Exception:
+            pass
+    return got
 
 
 def timed(fn):
@@ -58,9 +78,8 @@ def main() -> None:
         num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, log_to_driver=False
     )
     print(f"ray.init (local, 2 CPUs): {time.perf_counter() - t0:.2f} s", flush=True)
-    corral.pool.start_engine = lambda spec: start_ray_engine(spec.workers)
     t0 = time.perf_counter()
-    ours = corral.Pool(2)
+    ours = corral.Pool(2, backend="ray")
     ours.map(abs, range(100))
     print(f"corral Pool(2) on Ray, first map: {time.perf_counter() - t0:.2f} s", flush=True)
     t0 = time.perf_counter()
@@ -70,6 +89,35 @@ def main() -> None:
     try:
         for pool in (ours, theirs):  # warm both
             [r.get(60) for r in [pool.apply_async(abs, (-i,)) for i in range(50)]]
+
+        def apply(pool):
+            return lambda: timed(lambda: [pool.apply(abs, (-i,)) for i in range(100)]) / 100
+
+        compare(
+            "apply x100, sequential, per call",
+            apply(ours),
+            apply(theirs),
+            rounds=ROUNDS,
+            other="ray Pool",
+        )
+
+        def apply_beside_a_long_task(pool):
+            def run():
+                long = pool.apply_async(time.sleep, (1.0,))
+                time.sleep(0.1)  # it runs
+                elapsed = timed(lambda: [pool.apply(abs, (-i,)) for i in range(50)]) / 50
+                long.get(60)
+                return elapsed
+
+            return run
+
+        compare(
+            "apply x50 while a 1 s task runs, per call",
+            apply_beside_a_long_task(ours),
+            apply_beside_a_long_task(theirs),
+            rounds=3,
+            other="ray Pool",
+        )
 
         def apply_async(pool):
             return lambda: (
@@ -112,6 +160,19 @@ def main() -> None:
         )
 
         array = np.ones((64 << 20) // 8)
+
+        def plain(pool):
+            return lambda: timed(
+                lambda: [r.get(120) for r in [pool.apply_async(total, (array,)) for _ in range(20)]]
+            )
+
+        compare(
+            "64 MiB array as an argument of 20 apply_async",
+            plain(ours),
+            plain(theirs),
+            rounds=ROUNDS,
+            other="ray Pool",
+        )
         handle = ours._engine.share(array)
 
         def shared_ours():
@@ -129,11 +190,17 @@ def main() -> None:
             )
 
         compare(
-            "64 MiB array read by 20 tasks",
+            "64 MiB array read by 20 tasks (corral: share() once)",
             shared_ours,
             shared_theirs,
             rounds=ROUNDS,
             other="ray Pool",
+        )
+        print(
+            "crash isolation, 8 apply_async of which one SIGKILLs its worker, then 8 more: "
+            f"corral {results_of(ours, 8)}+{results_of(ours, 8, abs)} of 7+8 results, "
+            f"ray Pool {results_of(theirs, 8)}+{results_of(theirs, 8, abs)}",
+            flush=True,
         )
     finally:
         ours.close()

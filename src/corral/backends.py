@@ -2,7 +2,8 @@
 
 ``backend=None`` (or ``"process"``) runs tasks in worker processes of this
 machine. ``backend="dask"`` or ``backend=Dask(...)`` runs them on a Dask
-cluster through the same front ends (see ``docs/architecture.md``, "Backends").
+cluster, ``backend="ray"`` or ``backend=Ray(...)`` on a Ray cluster, through
+the same front ends (see ``docs/architecture.md``, "Backends").
 Nothing here imports a cluster package; a backend's package is imported when a
 pool first uses it, and a missing one raises ``ImportError`` naming the extra
 to install.
@@ -12,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ("BACKEND_NAMES", "Dask", "as_backend")
+__all__ = ("BACKEND_NAMES", "Dask", "Ray", "as_backend")
 
 # The names ``backend=`` accepts as strings; ``None`` means "process".
-BACKEND_NAMES = ("process", "dask")
+BACKEND_NAMES = ("process", "dask", "ray")
 
 
 class Dask:
@@ -57,6 +58,57 @@ class Dask:
         return f"corral.backends.Dask(client={self.client!r}, address={self.address!r})"
 
 
+class Ray:
+    """Run a pool's tasks on a Ray cluster.
+
+    Args:
+        address: a cluster address (``"10.0.0.5:6379"``, ``"ray://host:10001"``
+            or ``"auto"``) to connect to; corral disconnects at the end and never
+            stops the cluster.
+        remote_args: options of every worker, a Ray actor (``.options(...)``):
+            ``num_cpus``, ``num_gpus``, ``resources``, ``runtime_env``,
+            ``scheduling_strategy``... ``processes``/``max_workers`` default to
+            the cluster's CPUs divided by ``num_cpus`` (1 by default).
+
+    With no address the cluster is, in order: ``RAY_ADDRESS``, the session
+    already initialised in this process (``ray.init``, left running), else a
+    new local session that corral starts and shuts down with the pool.
+
+    Raises:
+        TypeError: ``remote_args`` is not a dict with string keys.
+        ValueError: ``remote_args`` sets ``max_retries``, ``retry_exceptions``,
+            ``max_restarts`` or ``max_task_retries`` (corral never lets Ray rerun
+            a task: a lost task fails with ``WorkerLostError``) or ``max_calls``
+            (use ``maxtasksperchild``).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self, address: str | None = None, remote_args: dict[str, Any] | None = None
+    ) -> None:
+        if remote_args is None:
+            remote_args = {}
+        if not isinstance(remote_args, dict) or not all(isinstance(k, str) for k in remote_args):
+            msg = f"remote_args must be a dict of Ray task options, not {remote_args!r}"
+            raise TypeError(msg)
+        for key in ("max_retries", "retry_exceptions", "max_restarts", "max_task_retries"):
+            if key in remote_args:
+                msg = (
+                    f"remote_args may not set {key!r}: corral never lets Ray rerun a task "
+                    "(a task whose worker died fails alone with WorkerLostError); remove it"
+                )
+                raise ValueError(msg)
+        if "max_calls" in remote_args:
+            msg = "remote_args may not set 'max_calls'; use maxtasksperchild / max_tasks_per_child"
+            raise ValueError(msg)
+        self.address = address
+        self.remote_args = dict(remote_args)
+
+    def __repr__(self) -> str:
+        return f"corral.backends.Ray(address={self.address!r}, remote_args={self.remote_args!r})"
+
+
 def as_backend(backend: Any) -> Any:
     """Normalise a ``backend=`` argument: ``"process"``, or a backend object.
 
@@ -68,7 +120,9 @@ def as_backend(backend: Any) -> Any:
         return "process"
     if backend == "dask":
         return Dask()
-    if isinstance(backend, Dask):
+    if backend == "ray":
+        return Ray()
+    if isinstance(backend, (Dask, Ray)):
         return backend
     if isinstance(backend, str):
         msg = f"unknown backend {backend!r}; expected one of {', '.join(BACKEND_NAMES)}"

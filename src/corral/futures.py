@@ -107,7 +107,8 @@ class ProcessPoolExecutor(Executor):
         isolate_failures: False makes any worker death break the executor.
         backend: where tasks run: None or ``"process"`` (worker processes
             here), ``"dask"`` or ``corral.backends.Dask(...)`` (a Dask cluster;
-            ``max_workers`` then defaults to its worker threads).
+            ``max_workers`` then defaults to its worker threads), ``"ray"`` or
+            ``corral.backends.Ray(...)`` (a Ray cluster; its CPUs).
 
     Raises:
         ValueError: ``max_workers`` < 1 or bad limits, an unknown backend name.

@@ -233,7 +233,8 @@ class Pool:
             like the stdlib's executor; by default only its task fails.
         backend: where tasks run: None or ``"process"`` (worker processes
             here), ``"dask"`` or ``corral.backends.Dask(...)`` (a Dask cluster;
-            ``processes`` then defaults to its worker threads).
+            ``processes`` then defaults to its worker threads), ``"ray"`` or
+            ``corral.backends.Ray(...)`` (a Ray cluster; its CPUs).
 
     Raises:
         ValueError: ``processes`` < 1, bad ``maxtasksperchild`` or ``task_timeout``,

@@ -1,8 +1,8 @@
 """The Ray engine (issue 15) under the unchanged front ends.
 
-``Pool`` and ``ProcessPoolExecutor`` are run on ``RayEngine`` by replacing
-their ``start_engine`` (as ``tests/unit/test_engine_contract.py`` does with a
-toy engine): the backend argument is wired by another change.
+``Pool(backend="ray")`` and ``ProcessPoolExecutor(backend="ray")`` run on
+``RayEngine``; the registry entry is wrapped to keep the engines each test
+made, so that the test can check they all stopped.
 
 One Ray session serves the module (it takes seconds to start); the engines
 find it running and leave it alone. Run this file in a pytest invocation of its
@@ -24,10 +24,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray backend needs ray: pip install 'corral[ray]'")
 
 import corral  # noqa: E402
-import corral.futures  # noqa: E402
-import corral.pool  # noqa: E402
+import corral._engine as engine_package  # noqa: E402
 from corral._engine import EngineSpec  # noqa: E402
 from corral._engine.ray_engine import RayEngine, start_ray_engine  # noqa: E402
+from corral.backends import Ray  # noqa: E402
 
 from ..conftest import run_script  # noqa: E402
 
@@ -79,26 +79,22 @@ def no_leaks() -> Iterator[None]:
 
 @pytest.fixture
 def engines(ray_session: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[RayEngine]]:
-    """Make ``corral.Pool`` and ``corral.ProcessPoolExecutor`` run on Ray engines."""
-    made: list[RayEngine] = []
-
-    def start(spec: EngineSpec) -> RayEngine:
-        made.append(
-            start_ray_engine(
-                spec.workers,
-                initializer=spec.initializer,
-                max_tasks=spec.max_tasks,
-                max_memory=spec.max_memory,
-            )
-        )
-        return made[-1]
-
-    monkeypatch.setattr(corral.pool, "start_engine", start)
-    monkeypatch.setattr(corral.futures, "start_engine", start)
+    """Keep the Ray engines the front ends start (``backend="ray"``)."""
+    made.clear()
+    monkeypatch.setitem(engine_package._REGISTRY, "ray", f"{__name__}:start_and_keep")
     yield made
     for engine in made:
         assert engine.join(timeout=30), "a Ray engine did not stop"
     assert ray.is_initialized(), "an engine shut down a session it did not start"
+
+
+made: list[RayEngine] = []
+
+
+def start_and_keep(spec: EngineSpec) -> RayEngine:
+    """A registry entry: ``start_ray_engine``, keeping the engine in ``made``."""
+    made.append(start_ray_engine(spec))
+    return made[-1]
 
 
 def _exit_on_three(x: int, attempts: str) -> int:
@@ -130,7 +126,7 @@ def _unpicklable_result(_: int) -> _Unpicklable:
 
 
 def test_pool_calls_and_callbacks(engines: list[RayEngine]) -> None:
-    with corral.Pool(2) as pool:
+    with corral.Pool(2, backend="ray") as pool:
         assert pool.apply(divmod, (7, 2)) == (3, 1)
         assert pool.map(abs, range(-50, 50), chunksize=7) == [abs(i) for i in range(-50, 50)]
         assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
@@ -149,13 +145,13 @@ def test_pool_calls_and_callbacks(engines: list[RayEngine]) -> None:
 
 def test_lambdas_and_closures(engines: list[RayEngine]) -> None:
     offset = 100
-    with corral.Pool(2) as pool:
+    with corral.Pool(2, backend="ray") as pool:
         assert pool.map(lambda x: x + offset, range(5)) == [100, 101, 102, 103, 104]
         assert pool.apply(lambda: offset * 2) == 200
 
 
 def test_exception_keeps_its_type_and_the_remote_traceback(engines: list[RayEngine]) -> None:
-    with corral.Pool(2) as pool, pytest.raises(KeyError, match="bad item 7") as info:
+    with corral.Pool(2, backend="ray") as pool, pytest.raises(KeyError, match="bad item 7") as info:
         pool.apply(_fail, (7,))
     cause = info.value.__cause__
     assert isinstance(cause, corral.errors.RemoteTraceback)
@@ -163,7 +159,7 @@ def test_exception_keeps_its_type_and_the_remote_traceback(engines: list[RayEngi
 
 
 def test_unpicklable_argument_raises_at_the_call(engines: list[RayEngine]) -> None:
-    with corral.Pool(2) as pool:
+    with corral.Pool(2, backend="ray") as pool:
         with pytest.raises(corral.errors.SerializationError):
             pool.apply_async(abs, (threading.Lock(),))
         with pytest.raises(corral.errors.MaybeEncodingError, match="not picklable on purpose"):
@@ -175,7 +171,7 @@ def test_a_worker_killed_mid_task_fails_only_that_task(
     engines: list[RayEngine], tmp_path: Path
 ) -> None:
     attempts = tmp_path / "attempts"
-    with corral.Pool(2) as pool:
+    with corral.Pool(2, backend="ray") as pool:
         results = [pool.apply_async(_exit_on_three, (i, str(attempts))) for i in range(8)]
         for i, result in enumerate(results):
             if i == 3:
@@ -189,7 +185,7 @@ def test_a_worker_killed_mid_task_fails_only_that_task(
 
 
 def test_task_timeout_stops_the_task(engines: list[RayEngine]) -> None:
-    with corral.Pool(2, task_timeout=2) as pool:
+    with corral.Pool(2, task_timeout=2, backend="ray") as pool:
         late = pool.apply_async(_wait_forever, (300,))
         quick = pool.apply_async(_wait_forever, (0.01,))
         start = time.monotonic()
@@ -201,7 +197,7 @@ def test_task_timeout_stops_the_task(engines: list[RayEngine]) -> None:
 
 
 def test_terminate_stops_running_tasks(engines: list[RayEngine]) -> None:
-    pool = corral.Pool(2)
+    pool = corral.Pool(2, backend="ray")
     results = [pool.apply_async(_wait_forever, (300,)) for _ in range(6)]
     pool.terminate()
     pool.join()
@@ -210,15 +206,16 @@ def test_terminate_stops_running_tasks(engines: list[RayEngine]) -> None:
             result.get(30)
 
 
-def test_unsupported_pool_options_raise(engines: list[RayEngine]) -> None:
-    with pytest.raises(NotImplementedError, match="initializer is not supported"):
-        corral.Pool(2, initializer=print)
-    with pytest.raises(NotImplementedError, match="maxtasksperchild"):
-        corral.Pool(2, maxtasksperchild=3)
+def test_max_memory_per_child_is_refused(engines: list[RayEngine]) -> None:
+    with pytest.raises(ValueError, match="max_memory_per_child is not supported on the Ray"):
+        corral.Pool(2, backend="ray", max_memory_per_child=2**30)
+    executor = corral.ProcessPoolExecutor(2, backend="ray", max_memory_per_child=2**30)
+    with executor, pytest.raises(ValueError, match="max_memory_per_child is not supported"):
+        executor.submit(abs, 1)
 
 
 def test_cancel_queued_takes_back_tasks_not_yet_in_ray(engines: list[RayEngine]) -> None:
-    engine = start_ray_engine(1)
+    engine = start_ray_engine(EngineSpec(1, backend=Ray()))
     engines.append(engine)
     outcomes: list[tuple[bool, object]] = []
     first_started = threading.Event()
@@ -248,14 +245,14 @@ def test_cancel_queued_takes_back_tasks_not_yet_in_ray(engines: list[RayEngine])
 
 
 def test_share_places_the_object_once(engines: list[RayEngine]) -> None:
-    with corral.Pool(2) as pool:
+    with corral.Pool(2, backend="ray") as pool:
         handle = engines[0].share(list(range(1000)))
         assert pool.map(len, [handle] * 4) == [1000] * 4
         assert pool.apply(sum, (handle,)) == sum(range(1000))
 
 
 def test_executor(engines: list[RayEngine]) -> None:
-    with corral.ProcessPoolExecutor(2) as ex:
+    with corral.ProcessPoolExecutor(2, backend="ray") as ex:
         assert ex.submit(pow, 2, 10).result(30) == 1024
         assert list(ex.map(pow, [2, 3], [2, 2], timeout=30)) == [4, 9]
         with pytest.raises(KeyError):
@@ -266,9 +263,11 @@ def test_a_session_corral_starts_is_shut_down(tmp_path: Path, ray_session: None)
     """In a fresh interpreter: no session before, none (and no Ray process) after."""
     code = """
         import psutil, ray
+        from corral._engine import EngineSpec
         from corral._engine.ray_engine import start_ray_engine
+        from corral.backends import Ray
 
-        engine = start_ray_engine(1)
+        engine = start_ray_engine(EngineSpec(1, backend=Ray()))
         done = []
         engine.submit(engine.new_task(0, abs, (-2,), None, lambda ok, v: done.append(v)))
         engine.close()

@@ -16,7 +16,7 @@ import pytest
 import corral
 import corral._engine as engine_package
 from corral._engine import EngineSpec, start_engine
-from corral.backends import Dask, as_backend
+from corral.backends import Dask, Ray, as_backend
 from corral.pool import ThreadPool
 
 from .test_engine_contract import InlineEngine
@@ -41,6 +41,13 @@ def inline_dask(monkeypatch):
     return specs
 
 
+@pytest.fixture
+def inline_ray(monkeypatch):
+    monkeypatch.setitem(engine_package._REGISTRY, "ray", f"{__name__}:start_inline")
+    specs.clear()
+    return specs
+
+
 @pytest.mark.parametrize("backend", ["dask", Dask()])
 def test_pool_and_executor_hand_the_backend_to_the_registry(inline_dask, backend):
     with corral.Pool(backend=backend) as pool:
@@ -54,6 +61,42 @@ def test_pool_and_executor_hand_the_backend_to_the_registry(inline_dask, backend
         assert pool._processes == 2
     assert [type(spec.backend) for spec in inline_dask] == [Dask, Dask, Dask]
     assert [spec.workers for spec in inline_dask] == [5, 5, 2]
+
+
+@pytest.mark.parametrize("backend", ["ray", Ray(), Ray(address="10.0.0.5:6379")])
+def test_ray_reaches_the_registry_like_dask(inline_ray, backend):
+    with corral.Pool(backend=backend) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert pool._processes == 5
+    with corral.ProcessPoolExecutor(backend=backend) as ex:
+        assert ex.submit(pow, 2, 3).result(10) == 8
+    assert [type(spec.backend) for spec in inline_ray] == [Ray, Ray]
+    assert [spec.workers for spec in inline_ray] == [5, 5]
+    if isinstance(backend, Ray):
+        assert inline_ray[0].backend is backend
+
+
+@pytest.mark.parametrize(
+    ("remote_args", "error", "message"),
+    [
+        ({"max_retries": 3}, ValueError, r"may not set 'max_retries': corral never lets Ray rerun"),
+        ({"retry_exceptions": True}, ValueError, r"may not set 'retry_exceptions'"),
+        ({"max_restarts": -1}, ValueError, r"may not set 'max_restarts'"),
+        ({"max_task_retries": 2}, ValueError, r"may not set 'max_task_retries'"),
+        ({"max_calls": 2}, ValueError, r"'max_calls'; use maxtasksperchild"),
+        ([("num_cpus", 1)], TypeError, r"remote_args must be a dict of Ray task options"),
+    ],
+)
+def test_ray_refuses_the_task_options_corral_owns(remote_args, error, message):
+    with pytest.raises(error, match=message):
+        Ray(remote_args=remote_args)
+
+
+def test_ray_keeps_the_options_it_is_given():
+    backend = Ray(address="auto", remote_args={"num_cpus": 0.5, "resources": {"gpu_box": 1}})
+    assert backend.remote_args == {"num_cpus": 0.5, "resources": {"gpu_box": 1}}
+    assert "address='auto'" in repr(backend)
+    assert as_backend(backend) is backend
 
 
 def test_no_backend_means_the_local_process_engine():
@@ -79,7 +122,7 @@ def test_start_engine_picks_by_the_backend_objects_name(monkeypatch):
 @pytest.mark.parametrize(
     ("backend", "error", "message"),
     [
-        ("nosuch", ValueError, r"unknown backend 'nosuch'; expected one of process, dask"),
+        ("nosuch", ValueError, r"unknown backend 'nosuch'; expected one of process, dask, ray"),
         (42, TypeError, r"backend must be None, a name or a corral.backends object, not int"),
     ],
 )
@@ -107,3 +150,13 @@ def test_a_missing_distributed_names_the_extra(monkeypatch):
         corral.Pool(1, backend="dask")
     with pytest.raises(ImportError, match=r"pip install 'corral\[dask\]'"):
         corral.ProcessPoolExecutor(backend=Dask()).submit(abs, 1)
+
+
+def test_a_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import fails
+    for name in ("corral._engine.ray_engine", "corral._engine.ray_cluster"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'corral\[ray\]'"):
+        corral.Pool(1, backend="ray")
+    with pytest.raises(ImportError, match=r"pip install 'corral\[ray\]'"):
+        corral.ProcessPoolExecutor(backend=Ray()).submit(abs, 1)

@@ -7,6 +7,7 @@ Front ends import only what this package exports: the contract (``Engine``,
 ``engine``   the local engine: its thread, queue, dispatch, deaths, deadlines
 ``engine_start`` starts the local engine (process or thread workers)
 ``dask_engine`` the engine on a Dask cluster; ``dask_cluster`` finds or starts it
+``ray_engine`` the engine on a Ray cluster; ``ray_cluster`` finds or starts it
 ``lending``  idle workers a blocked caller may borrow; ``direct`` runs the call
 ``handles``  the engine's side of a worker (process or thread) and its channel
 ``worker``   the loop that runs inside a worker
@@ -26,6 +27,7 @@ _REGISTRY = {
     "process": "corral._engine.engine_start:start_local_engine",
     "thread": "corral._engine.engine_start:start_local_engine",
     "dask": "corral._engine.dask_engine:start_dask_engine",
+    "ray": "corral._engine.ray_engine:start_ray_engine",
 }
 
 

@@ -1,41 +1,52 @@
-"""The engine contract on a Ray cluster (issue 15; the front ends are not wired yet).
+"""The engine contract on a Ray cluster (``backend="ray"``).
 
 How a task travels::
 
-    caller thread                       delivery thread (one)          Ray worker
-    new_task: ForkingPickler.dumps  ->
-      (shared handles -> ObjectRefs)
-    submit: queue (deque) -> _fill: claim(), _run.remote(kind, payload, *refs)
-                                        ray.wait(in flight, 1) ------> _run: loads,
-                                        ray.get(ready)  <------------   call, dumps result
-                                        on_done(ok, value), _fill()      (never raises)
+    caller thread                                   worker: a Ray actor (a process)
+    new_task: pickle (shared handles -> ObjectRefs,
+              big buffers out of band)
+    submit: queue (deque) -> _fill: an idle actor,
+            claim(), actor.run.remote(...)  ------> _run: initializer once per
+            ref._on_completed callback                 process and pool, loads,
+                 |                                     call, dumps (never raises)
+    delivery thread (one): _done.get() <------------------
+            decode -> on_done(ok, value), actor idle again, _fill()
 
-At most ``size + _WINDOW`` tasks are in Ray at once (``size`` alone while a
-task with a ``task_timeout`` is queued or running, so that a submitted task
-starts at once and its clock is its run time); the rest waits in corral, where
-``cancel_queued`` takes it back exactly. Tasks run with ``max_retries=0`` and
-``retry_exceptions=False``: a worker that dies mid-task fails that task alone
-with ``WorkerLostError`` (Ray's error as ``__cause__``), never a silent rerun.
-A ``task_timeout`` force-cancels the task (Ray kills its worker process) and
-fails it with ``TaskTimeoutError``. A Ray session corral started (``ray.init``)
-is shut down when the engine stops; one it found running is left alone.
+Each worker is an actor (``_Worker``) that corral starts, replaces and kills
+itself. A task goes to an idle actor only, so at most ``size`` tasks are in Ray;
+the rest waits in corral, where ``cancel_queued`` takes it back exactly, a task
+starts as it is handed over (its ``task_timeout`` counts run time) and a dying
+actor holds no task but the one it runs. Actors run with ``max_restarts=0`` and
+``max_task_retries=0``: an actor that dies mid-task fails that task alone with
+``WorkerLostError`` (Ray's error as ``__cause__``), never a silent rerun, and a
+new actor takes its place. A ``task_timeout`` kills the actor (stopping the
+task) and fails the task with ``TaskTimeoutError``; ``maxtasksperchild``
+replaces an actor after that many tasks. Completions arrive through each
+ObjectRef's completion callback (``_on_completed``, what ``ref.future()`` builds
+on, without the ``Future``), so the delivery thread sleeps until one does (or a
+deadline passes): no polling. The session is found or started by
+``ray_cluster.connect``, which alone decides whether it is shut down.
 """
 
 from __future__ import annotations
 
-import os
+import pickle
+import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .. import reduction
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
-from .contract import CALL, MAP, Task
+from .contract import CALL, MAP, EngineSpec, Task
+from .ray_cluster import Session, connect, import_ray
 
-_WINDOW = 4  # tasks submitted to the cluster beyond its capacity
-_POLL = 0.05  # seconds ray.wait blocks before looking for new tasks and deadlines
+_CHECK = 1.0  # seconds between checks that the session still exists, when idle
+_BIG = 1 << 20  # buffers this big travel through the object store, out of the pickle
 
 # Shared handles met while pickling a task in this thread (their ObjectRefs go
 # to Ray as top-level arguments, which Ray resolves in the worker), and, in a
@@ -76,18 +87,74 @@ class RayShared:
                 "of the Ray engine that shared it"
             )
             raise TypeError(msg)
+        # The same handle twice (or a task pickled again) keeps one index.
+        for index, ref in enumerate(refs):
+            if ref is self.ref:
+                return _shared_value, (index,)
         refs.append(self.ref)
         return _shared_value, (len(refs) - 1,)
 
 
-def _run(kind: int, payload: bytes, *shared: Any) -> bytes:
-    """(In a Ray worker) run one corral task; never raise: pickled (ok, value, traceback)."""
+# (In a Ray worker) the pools whose initializer this process has run. Ray
+# reuses a worker process for many tasks, so the pool's token marks it.
+_initialised: set[str] = set()
+
+_INIT_FAILED = 2  # an outcome's "ok" when the pool's initializer raised
+
+
+def _initialise(init: tuple[str, list[Any]] | None) -> None:
+    """(In a Ray worker) run the pool's initializer if this process has not yet."""
+    if init is None or init[0] in _initialised:
+        return
+    import ray
+
+    fn, args = ray.get(init[1][0])
+    fn(*args)
+    _initialised.add(init[0])
+
+
+def _run_initializer(init: tuple[str, list[Any]]) -> bytes | None:
+    """(In a Ray worker) run the initializer now; None, or the pickled (error, traceback)."""
+    try:
+        _initialise(init)
+    except BaseException as exc:
+        return reduction.ForkingPickler.dumps((exc, _traceback_text(exc)))
+    return None
+
+
+def _traceback_text(exc: BaseException) -> str:
     import traceback
 
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    return text
+
+
+def _run(
+    kind: int,
+    payload: bytes,
+    init: tuple[str, list[Any]] | None,
+    buffers: list[Any] | None,
+    *shared: Any,
+) -> bytes:
+    """(In a Ray worker) run one corral task; never raise: pickled (ok, value, traceback).
+
+    ``buffers`` (the task's big buffers, which Ray maps read-only from its
+    object store) are copied once, so that arrays arrive writable, as with
+    the stdlib's pool.
+    """
+    try:
+        _initialise(init)
+    except BaseException as exc:
+        return reduction.ForkingPickler.dumps((_INIT_FAILED, exc, _traceback_text(exc)))
     try:
         _collect.values = shared
         try:
-            fn, args, kwargs = reduction.ForkingPickler.loads(payload)
+            if buffers:
+                copies = [bytearray(buffer) for buffer in buffers]
+                fn, args, kwargs = reduction.ForkingPickler.loads(payload, buffers=copies)
+            else:
+                fn, args, kwargs = reduction.ForkingPickler.loads(payload)
         finally:
             _collect.values = None
         if kind == CALL:
@@ -97,9 +164,7 @@ def _run(kind: int, payload: bytes, *shared: Any) -> bytes:
         else:
             outcome = (True, [fn(*item) for item in args], None)
     except BaseException as exc:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        exc.__traceback__ = None
-        outcome = (False, exc, text)
+        outcome = (False, exc, _traceback_text(exc))
     try:
         return reduction.ForkingPickler.dumps(outcome)
     except BaseException as exc:  # the result or the exception cannot be pickled
@@ -107,62 +172,121 @@ def _run(kind: int, payload: bytes, *shared: Any) -> bytes:
         return reduction.ForkingPickler.dumps((False, error, outcome[2]))
 
 
-def _encode_task(call: tuple[Any, Any, Any]) -> bytes:
+class _Worker:
+    """(A Ray actor: one worker process of a pool) runs the pool's tasks, one at a time."""
+
+    def ready(self, init: tuple[str, list[Any]] | None) -> bytes | None:
+        """Run the initializer now; None, or its pickled (error, traceback)."""
+        return None if init is None else _run_initializer(init)
+
+    def run(
+        self,
+        kind: int,
+        payload: bytes,
+        init: tuple[str, list[Any]] | None,
+        buffers: list[Any] | None,
+        *shared: Any,
+    ) -> bytes:
+        """Run one task (see ``_run``)."""
+        return _run(kind, payload, init, buffers, *shared)
+
+
+class _Actor:
+    """The engine's side of one ``_Worker`` actor: its handle and the tasks it ran."""
+
+    __slots__ = ("handle", "tasks")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.tasks = 0
+
+
+def _encode_task(call: tuple[Any, Any, Any]) -> tuple[bytes, list[memoryview]]:
     """Pickle a task as corral does, but with ``__main__``'s definitions by value.
 
-    A Ray worker's ``__main__`` is Ray's own worker script, never the user's,
-    so a function of the user's script must travel by value (cloudpickle).
+    Returns the pickle and its big buffers (``_BIG`` bytes or more: NumPy
+    arrays...), kept out of it as views of the caller's memory. A Ray worker's
+    ``__main__`` is Ray's own worker script, never the user's, so a task that
+    refers to the user's script travels by value (cloudpickle).
 
     Raises:
         SerializationError: something in ``call`` cannot be pickled.
     """
-    payload = reduction.ForkingPickler.dumps(call)
+    payload, buffers = reduction.dumps_with_buffers(call, _BIG)
     if b"__main__" not in payload:
-        return payload
+        return payload, buffers
     import cloudpickle
 
     from ..errors import SerializationError
 
-    del _collect.refs[:]  # pickled again below
+    buffers = []
+
+    def keep_big(buffer: Any) -> bool:  # falsy: out of band
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: pickled in band
+            return True
+        if view.nbytes < _BIG:
+            return True
+        buffers.append(view)
+        return False
+
     try:
-        return cloudpickle.dumps(call, protocol=5)
+        return cloudpickle.dumps(call, protocol=5, buffer_callback=keep_big), buffers
     except Exception as exc:
         msg = f"the task cannot be pickled for Ray: {exc}"
         raise SerializationError(msg) from exc
 
 
 class _InFlight:
-    """A task submitted to Ray: its ObjectRef and its deadline (monotonic), if any."""
+    """A task handed to Ray: its ObjectRef and its deadline (monotonic), if any."""
 
-    __slots__ = ("deadline", "ref", "task")
+    __slots__ = ("actor", "deadline", "outcome", "ref", "task")
 
-    def __init__(self, task: Task, ref: Any) -> None:
+    def __init__(self, task: Task, actor: _Actor) -> None:
         self.task = task
-        self.ref = ref
-        self.deadline = None if task.timeout is None else time.monotonic() + task.timeout
+        self.actor = actor
+        self.ref: Any = None
+        self.outcome: Any = None  # what Ray's completion callback got
+        self.deadline: float | None = None
 
 
 class RayEngine:
     """``contract.Engine`` on a Ray session (see the module docstring).
 
     Args:
-        size: how many tasks run at once (the cluster's CPUs by default).
-        owns_session: this engine called ``ray.init``; it calls ``ray.shutdown``
-            when it stops.
+        session: the session (``ray_cluster.connect``), released when the engine stops.
+        size: how many workers (actors), so how many tasks run at once.
+        actor_class: the ``_Worker`` actor class with its options, to replace workers.
+        init: ``(token, [ObjectRef of (initializer, initargs)])``, or None.
+        max_tasks: a worker (actor) is replaced after this many tasks.
+        actors: the workers, already started (``start_actors``).
     """
 
-    def __init__(self, size: int, *, owns_session: bool) -> None:
-        import ray
-
+    def __init__(
+        self,
+        session: Session,
+        size: int,
+        *,
+        actor_class: Any,
+        actors: list[_Actor],
+        init: tuple[str, list[Any]] | None = None,
+        max_tasks: int | None = None,
+    ) -> None:
+        ray = session.ray
         self._ray = ray
-        self._remote = ray.remote(max_retries=0, retry_exceptions=False, num_cpus=1)(_run)
+        self._session = session
+        self._actor_class = actor_class
+        self._idle: deque[_Actor] = deque(actors)
+        self._actors: set[_Actor] = set(actors)
+        self._max_tasks = max_tasks
+        self._init = init
         self.size = size
         self.broken: BaseException | None = None
-        self._owns_session = owns_session
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._done: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._queue: deque[Task] = deque()
-        self._running: dict[Any, _InFlight] = {}
+        self._running: dict[_InFlight, None] = {}
         self._timed = 0  # tasks with a timeout queued or in flight
         self._holds = 0
         self._closing = False
@@ -195,20 +319,28 @@ class RayEngine:
         """
         _collect.refs = []
         try:
-            payload = _encode_task((fn, args, kwargs or {}))
+            payload, buffers = _encode_task((fn, args, kwargs or {}))
             refs = _collect.refs
         finally:
             _collect.refs = None
-        task = Task(kind, payload, on_done, timeout, claim, tag, len(payload))
+        size = len(payload) + sum(view.nbytes for view in buffers)
+        if buffers:
+            # Copied now, as the stdlib copies at the call: the caller may change
+            # its array once the call returns. Into Ray's object store only
+            # when the task is handed to Ray (a full store spills to disk).
+            copies = [bytearray(view) for view in buffers]
+            task = Task(kind, (payload, copies), on_done, timeout, claim, tag, size)
+        else:
+            task = Task(kind, payload, on_done, timeout, claim, tag, size)
         task.transfer = refs
         return task
 
     def submit(self, task: Task) -> None:
-        """Queue ``task`` (any thread); a stopped engine fails it at once."""
+        """Queue ``task`` (any thread) and hand it to Ray if there is room."""
         self.submit_many([task])
 
     def submit_many(self, tasks: list[Task]) -> None:
-        """Queue several tasks, in order."""
+        """Queue several tasks, in order; a stopped engine fails them at once."""
         if self.broken is not None or self._stopping.is_set():
             error = self.broken
             if error is None:
@@ -221,7 +353,7 @@ class RayEngine:
         with self._lock:
             self._queue.extend(tasks)
             self._timed += sum(task.timeout is not None for task in tasks)
-        self._wake.set()
+        self._fill()
 
     def run_direct(self, task: Task, *, queued: bool = False) -> bool:
         """Never: every task goes through Ray."""
@@ -244,7 +376,7 @@ class RayEngine:
         """Undo one ``hold()``."""
         with self._lock:
             self._holds -= 1
-        self._wake.set()
+        self._done.put(None)
 
     def delivering(self) -> bool:
         """Whether the calling thread is the delivery thread, delivering outcomes."""
@@ -255,31 +387,29 @@ class RayEngine:
         fn()
 
     def close(self) -> None:
-        """Run what is queued, then stop (and shut down a session corral started)."""
+        """Run what is queued, then stop (and release the session)."""
         self._closing = True
-        self._wake.set()
+        self._done.put(None)
 
     def stop(self, error: BaseException | None, *, hard: bool = False) -> None:
         """Stop now: cancel running tasks (``hard`` kills their workers), fail or drop the rest."""
         with self._lock:
             queued = list(self._queue)
             self._queue.clear()
-            running = list(self._running.values())
+            running = list(self._running)
             self._running.clear()
             self._timed = 0
         self._stopping.set()
-        for flight in running if self._ray.is_initialized() else ():  # no auto-init
-            try:
-                self._ray.cancel(flight.ref, force=hard)
-            except Exception:  # already finished, or the session is gone
-                pass
+        if self._ray.is_initialized():  # (any Ray call without a session starts one)
+            for actor in list(self._actors):
+                self._kill(actor)
         if error is not None:
             for task in [flight.task for flight in running] + queued:
                 task.on_done(False, error)
-        self._wake.set()
+        self._done.put(None)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until the engine has stopped (and its session, if corral's, is shut down)."""
+        """Wait until the engine has stopped (and released its session)."""
         return self._stopped.wait(timeout)
 
     def processes(self) -> list[Any]:
@@ -304,61 +434,94 @@ class RayEngine:
     # ------------------------------------------------------------- inside
 
     def _fill(self) -> None:
-        """Hand queued tasks to Ray up to the in-flight limit (delivery thread only)."""
+        """Hand queued tasks to idle workers, one task per worker (any thread).
+
+        A worker never holds a task waiting behind the one it runs, so its
+        death fails that task alone, and a task starts as it is handed over
+        (its ``task_timeout`` counts run time).
+        """
         while not self._stopping.is_set():
             with self._lock:
-                limit = self.size if self._timed else self.size + _WINDOW
-                if not self._queue or len(self._running) >= limit:
+                if not self._queue or not self._idle:
                     return
                 task = self._queue.popleft()
+                flight = _InFlight(task, self._idle.popleft())
+                self._running[flight] = None
             if task.claim is not None and not task.claim():
-                if task.timeout is not None:
-                    with self._lock:
+                with self._lock:
+                    self._running.pop(flight, None)
+                    self._idle.appendleft(flight.actor)
+                    if task.timeout is not None:
                         self._timed -= 1
                 continue
-            ref = self._remote.remote(task.kind, task.payload, *(task.transfer or ()))
-            with self._lock:
-                self._running[ref] = _InFlight(task, ref)
+            shared = task.transfer or ()
+            payload, buffers = task.payload if type(task.payload) is tuple else (task.payload, None)
+            if buffers:  # out of band: Ray places them in its store with no pickling
+                buffers = [pickle.PickleBuffer(buffer) for buffer in buffers]
+            run = flight.actor.handle.run
+            flight.ref = run.remote(task.kind, payload, self._init, buffers, *shared)
+            task.payload = None  # Ray holds its copy now
+            if task.timeout is not None:
+                flight.deadline = time.monotonic() + task.timeout
+            flight.ref._on_completed(partial(self._completed, flight))
+            if self._stopping.is_set():  # stop() ran meanwhile and failed the task
+                self._kill(flight.actor)
+            if flight.deadline is not None:
+                self._done.put(None)  # the delivery thread recomputes its wake-up time
+
+    def _kill(self, actor: _Actor) -> None:
+        """Kill a worker actor (its running task, if any, is lost); never raise."""
+        with self._lock:
+            self._actors.discard(actor)
+        try:
+            self._ray.kill(actor.handle)
+        except Exception:  # already dead, or the session is gone
+            pass
+
+    def _replace(self, actor: _Actor) -> None:
+        """Kill ``actor`` and start a new worker in its place (delivery thread)."""
+        self._kill(actor)
+        if self._stopping.is_set() or not self._ray.is_initialized():
+            return
+        fresh = _Actor(self._actor_class.remote())
+        with self._lock:
+            self._actors.add(fresh)
+            self._idle.append(fresh)
 
     def _deliver_loop(self) -> None:
         self._delivering.on = True
         try:
             while not self._stopping.is_set():
+                batch = []
+                try:
+                    batch.append(self._done.get(timeout=self._wait_time()))
+                    while True:  # and whatever else completed meanwhile
+                        batch.append(self._done.get_nowait())
+                except queue.Empty:
+                    pass
                 # Any Ray call without a session would start a new one (Ray's
                 # auto-init): check first, and fail what is left if it is gone.
                 if not self._ray.is_initialized():
                     self._session_lost(None)
                     break
-                try:
-                    if not self._step():
-                        break
-                except self._ray.exceptions.RaySystemError as exc:
-                    self._session_lost(exc)
+                for flight in batch:
+                    if flight is not None:
+                        self._deliver(flight)
+                        self._fill()
+                if self._timed:
+                    self._expire()
+                self._fill()
+                with self._lock:
+                    idle = not self._queue and not self._running and self._holds <= 0
+                if self._closing and idle:
                     break
         finally:
             self._stopping.set()
-            if self._owns_session:
-                self._ray.shutdown()
+            if self._ray.is_initialized():
+                for actor in list(self._actors):
+                    self._kill(actor)
+            self._session.close()
             self._stopped.set()
-
-    def _step(self) -> bool:
-        """Hand over, wait for and deliver tasks once; False when closed and idle."""
-        self._fill()
-        with self._lock:
-            refs = list(self._running)
-            idle = not self._queue and not refs and self._holds <= 0
-        if self._closing and idle:
-            return False
-        if not refs:
-            self._wake.wait()
-            self._wake.clear()
-            return True
-        ready, rest = self._ray.wait(refs, num_returns=1, timeout=self._wait_time())
-        if ready:
-            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0) if rest else ([], [])
-            self._deliver(ready + more)
-        self._expire()
-        return True
 
     def _session_lost(self, cause: BaseException | None) -> None:
         """The Ray session went away under the engine: it is broken, every task fails."""
@@ -374,30 +537,46 @@ class RayEngine:
         self.stop(error)
 
     def _wait_time(self) -> float:
+        if not self._timed:
+            return _CHECK
         with self._lock:
-            deadlines = [f.deadline for f in self._running.values() if f.deadline is not None]
+            deadlines = [f.deadline for f in self._running if f.deadline is not None]
         if not deadlines:
-            return _POLL
-        return max(0.0, min(_POLL, min(deadlines) - time.monotonic()))
+            return _CHECK
+        return max(0.0, min(_CHECK, min(deadlines) - time.monotonic()))
 
-    def _deliver(self, refs: list[Any]) -> None:
-        for ref in refs:
+    def _deliver(self, flight: _InFlight) -> None:
+        with self._lock:
+            if flight not in self._running:
+                return  # stopped or timed out meanwhile
+            del self._running[flight]
+            if flight.task.timeout is not None:
+                self._timed -= 1
+        ok, value = self._outcome(flight.outcome)
+        if ok == _INIT_FAILED:
+            self._initializer_failed(value)
+            return
+        actor = flight.actor
+        actor.tasks += 1
+        if isinstance(flight.outcome, BaseException):  # the worker died: a new one
+            self._replace(actor)
+        elif self._max_tasks is not None and actor.tasks >= self._max_tasks:
+            self._replace(actor)  # maxtasksperchild: a new process
+        else:
             with self._lock:
-                flight = self._running.pop(ref, None)
-                if flight is not None and flight.task.timeout is not None:
-                    self._timed -= 1
-            if flight is None:
-                continue  # stopped or timed out meanwhile
-            ok, value = self._outcome(ref)
-            try:
-                flight.task.on_done(ok, value)
-            except BaseException:  # a front end's callback must not stop delivery
-                pass
-
-    def _outcome(self, ref: Any) -> tuple[bool, Any]:
+                self._idle.append(actor)
         try:
-            encoded = self._ray.get(ref)
-        except self._ray.exceptions.RayError as exc:  # the worker died, or Ray lost it
+            flight.task.on_done(ok, value)
+        except BaseException:  # a front end's callback must not stop delivery
+            pass
+
+    def _completed(self, flight: _InFlight, outcome: Any) -> None:
+        """(A Ray thread) the task's result, or Ray's error, is here: hand it to delivery."""
+        flight.outcome = outcome
+        self._done.put(flight)
+
+    def _outcome(self, encoded: Any) -> tuple[Any, Any]:
+        if isinstance(encoded, BaseException):  # Ray's error: the worker died, or was lost
             from ..errors import WorkerLostError
 
             msg = (
@@ -407,7 +586,7 @@ class RayEngine:
                 "cause this; corral never reruns a task."
             )
             lost = WorkerLostError(msg)
-            lost.__cause__ = exc
+            lost.__cause__ = encoded
             return False, lost
         try:
             ok, value, text = reduction.ForkingPickler.loads(encoded)
@@ -418,22 +597,25 @@ class RayEngine:
             error = ResultUnpicklingError(msg)
             error.__cause__ = exc
             return False, error
-        if not ok and text:
+        if ok is not True and text:
             value = attach_remote_traceback(value, text)
         return ok, value
+
+    def _initializer_failed(self, exc: BaseException) -> None:
+        """A worker process that joined later could not run the initializer: break the pool."""
+        error = _initializer_error(exc)
+        self.broken = error
+        self.stop(error)
 
     def _expire(self) -> None:
         now = time.monotonic()
         with self._lock:
-            late = [f for f in self._running.values() if f.deadline and f.deadline <= now]
+            late = [f for f in self._running if f.deadline is not None and f.deadline <= now]
             for flight in late:
-                del self._running[flight.ref]
+                del self._running[flight]
                 self._timed -= 1
         for flight in late:
-            try:
-                self._ray.cancel(flight.ref, force=True)  # Ray kills the worker process
-            except Exception:  # it finished meanwhile
-                pass
+            self._replace(flight.actor)  # stops the task: its process is killed
             msg = (
                 f"the task ran longer than its task_timeout ({flight.task.timeout} s); "
                 "its Ray worker was killed and the other tasks continue"
@@ -444,61 +626,91 @@ class RayEngine:
                 pass
 
 
-def start_ray_engine(
-    workers: int | None,
-    address: str | None = None,
-    *,
-    initializer: Callable[..., object] | None = None,
-    max_tasks: int | None = None,
-    max_memory: int | None = None,
-) -> RayEngine:
-    """Start a ``RayEngine`` on a Ray session: the one running, or one it starts.
+def _initializer_error(exc: BaseException) -> BaseException:
+    from ..errors import InitializerError
 
-    Order: a session already initialised in this process (left running at the
-    end); else ``ray.init(address)`` (``address`` or ``RAY_ADDRESS`` connects to
-    a cluster; neither starts a local one sized for ``workers`` with the
-    dashboard off, a 200 MiB object store and no usage reporting), shut down
-    when the engine stops. ``initializer``, ``max_tasks`` and ``max_memory``
-    (``EngineSpec``'s) are not supported yet: given, they raise rather than
-    being ignored.
+    msg = (
+        f"the pool's initializer raised {type(exc).__name__}: {exc} in a Ray worker; "
+        "the pool cannot run tasks. Fix the initializer and create a new pool."
+    )
+    error = InitializerError(msg)
+    error.__cause__ = exc
+    return error
+
+
+def start_actors(
+    session: Session, actor_class: Any, count: int, init: tuple[str, list[Any]] | None
+) -> list[_Actor]:
+    """Start ``count`` worker actors; with an initializer, wait until each has run it.
+
+    Run eagerly so that an initializer that raises fails ``Pool()`` (the
+    executor's first submit), as on the Dask backend, rather than every task.
 
     Raises:
-        ImportError: Ray is not installed (the message names the pip command).
-        NotImplementedError: ``initializer``, ``max_tasks`` or ``max_memory`` given.
+        InitializerError: it raised (its error, with the remote traceback, is the
+            cause); the actors are killed again.
     """
-    for name, value in (
-        ("initializer", initializer),
-        ("maxtasksperchild/max_tasks_per_child", max_tasks),
-        ("max_memory", max_memory),
-    ):
-        if value is not None:
-            msg = (
-                f"{name} is not supported on the Ray backend yet; "
-                "run without it, or use the local process backend"
-            )
-            raise NotImplementedError(msg)
+    ray = session.ray
+    actors = [_Actor(actor_class.remote()) for _ in range(count)]
+    if init is None:
+        return actors
     try:
-        import ray
-    except ImportError as exc:
-        msg = "the Ray backend needs ray: pip install 'corral[ray]'"
-        raise ImportError(msg) from exc
-    owns_session = not ray.is_initialized()
-    if owns_session:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in $HOME
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=workers or os.cpu_count() or 1,
-                include_dashboard=False,
-                object_store_memory=200 * 1024 * 1024,
-                log_to_driver=False,
-            )
-    try:
-        size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return RayEngine(size, owns_session=owns_session)
+        failures = ray.get([actor.handle.ready.remote(init) for actor in actors])
+        for failed in failures:
+            if failed is not None:
+                exc, text = reduction.ForkingPickler.loads(failed)
+                raise _initializer_error(attach_remote_traceback(exc, text))
     except BaseException:
-        if owns_session:
-            ray.shutdown()
+        for actor in actors:
+            ray.kill(actor.handle)
+        raise
+    return actors
+
+
+def start_ray_engine(spec: EngineSpec) -> RayEngine:
+    """The engine on the Ray cluster ``spec.backend`` (a ``corral.backends.Ray``) points at.
+
+    Each worker is a Ray actor (one process). ``spec.workers`` 0 means the
+    cluster's CPUs (divided by ``num_cpus`` of the backend's ``remote_args``).
+    ``spec.max_tasks``: a worker is replaced by a new one after that many tasks.
+
+    Raises:
+        ImportError: Ray is not installed (the message names the extra).
+        InitializerError: the initializer raised in a worker (the session a
+            failed start began is released).
+        ValueError: ``max_memory_per_child`` (not supported on Ray), or an
+            ``address`` other than the cluster this process is connected to.
+    """
+    if spec.max_memory is not None:
+        msg = (
+            "max_memory_per_child is not supported on the Ray backend (Ray's own memory "
+            "monitor kills workers); leave it None"
+        )
+        raise ValueError(msg)
+    import_ray()
+    remote_args = dict(getattr(spec.backend, "remote_args", None) or {})
+    session = connect(spec.backend, spec.workers)
+    try:
+        ray = session.ray
+        size = spec.workers or session.capacity(float(remote_args.get("num_cpus", 1)))
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        if "num_cpus" not in remote_args:
+            # One CPU each, or an equal share when asked for more workers than
+            # the cluster has CPUs (a worker that cannot be placed would wait).
+            options["num_cpus"] = min(1.0, session.capacity() / size)
+        actor_class = ray.remote(_Worker).options(**options, **remote_args)
+        init = None
+        if spec.initializer is not None:
+            init = (uuid.uuid4().hex, [ray.put((spec.initializer, spec.initargs))])
+        actors = start_actors(session, actor_class, size, init)
+        return RayEngine(
+            session,
+            size,
+            actor_class=actor_class,
+            actors=actors,
+            init=init,
+            max_tasks=spec.max_tasks,
+        )
+    except BaseException:
+        session.close()
         raise
