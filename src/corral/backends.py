@@ -11,15 +11,36 @@ to install.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("BACKEND_NAMES", "Dask", "Ray", "as_backend")
+if TYPE_CHECKING:
+    from ._backend_context import BackendContext
+
+__all__ = ("BACKEND_NAMES", "ClusterBackend", "Dask", "Ray", "as_backend")
 
 # The names ``backend=`` accepts as strings; ``None`` means "process".
 BACKEND_NAMES = ("process", "dask", "ray")
 
 
-class Dask:
+class ClusterBackend:
+    """What the cluster backends share: a ``name`` for the engine registry, and a context."""
+
+    name: str
+
+    def get_context(self) -> BackendContext:
+        """A context whose ``Pool`` (and ``ProcessPoolExecutor(mp_context=)``) run here.
+
+        Code written against a context runs on the cluster unchanged; what a
+        cluster cannot provide (``ctx.Process``, ``Queue()``, ``Lock()``,
+        ``Value()``, ``Manager()``...) raises ``corral.errors.NotOnBackendError``
+        when made.
+        """
+        from ._backend_context import BackendContext
+
+        return BackendContext(self)
+
+
+class Dask(ClusterBackend):
     """Run a pool's tasks on a Dask cluster.
 
     Args:
@@ -58,7 +79,7 @@ class Dask:
         return f"corral.backends.Dask(client={self.client!r}, address={self.address!r})"
 
 
-class Ray:
+class Ray(ClusterBackend):
     """Run a pool's tasks on a Ray cluster.
 
     Args:
@@ -122,7 +143,7 @@ def as_backend(backend: Any) -> Any:
         return Dask()
     if backend == "ray":
         return Ray()
-    if isinstance(backend, (Dask, Ray)):
+    if isinstance(backend, ClusterBackend):
         return backend
     if isinstance(backend, str):
         msg = f"unknown backend {backend!r}; expected one of {', '.join(BACKEND_NAMES)}"

@@ -11,7 +11,7 @@ import pytest
 
 import corral
 from corral._backend_context import BackendContext
-from corral.backends import Dask
+from corral.backends import Dask, Ray
 from corral.errors import NotOnBackendError
 
 from .test_backend_option import inline_dask  # noqa: F401  (fixture)
@@ -48,16 +48,19 @@ def test_what_needs_local_processes_is_refused_when_made(factory, args, message)
     assert "corral.get_context()" in str(caught.value)
 
 
-def test_the_context_says_its_backend_and_is_a_context():
-    ctx = BackendContext(Dask())
+@pytest.mark.parametrize("backend", [Dask(), Ray()], ids=["dask", "ray"])
+def test_a_backend_gives_its_context_and_the_context_says_its_backend(backend):
+    ctx = backend.get_context()
+    assert isinstance(ctx, BackendContext)
+    assert ctx.corral_backend is backend
     assert isinstance(ctx, corral.context.BaseContext)
-    assert ctx.get_start_method() == "dask"
+    assert ctx.get_start_method() == backend.name
     assert issubclass(ctx.Process, corral.process.BaseProcess)
     assert ctx.get_context("spawn") is corral.get_context("spawn")  # this machine's, as usual
 
 
 def test_pools_of_the_context_run_on_its_backend(inline_dask):  # noqa: F811
-    ctx = BackendContext(Dask())
+    ctx = Dask().get_context()
     with ctx.Pool() as pool:
         assert pool.map(abs, [-1, -2]) == [1, 2]
         assert pool._processes == 5  # the toy cluster's capacity
