@@ -18,6 +18,8 @@ import os
 import threading
 from typing import Any
 
+from . import session_reaper
+
 INSTALL_HINT = "the Ray backend needs ray: pip install 'corral[ray]'"
 
 _OBJECT_STORE = 200 * 1024 * 1024  # a local session's store: small machines, shared ones
@@ -25,6 +27,7 @@ _OBJECT_STORE = 200 * 1024 * 1024  # a local session's store: small machines, sh
 _lock = threading.Lock()
 _users = 0  # pools using the session corral initialised; 0 when corral has none
 _generation = 0  # counts the sessions corral initialised (one shut down under it is over)
+_watcher: session_reaper.Watcher | None = None  # stops corral's session if the program dies
 
 
 def import_ray() -> Any:
@@ -58,7 +61,7 @@ class Session:
 
     def close(self) -> None:
         """Release the session; shut it down if corral started it and no pool still uses it."""
-        global _users
+        global _users, _watcher
         if self._closed or not self.owned:
             return
         self._closed = True
@@ -68,6 +71,9 @@ class Session:
             _users -= 1
             if _users == 0 and self.ray.is_initialized():
                 self.ray.shutdown()
+            if _users == 0 and _watcher is not None:
+                _watcher.stop()
+                _watcher = None
 
 
 def connect(backend: Any, workers: int) -> Session:
@@ -79,7 +85,7 @@ def connect(backend: Any, workers: int) -> Session:
             is already connected to (Ray allows one per process).
         ConnectionError: the address cannot be reached (Ray's error).
     """
-    global _users, _generation
+    global _users, _generation, _watcher
     ray = import_ray()
     address = getattr(backend, "address", None)
     with _lock:
@@ -101,17 +107,25 @@ def connect(backend: Any, workers: int) -> Session:
         # A task the memory monitor kills is a lost task too: never rerun (Ray
         # counts OOM retries apart from max_retries).
         os.environ.setdefault("RAY_task_oom_retries", "0")
+        watcher = None
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, log_to_driver=False)
         else:
+            before = session_reaper.descendants(os.getpid())
             ray.init(
                 num_cpus=workers or os.cpu_count() or 1,
                 include_dashboard=False,
                 object_store_memory=_OBJECT_STORE,
                 log_to_driver=False,
             )
+            # If this program is killed, the session's processes go with it at
+            # once (Ray's agents would linger about 60 s).
+            watcher = session_reaper.start(before)
         _users = 1
         _generation += 1
+        if _watcher is not None:  # of a session shut down under corral
+            _watcher.stop()
+        _watcher = watcher
         return Session(ray, owned=True)
 
 
