@@ -31,6 +31,7 @@ from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import context as _context
+from ._backend_context import BackendContext
 from ._engine import CALL, STARMAP, Engine, EngineSpec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
@@ -128,8 +129,8 @@ class ProcessPoolExecutor(Executor):
         isolate_failures: bool = True,
         backend: Any = None,
     ) -> None:
-        if backend is None:  # a backend's context (backend.get_context()) names it
-            backend = getattr(mp_context, "corral_backend", None)
+        if backend is None and isinstance(mp_context, BackendContext):  # backend.get_context()
+            backend = mp_context.corral_backend
         backend = as_backend(backend)
         if max_workers is None:
             # On a cluster, 0 asks the engine for the cluster's capacity.

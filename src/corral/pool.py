@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import context as _context
 from . import util
+from ._backend_context import BackendContext
 from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._typevars import T as _T
@@ -259,8 +260,8 @@ class Pool:
         isolate_failures: bool = True,
         backend: Any = None,
     ) -> None:
-        if backend is None:  # a backend's context (backend.get_context()) names it
-            backend = getattr(context, "corral_backend", None)
+        if backend is None and isinstance(context, BackendContext):  # backend.get_context()
+            backend = context.corral_backend
         self._backend = as_backend(backend)
         # None keeps the default context itself: workers started later follow
         # set_start_method(force=True); any other object is normalised.
