@@ -38,6 +38,7 @@ from .._transfer import MIN_SIZE
 from .contract import CALL, MAP, EngineSpec, Task
 from .dask_cluster import INSTALL_HINT, Connection, connect
 from .dask_shared import DaskShared, collecting, resolving
+from .main_namespace import adopt, forget
 
 try:
     from dask._task_spec import Task as DaskTask
@@ -72,6 +73,8 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     try:
         with resolving(inputs[:n_shared]):
             fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
+        # A script's functions share one __main__ per pool here, as in a local worker.
+        fn = adopt(fn, str(key).rsplit("-", 1)[0])
         if kind == CALL:
             outcome: tuple[bool, Any, str | None] = (True, fn(*args, **kwargs), None)
         elif kind == MAP:
@@ -114,18 +117,21 @@ def _worker_of(key: str, dask_scheduler: Any = None) -> str | None:
 class _Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]  # Any without distributed
     """Calls the pool's initializer once in each worker process, as it starts."""
 
-    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...], scope: str) -> None:
+        self.scope = scope  # the pool's task-key prefix: its __main__ namespace in a worker
         self.fn = fn
         self.args = args
 
     def setup(self, worker: Any) -> None:
-        self.fn(*self.args)
+        adopt(self.fn, self.scope)(*self.args)
 
 
 class DaskEngine:
     """``contract.Engine`` on a ``distributed.Client``."""
 
-    def __init__(self, connection: Connection, size: int, plugin: str | None = None) -> None:
+    def __init__(
+        self, connection: Connection, size: int, plugin: str | None = None, scope: str = ""
+    ) -> None:
         from distributed import as_completed
 
         self.client = connection.client
@@ -136,7 +142,7 @@ class DaskEngine:
         self._window = max(_WINDOW, size)
         self._lock = threading.Lock()
         self._fill_lock = threading.RLock()  # one hand-out at a time, in order
-        self._keys = f"corral-{uuid.uuid4().hex[:16]}"  # task keys: this, then a number
+        self._keys = scope  # task keys: this, then a number
         self._count = 0
         self._shared: weakref.WeakSet[DaskShared[Any]] = weakref.WeakSet()
         self._queue: deque[Task] = deque()
@@ -471,11 +477,13 @@ class DaskEngine:
         self._wanted.set()
         for handle in list(self._shared):
             handle.release()
-        try:
-            if self._plugin is not None and self._connection.cluster is None:
-                self.client.unregister_worker_plugin(self._plugin)
-        except Exception:  # the cluster may be gone; the plugin goes with it
-            pass
+        if self._connection.cluster is None:  # a cluster that lives on: leave nothing there
+            try:
+                if self._plugin is not None:
+                    self.client.unregister_worker_plugin(self._plugin)
+                self.client.run(forget, self._keys)
+            except Exception:  # the cluster may be gone, and what we left with it
+                pass
         self._connection.close()
 
 
@@ -547,7 +555,7 @@ def _lost(exc: BaseException) -> BaseException:
     return error
 
 
-def _register_initializer(client: Any, plugin: str, spec: EngineSpec) -> None:
+def _register_initializer(client: Any, plugin: str, spec: EngineSpec, scope: str) -> None:
     """Run the initializer in every worker now and in every worker that starts later.
 
     Raises:
@@ -558,7 +566,7 @@ def _register_initializer(client: Any, plugin: str, spec: EngineSpec) -> None:
 
     assert spec.initializer is not None
     try:
-        client.register_plugin(_Initializer(spec.initializer, spec.initargs), name=plugin)
+        client.register_plugin(_Initializer(spec.initializer, spec.initargs, scope), name=plugin)
     except Exception as exc:
         try:
             client.unregister_worker_plugin(plugin)
@@ -598,13 +606,14 @@ def start_dask_engine(spec: EngineSpec) -> DaskEngine:
         )
         raise ValueError(msg)
     connection = connect(spec.backend, spec.workers)
+    scope = f"corral-{uuid.uuid4().hex[:16]}"  # the pool's task keys start with it
     try:
         plugin = None
         if spec.initializer is not None:
-            plugin = f"corral-initializer-{uuid.uuid4().hex}"
-            _register_initializer(connection.client, plugin, spec)
+            plugin = f"{scope}-initializer"
+            _register_initializer(connection.client, plugin, spec, scope)
         size = spec.workers or connection.capacity()
-        return DaskEngine(connection, size, plugin)
+        return DaskEngine(connection, size, plugin, scope)
     except BaseException:
         connection.close()
         raise

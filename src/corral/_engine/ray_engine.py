@@ -43,6 +43,7 @@ from typing import Any
 from .. import reduction
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
 from .contract import CALL, MAP, EngineSpec, Task
+from .main_namespace import adopt
 from .ray_cluster import Session, connect, import_ray
 
 _CHECK = 1.0  # seconds between checks that the session still exists, when idle
@@ -109,7 +110,7 @@ def _initialise(init: tuple[str, list[Any]] | None) -> None:
     import ray
 
     fn, args = ray.get(init[1][0])
-    fn(*args)
+    adopt(fn)(*args)
     _initialised.add(init[0])
 
 
@@ -157,6 +158,7 @@ def _run(
                 fn, args, kwargs = reduction.ForkingPickler.loads(payload)
         finally:
             _collect.values = None
+        fn = adopt(fn)  # a script's functions share one __main__ here, as in a local worker
         if kind == CALL:
             outcome: tuple[bool, Any, str | None] = (True, fn(*args, **kwargs), None)
         elif kind == MAP:
