@@ -109,6 +109,26 @@ def test_capacity_follows_the_cluster_and_num_cpus() -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize(
+    ("remote_args", "message"),
+    [
+        ({"num_cpus": 4}, r"asks for 4 CPU .* cluster has 2 CPU in all"),
+        ({"num_gpus": 1}, r"asks for 1 GPU .* cluster has 0 GPU in all"),
+        ({"memory": 1 << 50}, r"asks for 1\.1259e\+15 memory .* cluster has"),
+        ({"resources": {"licence": 1}}, r"asks for 1 licence .* cluster has 0 licence"),
+    ],
+)
+def test_a_worker_the_cluster_cannot_place_is_refused_at_the_start(
+    remote_args: dict[str, object], message: str
+) -> None:
+    # Such a pool used to start, then wait forever in apply (no actor placed).
+    with pytest.raises(ValueError, match=message):
+        corral.Pool(backend=Ray(remote_args=remote_args))
+    with pytest.raises(ValueError, match=message):
+        corral.ProcessPoolExecutor(backend=Ray(remote_args=remote_args)).submit(abs, 1)
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_another_address_than_the_connected_cluster_is_refused() -> None:
     with pytest.raises(ValueError, match=r"connected to the Ray cluster at .*not 10\.9\.9\.9"):
         corral.Pool(backend=Ray(address="10.9.9.9:6379"))
@@ -153,6 +173,7 @@ if __name__ == "__main__":
     print(*sorted(workers | set(session)), flush=True)
     {end}
 """
+
 
 @pytest.mark.parametrize(
     "end",

@@ -63,6 +63,37 @@ class Session:
             cpus /= cpus_per_task
         return max(1, int(cpus + 1e-9))
 
+    def check_fits(self, remote_args: dict[str, Any]) -> None:
+        """Raise ``ValueError`` if the cluster has less of a resource than one worker asks.
+
+        Such a worker (an actor) could never be placed, and a task handed to it
+        would wait forever. The cluster is taken as it is now
+        (``ray.cluster_resources()``): nodes an autoscaler might add later do
+        not count, so on an autoscaling cluster start the nodes first.
+
+        Raises:
+            ValueError: the message names the resource, the amount asked and
+                what the cluster has.
+        """
+        asked: dict[str, float] = {}
+        for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+            if remote_args.get(option):
+                asked[resource] = float(remote_args[option])
+        for resource, amount in (remote_args.get("resources") or {}).items():
+            if amount:
+                asked[str(resource)] = float(amount)
+        have = self.ray.cluster_resources()
+        for resource, amount in asked.items():
+            available = float(have.get(resource, 0))
+            if available + 1e-9 < amount:
+                msg = (
+                    f"each worker asks for {amount:g} {resource} (remote_args), but the Ray "
+                    f"cluster has {available:g} {resource} in all, so no worker could start "
+                    "and tasks would wait forever. Ask for less, or add nodes that have it "
+                    "(an autoscaling cluster: start them first)"
+                )
+                raise ValueError(msg)
+
     def close(self) -> None:
         """Release the session; shut it down if corral started it and no pool still uses it."""
         global _users, _watcher

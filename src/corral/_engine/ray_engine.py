@@ -678,8 +678,9 @@ def start_ray_engine(spec: EngineSpec) -> RayEngine:
         ImportError: Ray is not installed (the message names the extra).
         InitializerError: the initializer raised in a worker (the session a
             failed start began is released).
-        ValueError: ``max_memory_per_child`` (not supported on Ray), or an
-            ``address`` other than the cluster this process is connected to.
+        ValueError: ``max_memory_per_child`` (not supported on Ray), an
+            ``address`` other than the cluster this process is connected to, or
+            ``remote_args`` asking for more of a resource than the cluster has.
     """
     if spec.max_memory is not None:
         msg = (
@@ -692,6 +693,7 @@ def start_ray_engine(spec: EngineSpec) -> RayEngine:
     session = connect(spec.backend, spec.workers)
     try:
         ray = session.ray
+        session.check_fits(remote_args)
         size = spec.workers or session.capacity(float(remote_args.get("num_cpus", 1)))
         options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
         if "num_cpus" not in remote_args:
