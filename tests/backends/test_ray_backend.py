@@ -311,3 +311,39 @@ def test_executor_task_timeout_kills_the_worker_running_it(tmp_path: Path) -> No
         _gone, alive = psutil.wait_procs([worker], timeout=30)
         assert not alive, "the task's worker process still runs: the task was not stopped"
         assert ex.submit(abs, -7).result(timeout=60) == 7  # a new worker took its place
+
+
+def sum_read_only(array: object) -> tuple[float, bool]:
+    import numpy as np
+
+    assert isinstance(array, np.ndarray)
+    return float(array.sum()), array.flags.writeable
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_share_gives_a_corral_shared_handle_that_releases() -> None:
+    np = pytest.importorskip("numpy")
+    array = np.arange(1000.0)
+    with corral.Pool(1, backend="ray") as pool:
+        handle = pool.share(array)
+        assert isinstance(handle, corral.Shared)
+        # Shared NumPy arrays arrive read-only in tasks, and here in get().
+        assert pool.apply(sum_read_only, (handle,)) == (float(array.sum()), False)
+        here = handle.get()
+        assert np.array_equal(here, array) and not here.flags.writeable
+        busy = pool.apply_async(pid_after, (0.3,))  # keeps the one worker busy
+        queued = pool.apply_async(sum_read_only, (handle,))
+        handle.release()
+        assert handle.released and "released" in repr(handle)
+        # A task submitted before release() still gets the object.
+        assert queued.get(60) == (float(array.sum()), False)
+        busy.get(60)
+        with pytest.raises(ValueError, match=r"was released; share it again"):
+            pool.apply(sum_read_only, (handle,))
+        with pytest.raises(ValueError, match=r"was released"):
+            handle.get()
+        assert pool.apply(abs, (-3,)) == 3  # the pool goes on
+        kept = pool.share([1, 2, 3])
+        assert not kept.released
+    pool.join()
+    assert kept.released  # the pool's end released it
