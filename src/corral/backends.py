@@ -16,10 +16,33 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._backend_context import BackendContext
 
-__all__ = ("BACKEND_NAMES", "ClusterBackend", "Dask", "Ray", "as_backend")
+__all__ = ("BACKEND_NAMES", "RAY_ACTOR_OPTIONS", "ClusterBackend", "Dask", "Ray", "as_backend")
 
 # The names ``backend=`` accepts as strings; ``None`` means "process".
 BACKEND_NAMES = ("process", "dask", "ray")
+
+# The Ray actor options (``.options(...)``) that ``Ray(remote_args=...)`` accepts:
+# where a worker runs and what it reserves. Checked at ``Ray(...)``, so a typo
+# fails before a session starts. Left out: the options corral sets itself
+# (restarts, retries, ``max_calls``) and those that would break a pool of many
+# same-class actors (``name``, ``get_if_exists``, ``lifetime``,
+# ``max_concurrency``, ``concurrency_groups``, ``namespace``).
+RAY_ACTOR_OPTIONS = (
+    "accelerator_type",
+    "enable_task_events",
+    "fallback_strategy",
+    "label_selector",
+    "memory",
+    "num_cpus",
+    "num_gpus",
+    "object_store_memory",
+    "placement_group",
+    "placement_group_bundle_index",
+    "placement_group_capture_child_tasks",
+    "resources",
+    "runtime_env",
+    "scheduling_strategy",
+)
 
 
 class ClusterBackend:
@@ -87,9 +110,12 @@ class Ray(ClusterBackend):
             or ``"auto"``) to connect to; corral disconnects at the end and never
             stops the cluster.
         remote_args: options of every worker, a Ray actor (``.options(...)``):
-            ``num_cpus``, ``num_gpus``, ``resources``, ``runtime_env``,
-            ``scheduling_strategy``... ``processes``/``max_workers`` default to
-            the cluster's CPUs divided by ``num_cpus`` (1 by default).
+            ``num_cpus``, ``num_gpus``, ``memory``, ``resources``,
+            ``runtime_env``, ``scheduling_strategy``... (``RAY_ACTOR_OPTIONS``
+            lists them all). ``processes``/``max_workers`` default to the
+            cluster's CPUs divided by ``num_cpus`` (1 by default). A pool refuses
+            (``ValueError``) to start when the cluster has less of a resource
+            than one worker asks for, autoscaling or not: start the nodes first.
 
     With no address the cluster is, in order: ``RAY_ADDRESS``, the session
     already initialised in this process (``ray.init``, left running), else a
@@ -100,7 +126,8 @@ class Ray(ClusterBackend):
         ValueError: ``remote_args`` sets ``max_retries``, ``retry_exceptions``,
             ``max_restarts`` or ``max_task_retries`` (corral never lets Ray rerun
             a task: a lost task fails with ``WorkerLostError``) or ``max_calls``
-            (use ``maxtasksperchild``).
+            (use ``maxtasksperchild``), or a key that is not in
+            ``RAY_ACTOR_OPTIONS``.
     """
 
     name = "ray"
@@ -123,6 +150,13 @@ class Ray(ClusterBackend):
         if "max_calls" in remote_args:
             msg = "remote_args may not set 'max_calls'; use maxtasksperchild / max_tasks_per_child"
             raise ValueError(msg)
+        for key in remote_args:
+            if key not in RAY_ACTOR_OPTIONS:
+                msg = (
+                    f"remote_args has {key!r}, which corral does not pass to Ray's actors; "
+                    f"the accepted options are: {', '.join(RAY_ACTOR_OPTIONS)}"
+                )
+                raise ValueError(msg)
         self.address = address
         self.remote_args = dict(remote_args)
 

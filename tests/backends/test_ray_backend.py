@@ -109,6 +109,26 @@ def test_capacity_follows_the_cluster_and_num_cpus() -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize(
+    ("remote_args", "message"),
+    [
+        ({"num_cpus": 4}, r"asks for 4 CPU .* cluster has 2 CPU in all"),
+        ({"num_gpus": 1}, r"asks for 1 GPU .* cluster has 0 GPU in all"),
+        ({"memory": 1 << 50}, r"asks for 1\.1259e\+15 memory .* cluster has"),
+        ({"resources": {"licence": 1}}, r"asks for 1 licence .* cluster has 0 licence"),
+    ],
+)
+def test_a_worker_the_cluster_cannot_place_is_refused_at_the_start(
+    remote_args: dict[str, object], message: str
+) -> None:
+    # Such a pool used to start, then wait forever in apply (no actor placed).
+    with pytest.raises(ValueError, match=message):
+        corral.Pool(backend=Ray(remote_args=remote_args))
+    with pytest.raises(ValueError, match=message):
+        corral.ProcessPoolExecutor(backend=Ray(remote_args=remote_args)).submit(abs, 1)
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_another_address_than_the_connected_cluster_is_refused() -> None:
     with pytest.raises(ValueError, match=r"connected to the Ray cluster at .*not 10\.9\.9\.9"):
         corral.Pool(backend=Ray(address="10.9.9.9:6379"))
@@ -153,6 +173,7 @@ if __name__ == "__main__":
     print(*sorted(workers | set(session)), flush=True)
     {end}
 """
+
 
 @pytest.mark.parametrize(
     "end",
@@ -290,3 +311,39 @@ def test_executor_task_timeout_kills_the_worker_running_it(tmp_path: Path) -> No
         _gone, alive = psutil.wait_procs([worker], timeout=30)
         assert not alive, "the task's worker process still runs: the task was not stopped"
         assert ex.submit(abs, -7).result(timeout=60) == 7  # a new worker took its place
+
+
+def sum_read_only(array: object) -> tuple[float, bool]:
+    import numpy as np
+
+    assert isinstance(array, np.ndarray)
+    return float(array.sum()), array.flags.writeable
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_share_gives_a_corral_shared_handle_that_releases() -> None:
+    np = pytest.importorskip("numpy")
+    array = np.arange(1000.0)
+    with corral.Pool(1, backend="ray") as pool:
+        handle = pool.share(array)
+        assert isinstance(handle, corral.Shared)
+        # Shared NumPy arrays arrive read-only in tasks, and here in get().
+        assert pool.apply(sum_read_only, (handle,)) == (float(array.sum()), False)
+        here = handle.get()
+        assert np.array_equal(here, array) and not here.flags.writeable
+        busy = pool.apply_async(pid_after, (0.3,))  # keeps the one worker busy
+        queued = pool.apply_async(sum_read_only, (handle,))
+        handle.release()
+        assert handle.released and "released" in repr(handle)
+        # A task submitted before release() still gets the object.
+        assert queued.get(60) == (float(array.sum()), False)
+        busy.get(60)
+        with pytest.raises(ValueError, match=r"was released; share it again"):
+            pool.apply(sum_read_only, (handle,))
+        with pytest.raises(ValueError, match=r"was released"):
+            handle.get()
+        assert pool.apply(abs, (-3,)) == 3  # the pool goes on
+        kept = pool.share([1, 2, 3])
+        assert not kept.released
+    pool.join()
+    assert kept.released  # the pool's end released it

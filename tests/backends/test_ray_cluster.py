@@ -139,3 +139,44 @@ def test_a_pool_on_a_two_node_cluster_started_with_ray_start(
         assert report == {"capacity": 2, "pids": 2, "nodes": 2}
     # corral disconnected, and left the cluster it did not start running.
     assert gcs and all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in gcs)
+
+
+UNREACHABLE = """
+import sys, time
+import corral
+from corral.backends import Ray
+
+address = sys.argv[1]
+backend = "ray" if sys.argv[2] == "env" else Ray(address=address)
+start = time.monotonic()
+try:
+    corral.Pool(backend=backend)
+except ConnectionError as exc:
+    print(f"{time.monotonic() - start:.1f}", exc)
+else:
+    print("no error")
+"""
+
+
+@pytest.mark.parametrize("how", ["address", "ray-client", "env"])
+def test_an_address_where_nothing_listens_raises_connection_error_soon(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ray.init alone retried such an address for minutes ("Failed to connect to GCS").
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
+    address = f"127.0.0.1:{_free_port()}"  # closed at once: nothing listens there
+    if how == "ray-client":
+        address = f"ray://{address}"
+    if how == "env":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = run_script(tmp_path, UNREACHABLE, address, how, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seconds, _, message = result.stdout.strip().partition(" ")
+    assert seconds != "no", result.stdout
+    assert float(seconds) < 30
+    assert f"cannot reach the Ray cluster at '{address}'" in message
+    assert ("RAY_ADDRESS" if how == "env" else "address") in message
+    assert "ray status" in message

@@ -85,6 +85,8 @@ def test_ray_reaches_the_registry_like_dask(inline_ray, backend):
         ({"max_task_retries": 2}, ValueError, r"may not set 'max_task_retries'"),
         ({"max_calls": 2}, ValueError, r"'max_calls'; use maxtasksperchild"),
         ([("num_cpus", 1)], TypeError, r"remote_args must be a dict of Ray task options"),
+        ({"bogus_opt": 1}, ValueError, r"'bogus_opt'.*accepted options are: .*num_cpus"),
+        ({"name": "w"}, ValueError, r"'name', which corral does not pass"),
     ],
 )
 def test_ray_refuses_the_task_options_corral_owns(remote_args, error, message):

@@ -15,6 +15,7 @@ driver: the cluster, started by ``ray start``, keeps running.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from typing import Any
 
@@ -23,6 +24,9 @@ from . import session_reaper
 INSTALL_HINT = "the Ray backend needs ray: pip install 'corral[ray]'"
 
 _OBJECT_STORE = 200 * 1024 * 1024  # a local session's store: small machines, shared ones
+# How long the check that a cluster address answers waits for a TCP connection.
+# ray.init itself retries an unreachable GCS for minutes (logging every 40 s).
+_REACH_TIMEOUT = 10.0
 
 _lock = threading.Lock()
 _users = 0  # pools using the session corral initialised; 0 when corral has none
@@ -59,6 +63,37 @@ class Session:
             cpus /= cpus_per_task
         return max(1, int(cpus + 1e-9))
 
+    def check_fits(self, remote_args: dict[str, Any]) -> None:
+        """Raise ``ValueError`` if the cluster has less of a resource than one worker asks.
+
+        Such a worker (an actor) could never be placed, and a task handed to it
+        would wait forever. The cluster is taken as it is now
+        (``ray.cluster_resources()``): nodes an autoscaler might add later do
+        not count, so on an autoscaling cluster start the nodes first.
+
+        Raises:
+            ValueError: the message names the resource, the amount asked and
+                what the cluster has.
+        """
+        asked: dict[str, float] = {}
+        for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+            if remote_args.get(option):
+                asked[resource] = float(remote_args[option])
+        for resource, amount in (remote_args.get("resources") or {}).items():
+            if amount:
+                asked[str(resource)] = float(amount)
+        have = self.ray.cluster_resources()
+        for resource, amount in asked.items():
+            available = float(have.get(resource, 0))
+            if available + 1e-9 < amount:
+                msg = (
+                    f"each worker asks for {amount:g} {resource} (remote_args), but the Ray "
+                    f"cluster has {available:g} {resource} in all, so no worker could start "
+                    "and tasks would wait forever. Ask for less, or add nodes that have it "
+                    "(an autoscaling cluster: start them first)"
+                )
+                raise ValueError(msg)
+
     def close(self) -> None:
         """Release the session; shut it down if corral started it and no pool still uses it."""
         global _users, _watcher
@@ -83,7 +118,9 @@ def connect(backend: Any, workers: int) -> Session:
         ImportError: Ray is not installed (the message names the extra).
         ValueError: ``address`` names another cluster than the one this process
             is already connected to (Ray allows one per process).
-        ConnectionError: the address cannot be reached (Ray's error).
+        ConnectionError: nothing answers at the address (``address`` or
+            ``RAY_ADDRESS``) within ``_REACH_TIMEOUT`` seconds, or Ray's own
+            error (``"auto"`` with no cluster running).
     """
     global _users, _generation, _watcher
     ray = import_ray()
@@ -109,6 +146,9 @@ def connect(backend: Any, workers: int) -> Session:
         os.environ.setdefault("RAY_task_oom_retries", "0")
         watcher = None
         if address or os.environ.get("RAY_ADDRESS"):
+            check_reachable(
+                address or os.environ["RAY_ADDRESS"], "address" if address else "RAY_ADDRESS"
+            )
             ray.init(address=address, log_to_driver=False)
         else:
             before = session_reaper.descendants(os.getpid())
@@ -133,3 +173,34 @@ def _same_cluster(ray: Any, address: str) -> bool:
     """Whether ``address`` (``host:port`` or ``ray://...``) is the connected cluster's."""
     current = str(ray.get_runtime_context().gcs_address)
     return address.split("://")[-1] == current
+
+
+def check_reachable(address: str, source: str, timeout: float = _REACH_TIMEOUT) -> None:
+    """Raise ``ConnectionError`` unless a TCP connection to ``address`` opens in ``timeout`` s.
+
+    ``"host:port"`` (the cluster's GCS) and ``"ray://host:port"`` (Ray Client)
+    are checked; ``"auto"``, ``"local"`` and anything without a port are left
+    to Ray (``"auto"`` fails at once when no cluster runs on this machine).
+    ``ray.init`` would retry an address where nothing listens for minutes.
+
+    Raises:
+        ConnectionError: nothing accepted the connection (the message names the
+            address, where it came from, ``source``, and what to check).
+    """
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        return
+    host = host.strip("[]")  # an IPv6 literal: [::1]:6379
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            return
+    except OSError as exc:
+        msg = (
+            f"cannot reach the Ray cluster at {address!r} (from {source}): {exc}. "
+            "Check that the cluster runs (ray status on its head node), that the host "
+            "and port are right (the head's GCS port, 6379 by default, or 10001 for "
+            "ray://), and that no firewall is in the way; or leave the address unset "
+            "to start a local session"
+        )
+        raise ConnectionError(msg) from exc

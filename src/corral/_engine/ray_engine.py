@@ -35,18 +35,21 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import reduction
+from .._transfer import Shared
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
 from .contract import CALL, MAP, EngineSpec, Task
 from .main_namespace import adopt
 from .ray_cluster import Session, connect, import_ray
 
 _CHECK = 1.0  # seconds between checks that the session still exists, when idle
+_T = TypeVar("_T")
 _BIG = 1 << 20  # buffers this big travel through the object store, out of the pickle
 
 # Shared handles met while pickling a task in this thread (their ObjectRefs go
@@ -67,18 +70,50 @@ def _shared_value(index: int) -> Any:
     return values[index]
 
 
-class RayShared:
-    """What ``RayEngine.share`` returns: an object placed once in Ray's object store.
+class RayShared(Shared[_T]):
+    """What ``share()`` returns on the Ray backend: an object placed once in Ray's object store.
 
-    Passed in the arguments of the engine's tasks, it arrives in the worker as
-    the object itself (Ray fetches it from its store, once per node). Pickled
-    anywhere else it raises ``SerializationError``.
+    A ``corral.Shared``: passed in the arguments of the pool's tasks, it
+    arrives in the worker as the object itself (Ray fetches it from its store,
+    once per node; a NumPy array arrives read-only, mapped from the store).
+    ``get()`` fetches it here. ``release()``, the pool's end, or the last
+    reference to the handle going away drops corral's ``ObjectRef``, so Ray
+    frees the object once tasks already submitted with it (which hold their
+    own) are done; a new task given a released handle raises ``ValueError`` at
+    the call. Pickled anywhere else the handle raises ``TypeError``.
     """
 
     __slots__ = ("ref",)
 
-    def __init__(self, ref: Any) -> None:
-        self.ref = ref
+    def __init__(self, ref: Any, description: str) -> None:
+        self.ref: Any = ref
+        self._lock = threading.Lock()
+        self._segment = None
+        self._fd = -1
+        self._pins = 0
+        self._released = False
+        self._spans = ()
+        self.description = description
+
+    def get(self) -> _T:
+        """The object, fetched from Ray's object store (a NumPy array: read-only).
+
+        Raises:
+            ValueError: the handle was released.
+        """
+        ref = self.ref
+        if self._released or ref is None:
+            raise ValueError(self._released_message())
+        import ray
+
+        value: _T = ray.get(ref)
+        return value
+
+    def release(self) -> None:
+        """Drop corral's reference: Ray frees the object once submitted tasks are done."""
+        with self._lock:
+            self._released = True
+            self.ref = None
 
     def __reduce__(self) -> tuple[Any, tuple[int]]:
         refs = getattr(_collect, "refs", None)
@@ -88,12 +123,22 @@ class RayShared:
                 "of the Ray engine that shared it"
             )
             raise TypeError(msg)
+        ref = self.ref
+        if self._released or ref is None:
+            raise ValueError(self._released_message())
         # The same handle twice (or a task pickled again) keeps one index.
-        for index, ref in enumerate(refs):
-            if ref is self.ref:
+        for index, known in enumerate(refs):
+            if known is ref:
                 return _shared_value, (index,)
-        refs.append(self.ref)
+        refs.append(ref)
         return _shared_value, (len(refs) - 1,)
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "live"
+        return f"<corral.Shared {self.description} on Ray ({state})>"
+
+    def __del__(self) -> None:
+        self.release()
 
 
 # (In a Ray worker) the pools whose initializer this process has run. Ray
@@ -290,6 +335,7 @@ class RayEngine:
         self._queue: deque[Task] = deque()
         self._running: dict[_InFlight, None] = {}
         self._timed = 0  # tasks with a timeout queued or in flight
+        self._shared: weakref.WeakSet[RayShared[Any]] = weakref.WeakSet()  # released at the end
         self._holds = 0
         self._closing = False
         self._stopping = threading.Event()
@@ -318,6 +364,7 @@ class RayEngine:
 
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled.
+            ValueError: a shared handle in the arguments was released.
         """
         _collect.refs = []
         try:
@@ -418,7 +465,7 @@ class RayEngine:
         """Ray's workers are not ``Process`` objects: always empty."""
         return []
 
-    def share(self, obj: Any) -> RayShared:
+    def share(self, obj: Any) -> RayShared[Any]:
         """Place ``obj`` in Ray's object store once (``ray.put``); return its handle.
 
         Raises:
@@ -431,7 +478,9 @@ class RayEngine:
         except Exception as exc:
             msg = f"share() could not place the object in Ray's object store: {exc}"
             raise SerializationError(msg) from exc
-        return RayShared(ref)
+        handle: RayShared[Any] = RayShared(ref, type(obj).__name__)
+        self._shared.add(handle)
+        return handle
 
     # ------------------------------------------------------------- inside
 
@@ -519,6 +568,8 @@ class RayEngine:
                     break
         finally:
             self._stopping.set()
+            for handle in list(self._shared):
+                handle.release()
             if self._ray.is_initialized():
                 for actor in list(self._actors):
                     self._kill(actor)
@@ -680,8 +731,9 @@ def start_ray_engine(spec: EngineSpec) -> RayEngine:
         ImportError: Ray is not installed (the message names the extra).
         InitializerError: the initializer raised in a worker (the session a
             failed start began is released).
-        ValueError: ``max_memory_per_child`` (not supported on Ray), or an
-            ``address`` other than the cluster this process is connected to.
+        ValueError: ``max_memory_per_child`` (not supported on Ray), an
+            ``address`` other than the cluster this process is connected to, or
+            ``remote_args`` asking for more of a resource than the cluster has.
     """
     if spec.max_memory is not None:
         msg = (
@@ -694,6 +746,7 @@ def start_ray_engine(spec: EngineSpec) -> RayEngine:
     session = connect(spec.backend, spec.workers)
     try:
         ray = session.ray
+        session.check_fits(remote_args)
         size = spec.workers or session.capacity(float(remote_args.get("num_cpus", 1)))
         options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
         if "num_cpus" not in remote_args:
