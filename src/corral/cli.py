@@ -99,10 +99,10 @@ def run_map(args: argparse.Namespace) -> int:
             pool = Pool(
                 args.workers, context=ctx, task_timeout=args.task_timeout, backend=_backend(args)
             )
-        except (
-            ImportError
-        ) as exc:  # the backend's package is missing: the message says what to install
-            print(f"corral map: {exc}", file=sys.stderr)
+        except (ImportError, OSError, ValueError) as exc:
+            # The backend's package is missing, its cluster cannot be reached or
+            # cannot run a worker: the message says what to do.
+            print(f"corral map: cannot start the pool: {exc}", file=sys.stderr)
             return 2
         with pool:
             results = pool.imap(

@@ -84,3 +84,18 @@ def test_a_backend_whose_package_is_missing_names_the_pip_command(
     finally:
         sys.stdin.close()
     assert f"pip install 'corral[{backend}]'" in capsys.readouterr().err
+
+
+def test_a_cluster_that_cannot_be_reached_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import corral.pool
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("nothing listens at tcp://127.0.0.1:1")
+
+    (tmp_path / "jobs.py").write_text(MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(corral.pool, "Pool", unreachable)
+    argv = ["map", "jobs:square", "--backend", "dask", "--address", "tcp://127.0.0.1:1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "corral map: cannot start the pool: nothing listens at tcp://127.0.0.1:1\n"
