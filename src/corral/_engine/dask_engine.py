@@ -43,6 +43,8 @@ try:
     from dask._task_spec import Task as DaskTask
     from dask._task_spec import TaskRef
     from distributed import Future, WorkerPlugin, get_worker
+    from distributed.scheduler import KilledWorker
+    from distributed.utils import sync
 except ImportError as exc:  # the registry imports this module on first use
     raise ImportError(INSTALL_HINT) from exc
 
@@ -67,8 +69,13 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     ``n_shared`` shared handles, then its big buffers, out of the pickle.
     """
 
-    key = get_worker().get_current_task()
+    worker = get_worker()
+    key = str(worker.get_current_task())  # corral's keys are strings
     _started[key] = time.monotonic()
+    # The start marker, on the scheduler before the task's code runs (a round
+    # trip, acknowledged: a task that kills its worker at once still left it),
+    # so that a KilledWorker for a task that never started can be told apart.
+    sync(worker.loop, worker.scheduler.log_event, topic=_marker_topic(key), msg=key)
     try:
         with resolving(inputs[:n_shared]):
             fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
@@ -89,6 +96,11 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
 
         error = MaybeEncodingError(exc, outcome[1])
         return bytes(reduction.ForkingPickler.dumps((False, error, _traceback_text(exc))))
+
+
+def _marker_topic(key: str) -> str:
+    """The scheduler event topic a pool's tasks log their start under: the key's prefix."""
+    return key.rpartition("-")[0] + "-started"
 
 
 def _traceback_text(exc: BaseException) -> str:
@@ -139,6 +151,8 @@ class DaskEngine:
         self._keys = f"corral-{uuid.uuid4().hex[:16]}"  # task keys: this, then a number
         self._count = 0
         self._shared: weakref.WeakSet[DaskShared[Any]] = weakref.WeakSet()
+        # Tasks resubmitted once after a KilledWorker before they ever started.
+        self._resubmitted: weakref.WeakSet[Task] = weakref.WeakSet()
         self._queue: deque[Task] = deque()
         self._running: dict[str, Task] = {}
         self._holds = 0
@@ -446,6 +460,8 @@ class DaskEngine:
             task = self._running.pop(future.key, None)
         if task is None:  # timed out or stopped meanwhile
             return
+        if isinstance(result, KilledWorker) and self._resubmit(future.key, task):
+            return
         if isinstance(result, bytes):
             ok, value, text = _decode(result)
         else:  # the cluster lost it (its worker died...): Dask's error
@@ -456,6 +472,28 @@ class DaskEngine:
 
             value = attach_remote_traceback(value, text)
         self._outcome(task, ok, value)
+
+    def _resubmit(self, key: str, task: Task) -> bool:
+        """Run again, once, under a new key, a task Dask failed while it never started.
+
+        Dask's ``KilledWorker`` also blames the tasks that only waited on a
+        worker that died (``worker-saturation`` > 1 on a single-threaded
+        worker; the nanny restarts the same worker with the same tasks). Only a
+        task without a start marker on the scheduler is resubmitted; one whose
+        marker is there (it ran when a worker died) fails with ``WorkerLostError``.
+        """
+        if task in self._resubmitted or self._stopped.is_set():
+            return False
+        try:
+            started = {msg for _, msg in self.client.get_events(_marker_topic(key))}
+        except Exception:  # the scheduler is gone: the task is lost
+            return False
+        if key in started:
+            return False
+        self._resubmitted.add(task)
+        with self._fill_lock:
+            self._hand_out([task])
+        return True
 
     def _maybe_finish(self) -> None:
         with self._lock:
