@@ -39,6 +39,17 @@ class ClusterBackend:
 
         return BackendContext(self)
 
+    def validate(self, spec: Any) -> None:
+        """Refuse what this backend cannot do, before anything starts (nothing is refused here).
+
+        Front ends call it (through ``corral._engine.check_spec``) as they are
+        made, so that ``ProcessPoolExecutor``, which starts its engine only at the
+        first submit, refuses at construction as ``Pool`` does.
+
+        Raises:
+            ValueError: ``spec`` (an ``EngineSpec``) asks for what the backend lacks.
+        """
+
 
 class Dask(ClusterBackend):
     """Run a pool's tasks on a Dask cluster.
@@ -74,6 +85,28 @@ class Dask(ClusterBackend):
             raise ValueError(msg)
         self.client = client
         self.address = address
+
+    def validate(self, spec: Any) -> None:
+        """Refuse ``maxtasksperchild`` and ``max_memory_per_child``: see the class docstring.
+
+        Raises:
+            ValueError: ``spec`` sets either.
+        """
+        if spec.max_tasks is not None:
+            msg = (
+                "maxtasksperchild / max_tasks_per_child is not supported on the Dask backend: "
+                "Dask's scheduler, not corral, hands a worker its next task, so a worker cannot "
+                "be replaced after exactly N tasks without rerunning the one it was given next. "
+                "Leave it None (a Dask cluster can recycle workers itself: dask worker --lifetime)."
+            )
+            raise ValueError(msg)
+        if spec.max_memory is not None:
+            msg = (
+                "max_memory_per_child is not supported on the Dask backend: Dask limits memory "
+                "per worker when the cluster starts (dask worker --memory-limit, "
+                "distributed.worker.memory.terminate). Leave it None and set the limit there."
+            )
+            raise ValueError(msg)
 
     def __repr__(self) -> str:
         return f"corral.backends.Dask(client={self.client!r}, address={self.address!r})"

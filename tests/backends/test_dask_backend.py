@@ -200,11 +200,15 @@ def test_initializer_runs_once_per_worker_process(tmp_path):
 def test_limits_the_backend_does_not_support_are_refused():
     with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
         corral.Pool(1, backend="dask", maxtasksperchild=3)
-    executor = corral.ProcessPoolExecutor(1, backend="dask", max_tasks_per_child=3)
-    with executor, pytest.raises(ValueError, match="max_tasks_per_child is not supported"):
-        executor.submit(square, 2)
     with pytest.raises(ValueError, match="--memory-limit"):
         corral.Pool(1, backend="dask", max_memory_per_child=1 << 30)
+    # The executor refuses at construction too (it starts its engine only at the
+    # first submit), and starts no cluster to do so.
+    with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
+        corral.ProcessPoolExecutor(1, backend="dask", max_tasks_per_child=3)
+    with pytest.raises(ValueError, match="--memory-limit"):
+        corral.ProcessPoolExecutor(backend=Dask(), max_memory_per_child=1 << 30)
+    assert psutil.Process().children() == []
 
 
 def fail_to_start() -> None:

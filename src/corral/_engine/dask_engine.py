@@ -612,29 +612,14 @@ def _register_initializer(client: Any, plugin: str, spec: EngineSpec) -> None:
 def start_dask_engine(spec: EngineSpec) -> DaskEngine:
     """The engine on the cluster ``spec.backend`` (a ``corral.backends.Dask``) points at.
 
-    ``spec.workers`` 0 means the cluster's worker threads.
+    ``spec.workers`` 0 means the cluster's worker threads. The limits the
+    backend refuses (``maxtasksperchild``, ``max_memory_per_child``) were
+    refused already: ``start_engine`` calls ``corral.backends.Dask.validate``.
 
     Raises:
         ImportError: ``distributed`` is not installed (the message names the extra).
         InitializerError: the initializer raised in a worker (nothing is left running).
-        ValueError: a limit the Dask backend does not support yet
-            (``maxtasksperchild``/``max_tasks_per_child``, ``max_memory_per_child``).
     """
-    if spec.max_tasks is not None:
-        msg = (
-            "maxtasksperchild / max_tasks_per_child is not supported on the Dask backend: "
-            "Dask's scheduler, not corral, hands a worker its next task, so a worker cannot "
-            "be replaced after exactly N tasks without rerunning the one it was given next. "
-            "Leave it None (a Dask cluster can recycle workers itself: dask worker --lifetime)."
-        )
-        raise ValueError(msg)
-    if spec.max_memory is not None:
-        msg = (
-            "max_memory_per_child is not supported on the Dask backend: Dask limits memory "
-            "per worker when the cluster starts (dask worker --memory-limit, "
-            "distributed.worker.memory.terminate). Leave it None and set the limit there."
-        )
-        raise ValueError(msg)
     connection = connect(spec.backend, spec.workers)
     try:
         plugin = None
