@@ -281,6 +281,41 @@ def test_the_cluster_corral_started_goes_away_with_its_program(tmp_path, end):
         proc.stdout.close()
 
 
+NO_MAIN_GUARD = """
+import corral
+
+def triple(x):
+    return 3 * x
+
+pool = corral.Pool(2, backend="dask")  # at import time: the workers run this again
+print(pool.map(triple, range(4)))
+"""
+
+
+def test_a_script_without_the_main_guard_gets_worker_startup_error_not_dasks_noise(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(NO_MAIN_GUARD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+    assert proc.returncode != 0
+    error = err[err.index("corral.errors.WorkerStartupError: ") :]
+    assert "imports the main module" in error and "if __name__ == '__main__':" in error
+    # One traceback (corral's), none from inside distributed; was 496 lines.
+    assert err.count("Traceback") == 1 and "distributed/" not in err, err
+    assert len(err.splitlines()) < 60, err
+
+
 def return_a_lock(_: int) -> threading.Lock:
     return threading.Lock()
 
