@@ -67,9 +67,12 @@ class Dask(ClusterBackend):
     On the cluster corral starts, a task whose worker dies fails alone with
     ``WorkerLostError`` and is never rerun; on a cluster the user started, the
     scheduler's ``allowed-failures`` (Dask's default 3) reruns it first, so a
-    task may run more than once there. ``share()`` and arguments of 1 MiB or
-    more go to the workers through ``scatter``. ``maxtasksperchild`` and
-    ``max_memory_per_child`` are refused (``ValueError``). The workers must be
+    task may run more than once there; a task that only waited on a dying
+    worker, never started, is run again (once) rather than failed. ``share()``
+    and arguments of 1 MiB or more go to the workers through ``scatter``; a
+    shared NumPy array arrives read-only, other shared objects as the task's
+    own copy. ``maxtasksperchild`` and ``max_memory_per_child`` are refused
+    (``ValueError``, when the pool or executor is made). The workers must be
     able to import corral and the task's modules (functions of ``__main__``
     travel by value).
 

@@ -6,7 +6,9 @@ configured scheduler address (``scheduler-address`` in ``dask.config``, which
 process; else a new ``LocalCluster`` with one single-threaded worker process
 per requested worker, started with ``allowed-failures=0`` so that a task whose
 worker dies is never rerun on another worker, and ``worker-saturation=1.0`` so
-that no other task waits on a worker and shares the blame.
+that no other task waits on a worker and shares the blame. A local cluster
+that cannot start raises ``WorkerStartupError`` (with the main-guard
+explanation for a spawned script), its noise kept out of the output.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ How a task travels::
 
 Outcomes: the task's own exception (type kept, remote traceback as
 ``__cause__``); ``WorkerLostError`` when the cluster lost the task (its worker
-died; Dask's error as ``__cause__``); ``TaskTimeoutError`` past
+died while it ran; Dask's error as ``__cause__``; a task Dask failed with
+``KilledWorker`` that never started, having only waited on the dying worker,
+is resubmitted once instead: ``_resubmit``); ``TaskTimeoutError`` past
 ``task_timeout`` (the task is cancelled and its worker restarted).
 """
 
