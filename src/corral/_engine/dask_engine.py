@@ -77,7 +77,10 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     # The start marker, on the scheduler before the task's code runs (a round
     # trip, acknowledged: a task that kills its worker at once still left it),
     # so that a KilledWorker for a task that never started can be told apart.
-    sync(worker.loop, worker.scheduler.log_event, topic=_marker_topic(key), msg=key)
+    try:
+        sync(worker.loop, worker.scheduler.log_event, topic=_marker_topic(key), msg=key)
+    except Exception:  # no marker: at worst, lost with its worker, it is resubmitted once
+        pass
     try:
         with resolving(inputs[:n_shared]):
             fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
