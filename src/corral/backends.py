@@ -62,6 +62,17 @@ class ClusterBackend:
 
         return BackendContext(self)
 
+    def validate(self, spec: Any) -> None:
+        """Refuse what this backend cannot do, before anything starts (nothing is refused here).
+
+        Front ends call it (through ``corral._engine.check_spec``) as they are
+        made, so that ``ProcessPoolExecutor``, which starts its engine only at the
+        first submit, refuses at construction as ``Pool`` does.
+
+        Raises:
+            ValueError: ``spec`` (an ``EngineSpec``) asks for what the backend lacks.
+        """
+
 
 class Dask(ClusterBackend):
     """Run a pool's tasks on a Dask cluster.
@@ -79,9 +90,12 @@ class Dask(ClusterBackend):
     On the cluster corral starts, a task whose worker dies fails alone with
     ``WorkerLostError`` and is never rerun; on a cluster the user started, the
     scheduler's ``allowed-failures`` (Dask's default 3) reruns it first, so a
-    task may run more than once there. ``share()`` and arguments of 1 MiB or
-    more go to the workers through ``scatter``. ``maxtasksperchild`` and
-    ``max_memory_per_child`` are refused (``ValueError``). The workers must be
+    task may run more than once there; a task that only waited on a dying
+    worker, never started, is run again (once) rather than failed. ``share()``
+    and arguments of 1 MiB or more go to the workers through ``scatter``; a
+    shared NumPy array arrives read-only, other shared objects as the task's
+    own copy. ``maxtasksperchild`` and ``max_memory_per_child`` are refused
+    (``ValueError``, when the pool or executor is made). The workers must be
     able to import corral and the task's modules (functions of ``__main__``
     travel by value).
 
@@ -97,6 +111,28 @@ class Dask(ClusterBackend):
             raise ValueError(msg)
         self.client = client
         self.address = address
+
+    def validate(self, spec: Any) -> None:
+        """Refuse ``maxtasksperchild`` and ``max_memory_per_child``: see the class docstring.
+
+        Raises:
+            ValueError: ``spec`` sets either.
+        """
+        if spec.max_tasks is not None:
+            msg = (
+                "maxtasksperchild / max_tasks_per_child is not supported on the Dask backend: "
+                "Dask's scheduler, not corral, hands a worker its next task, so a worker cannot "
+                "be replaced after exactly N tasks without rerunning the one it was given next. "
+                "Leave it None (a Dask cluster can recycle workers itself: dask worker --lifetime)."
+            )
+            raise ValueError(msg)
+        if spec.max_memory is not None:
+            msg = (
+                "max_memory_per_child is not supported on the Dask backend: Dask limits memory "
+                "per worker when the cluster starts (dask worker --memory-limit, "
+                "distributed.worker.memory.terminate). Leave it None and set the limit there."
+            )
+            raise ValueError(msg)
 
     def __repr__(self) -> str:
         return f"corral.backends.Dask(client={self.client!r}, address={self.address!r})"

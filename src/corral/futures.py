@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import context as _context
 from ._backend_context import BackendContext
-from ._engine import CALL, STARMAP, Engine, EngineSpec, start_engine
+from ._engine import CALL, STARMAP, Engine, EngineSpec, check_spec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
 from .backends import as_backend
@@ -174,6 +174,7 @@ class ProcessPoolExecutor(Executor):
             name=f"corral-executor-engine-{id(self):x}",
             worker_name="CorralExecutorWorker",
         )
+        check_spec(self._engine_spec)  # a backend refuses here, not at the first submit
         self._engine: Engine | None = None
         self._feeds: set[Feed] = set()
         self._shutdown_lock = threading.Lock()

@@ -200,11 +200,16 @@ def test_initializer_runs_once_per_worker_process(tmp_path):
 def test_limits_the_backend_does_not_support_are_refused():
     with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
         corral.Pool(1, backend="dask", maxtasksperchild=3)
-    executor = corral.ProcessPoolExecutor(1, backend="dask", max_tasks_per_child=3)
-    with executor, pytest.raises(ValueError, match="max_tasks_per_child is not supported"):
-        executor.submit(square, 2)
     with pytest.raises(ValueError, match="--memory-limit"):
         corral.Pool(1, backend="dask", max_memory_per_child=1 << 30)
+    # The executor refuses at construction too (it starts its engine only at the
+    # first submit), and starts no cluster to do so.
+    before = set(psutil.Process().children())
+    with pytest.raises(ValueError, match="max_tasks_per_child is not supported on the Dask"):
+        corral.ProcessPoolExecutor(1, backend="dask", max_tasks_per_child=3)
+    with pytest.raises(ValueError, match="--memory-limit"):
+        corral.ProcessPoolExecutor(backend=Dask(), max_memory_per_child=1 << 30)
+    assert set(psutil.Process().children()) == before
 
 
 def fail_to_start() -> None:
@@ -277,6 +282,41 @@ def test_the_cluster_corral_started_goes_away_with_its_program(tmp_path, end):
         proc.stdout.close()
 
 
+NO_MAIN_GUARD = """
+import corral
+
+def triple(x):
+    return 3 * x
+
+pool = corral.Pool(2, backend="dask")  # at import time: the workers run this again
+print(pool.map(triple, range(4)))
+"""
+
+
+def test_a_script_without_the_main_guard_gets_worker_startup_error_not_dasks_noise(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(NO_MAIN_GUARD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+    assert proc.returncode != 0
+    error = err[err.index("corral.errors.WorkerStartupError: ") :]
+    assert "imports the main module" in error and "if __name__ == '__main__':" in error
+    # One traceback (corral's), none from inside distributed; was 496 lines.
+    assert err.count("Traceback") == 1 and "distributed/" not in err, err
+    assert len(err.splitlines()) < 60, err
+
+
 def return_a_lock(_: int) -> threading.Lock:
     return threading.Lock()
 
@@ -292,7 +332,7 @@ def array_sum_and_address(array: object, offset: int) -> tuple[float, tuple[int,
     import numpy as np
 
     assert isinstance(array, np.ndarray)
-    return float(array[offset]), (os.getpid(), id(array))
+    return float(array[offset]), (os.getpid(), array.__array_interface__["data"][0])
 
 
 def _cluster_keys(client: object) -> set[str]:
@@ -308,7 +348,7 @@ def test_share_places_an_array_on_the_cluster_once_and_release_frees_it():
         assert isinstance(handle, corral.Shared)
         results = [pool.apply_async(array_sum_and_address, (handle, i)) for i in range(20)]
         assert [r.get(timeout=60)[0] for r in results] == [float(i) for i in range(20)]
-        # Held once per worker that used it (the same object in each), not per task.
+        # Held once per worker that used it (the same memory in each), not per task.
         assert len({r.get(timeout=1)[1] for r in results}) <= 2
         assert 1 <= len(client.who_has()[handle._key]) <= 2
         assert pool.starmap(array_sum_and_address, [(handle, 5)])[0][0] == 5.0
@@ -322,6 +362,34 @@ def test_share_places_an_array_on_the_cluster_once_and_release_frees_it():
         while key in _cluster_keys(client):
             assert time.monotonic() < deadline, "the released object stayed on the cluster"
             time.sleep(0.05)
+
+
+def increment_first(a: object) -> object:
+    a[0] += 1  # type: ignore[index]
+    return a[0]  # type: ignore[index]
+
+
+def append_one(items: list[int]) -> int:
+    items.append(1)
+    return len(items)
+
+
+def test_a_shared_object_arrives_read_only_or_as_a_copy_as_in_the_local_pool():
+    np = pytest.importorskip("numpy")
+    with corral.Pool(1, backend="dask") as pool:
+        array = pool.share(np.zeros(3))
+        with pytest.raises(ValueError, match="read-only"):
+            pool.map(increment_first, [array] * 3, chunksize=1)
+        big = pool.share(np.zeros(1 << 18))  # 2 MiB
+        with pytest.raises(ValueError, match="read-only"):
+            pool.apply(increment_first, (big,))
+        assert float(array.get()[0]) == 0.0 and float(big.get()[0]) == 0.0
+        # Not a buffer: each task gets its own copy, as locally (the object is unpickled).
+        items = pool.share([0])
+        assert pool.map(append_one, [items] * 3, chunksize=1) == [2, 2, 2]
+        assert items.get() == [0]
+        raw = pool.share(bytearray(b"abc"))  # a bytearray is rebuilt: a copy
+        assert pool.map(increment_first, [raw] * 3, chunksize=1) == [98, 98, 98]
 
 
 def test_the_pools_end_frees_what_it_shared_on_a_users_cluster(user_cluster):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -50,6 +51,14 @@ def killed_once(x: int, marker: str) -> object:
             f.write(str(os.getpid()))
         os.rename(marker + ".tmp", marker)
         time.sleep(60)
+    time.sleep(0.05)
+    return x
+
+
+def kills_its_worker(x: int) -> int:
+    """Task 0 SIGKILLs the worker process running it, every time it runs."""
+    if x == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.05)
     return x
 
@@ -108,9 +117,9 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def cli_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    """``dask scheduler`` and two single-threaded ``dask worker`` processes; their address."""
+@contextmanager
+def _cli(tmp_path: Path, workers: int) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes."""
     if not DASK.exists():
         pytest.skip(f"the dask command line is not installed next to {sys.executable}")
     scheduler_file = tmp_path / "scheduler.json"
@@ -133,12 +142,26 @@ def cli_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[byt
     try:
         _wait_for(lambda: scheduler_file.exists() and scheduler_file.read_text(), "the scheduler")
         address = json.loads(scheduler_file.read_text())["address"]
-        for i in range(2):
+        for i in range(workers):
             args = ["worker", address, "--nthreads", "1", "--no-dashboard", "--memory-limit", "0"]
             procs.append(_start(args, tmp_path / f"worker{i}.log"))
         yield address, procs
     finally:
         _stop(procs)
+
+
+@pytest.fixture
+def cli_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """``dask scheduler`` and two single-threaded ``dask worker`` processes; their address."""
+    with _cli(tmp_path, 2) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def one_worker_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """``dask scheduler`` and ONE single-threaded ``dask worker`` (Dask's defaults)."""
+    with _cli(tmp_path, 1) as cluster:
+        yield cluster
 
 
 def test_a_cluster_started_with_the_dask_command_line(cli_cluster, tmp_path):
@@ -187,3 +210,20 @@ def test_a_cluster_started_with_the_dask_command_line(cli_cluster, tmp_path):
         assert len(client.nthreads()) == 2
         assert all(proc.poll() is None for proc in procs)
         assert client.submit(square, 7, pure=False).result(timeout=30) == 49
+
+
+def test_a_task_that_kills_its_worker_fails_alone_on_the_users_cluster(one_worker_cluster):
+    # Dask's defaults: allowed-failures=3, worker-saturation=1.1 (a 1-thread
+    # worker also holds a waiting task) and a nanny restarting the same worker,
+    # so the waiting task was on every incarnation and Dask's KilledWorker blamed it too.
+    address, _ = one_worker_cluster
+    with distributed.Client(address, set_as_default=False) as client:
+        client.wait_for_workers(1, timeout=60)
+        with corral.Pool(backend=Dask(address=address)) as pool:
+            results = [pool.apply_async(kills_its_worker, (i,)) for i in range(8)]
+            with pytest.raises(corral.WorkerLostError, match="lost this task"):
+                results[0].get(timeout=90)
+            assert [r.get(timeout=90) for r in results[1:]] == list(range(1, 8))
+            client.wait_for_workers(1, timeout=60)
+            assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+        pool.join()

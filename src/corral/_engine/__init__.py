@@ -16,7 +16,16 @@ Front ends import only what this package exports: the contract (``Engine``,
 
 from .contract import CALL, MAP, STARMAP, Engine, EngineSpec, Task
 
-__all__ = ("CALL", "MAP", "STARMAP", "Engine", "EngineSpec", "Task", "start_engine")
+__all__ = (
+    "CALL",
+    "MAP",
+    "STARMAP",
+    "Engine",
+    "EngineSpec",
+    "Task",
+    "check_spec",
+    "start_engine",
+)
 
 
 # Engines by backend name: "module:function", imported on first
@@ -31,11 +40,22 @@ _REGISTRY = {
 }
 
 
+def check_spec(spec: EngineSpec) -> None:
+    """Let the backend object refuse what it cannot do (its ``validate``), starting nothing.
+
+    Raises:
+        ValueError: the backend does not support something ``spec`` asks for.
+    """
+    validate = getattr(spec.backend, "validate", None)
+    if validate is not None:
+        validate(spec)
+
+
 def start_engine(spec: EngineSpec) -> Engine:
     """Start an engine with the workers ``spec`` describes; return it once they are started.
 
     Raises:
-        ValueError: ``spec.backend`` names no known backend.
+        ValueError: ``spec.backend`` names no known backend, or refuses ``spec``.
         ImportError: the backend's package is not installed (the message names the extra).
         OSError: a first worker could not be started (none is left running).
     """
@@ -47,6 +67,7 @@ def start_engine(spec: EngineSpec) -> Engine:
         known = ", ".join(repr(n) for n in _REGISTRY)
         msg = f"unknown engine backend {spec.backend!r}; expected one of {known}"
         raise ValueError(msg)
+    check_spec(spec)
     module_name, function = target.split(":")
     module = importlib.import_module(module_name)
     engine: Engine = getattr(module, function)(spec)

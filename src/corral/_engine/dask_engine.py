@@ -17,7 +17,9 @@ How a task travels::
 
 Outcomes: the task's own exception (type kept, remote traceback as
 ``__cause__``); ``WorkerLostError`` when the cluster lost the task (its worker
-died; Dask's error as ``__cause__``); ``TaskTimeoutError`` past
+died while it ran; Dask's error as ``__cause__``; a task Dask failed with
+``KilledWorker`` that never started, having only waited on the dying worker,
+is resubmitted once instead: ``_resubmit``); ``TaskTimeoutError`` past
 ``task_timeout`` (the task is cancelled and its worker restarted).
 """
 
@@ -44,6 +46,8 @@ try:
     from dask._task_spec import Task as DaskTask
     from dask._task_spec import TaskRef
     from distributed import Future, WorkerPlugin, get_worker
+    from distributed.scheduler import KilledWorker
+    from distributed.utils import sync
 except ImportError as exc:  # the registry imports this module on first use
     raise ImportError(INSTALL_HINT) from exc
 
@@ -68,8 +72,16 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     ``n_shared`` shared handles, then its big buffers, out of the pickle.
     """
 
-    key = get_worker().get_current_task()
+    worker = get_worker()
+    key = str(worker.get_current_task())  # corral's keys are strings
     _started[key] = time.monotonic()
+    # The start marker, on the scheduler before the task's code runs (a round
+    # trip, acknowledged: a task that kills its worker at once still left it),
+    # so that a KilledWorker for a task that never started can be told apart.
+    try:
+        sync(worker.loop, worker.scheduler.log_event, topic=_marker_topic(key), msg=key)
+    except Exception:  # no marker: at worst, lost with its worker, it is resubmitted once
+        pass
     try:
         with resolving(inputs[:n_shared]):
             fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
@@ -92,6 +104,11 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
 
         error = MaybeEncodingError(exc, outcome[1])
         return bytes(reduction.ForkingPickler.dumps((False, error, _traceback_text(exc))))
+
+
+def _marker_topic(key: str) -> str:
+    """The scheduler event topic a pool's tasks log their start under: the key's prefix."""
+    return key.rpartition("-")[0] + "-started"
 
 
 def _traceback_text(exc: BaseException) -> str:
@@ -145,6 +162,8 @@ class DaskEngine:
         self._keys = scope  # task keys: this, then a number
         self._count = 0
         self._shared: weakref.WeakSet[DaskShared[Any]] = weakref.WeakSet()
+        # Tasks resubmitted once after a KilledWorker before they ever started.
+        self._resubmitted: weakref.WeakSet[Task] = weakref.WeakSet()
         self._queue: deque[Task] = deque()
         self._running: dict[str, Task] = {}
         self._holds = 0
@@ -452,6 +471,8 @@ class DaskEngine:
             task = self._running.pop(future.key, None)
         if task is None:  # timed out or stopped meanwhile
             return
+        if isinstance(result, KilledWorker) and self._resubmit(future.key, task):
+            return
         if isinstance(result, bytes):
             ok, value, text = _decode(result)
         else:  # the cluster lost it (its worker died...): Dask's error
@@ -462,6 +483,28 @@ class DaskEngine:
 
             value = attach_remote_traceback(value, text)
         self._outcome(task, ok, value)
+
+    def _resubmit(self, key: str, task: Task) -> bool:
+        """Run again, once, under a new key, a task Dask failed while it never started.
+
+        Dask's ``KilledWorker`` also blames the tasks that only waited on a
+        worker that died (``worker-saturation`` > 1 on a single-threaded
+        worker; the nanny restarts the same worker with the same tasks). Only a
+        task without a start marker on the scheduler is resubmitted; one whose
+        marker is there (it ran when a worker died) fails with ``WorkerLostError``.
+        """
+        if task in self._resubmitted or self._stopped.is_set():
+            return False
+        try:
+            started = {msg for _, msg in self.client.get_events(_marker_topic(key))}
+        except Exception:  # the scheduler is gone: the task is lost
+            return False
+        if key in started:
+            return False
+        self._resubmitted.add(task)
+        with self._fill_lock:
+            self._hand_out([task])
+        return True
 
     def _maybe_finish(self) -> None:
         with self._lock:
@@ -582,29 +625,14 @@ def _register_initializer(client: Any, plugin: str, spec: EngineSpec, scope: str
 def start_dask_engine(spec: EngineSpec) -> DaskEngine:
     """The engine on the cluster ``spec.backend`` (a ``corral.backends.Dask``) points at.
 
-    ``spec.workers`` 0 means the cluster's worker threads.
+    ``spec.workers`` 0 means the cluster's worker threads. The limits the
+    backend refuses (``maxtasksperchild``, ``max_memory_per_child``) were
+    refused already: ``start_engine`` calls ``corral.backends.Dask.validate``.
 
     Raises:
         ImportError: ``distributed`` is not installed (the message names the extra).
         InitializerError: the initializer raised in a worker (nothing is left running).
-        ValueError: a limit the Dask backend does not support yet
-            (``maxtasksperchild``/``max_tasks_per_child``, ``max_memory_per_child``).
     """
-    if spec.max_tasks is not None:
-        msg = (
-            "maxtasksperchild / max_tasks_per_child is not supported on the Dask backend: "
-            "Dask's scheduler, not corral, hands a worker its next task, so a worker cannot "
-            "be replaced after exactly N tasks without rerunning the one it was given next. "
-            "Leave it None (a Dask cluster can recycle workers itself: dask worker --lifetime)."
-        )
-        raise ValueError(msg)
-    if spec.max_memory is not None:
-        msg = (
-            "max_memory_per_child is not supported on the Dask backend: Dask limits memory "
-            "per worker when the cluster starts (dask worker --memory-limit, "
-            "distributed.worker.memory.terminate). Leave it None and set the limit there."
-        )
-        raise ValueError(msg)
     connection = connect(spec.backend, spec.workers)
     scope = f"corral-{uuid.uuid4().hex[:16]}"  # the pool's task keys start with it
     try:

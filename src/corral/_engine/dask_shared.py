@@ -5,15 +5,23 @@
 arguments are pickled with ``collecting()`` active: each handle met there adds
 its Dask key to the task, which the engine passes to ``_run`` as a dependency
 (``TaskRef``), so Dask moves the object to the worker once and hands it in; the
-handle unpickles there as ``shared_value(index)``, the object itself.
+handle unpickles there as ``shared_value(index)``: the object rebuilt for the
+task as the local pool rebuilds it (pickled in the worker with its buffers out
+of band, unpickled on read-only views of them): a NumPy array arrives
+read-only, on the memory the worker holds (no copy); an object without buffers
+(a list, a dict) or a bytearray arrives as the task's own copy, so a task's
+mutations never reach the next task or the cluster's object.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+import cloudpickle
 
 from .._transfer import Shared
 
@@ -39,10 +47,12 @@ def collecting() -> Iterator[list[str]]:
 def resolving(values: tuple[Any, ...]) -> Iterator[None]:
     """(In a worker) give the handles unpickled inside the block their objects."""
     _collect.values = values
+    _collect.rebuilt = {}
     try:
         yield
     finally:
         _collect.values = None
+        _collect.rebuilt = None
 
 
 def shared_value(index: int) -> Any:
@@ -54,7 +64,27 @@ def shared_value(index: int) -> Any:
             "pass it only in the arguments of tasks of the pool that shared it"
         )
         raise RuntimeError(msg)
-    return values[index]
+    rebuilt: dict[int, Any] = _collect.rebuilt
+    if index not in rebuilt:  # one object per handle per task, as locally
+        rebuilt[index] = _read_only_rebuild(values[index])
+    return rebuilt[index]
+
+
+def _read_only_rebuild(obj: Any) -> Any:
+    """``obj`` pickled and unpickled with its buffers out of band, read-only (not copied)."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        buffers.append(view.toreadonly())
+        return False
+
+    # cloudpickle: the object may be of a class the user's __main__ sent by value.
+    payload = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    return pickle.loads(payload, buffers=buffers)
 
 
 class DaskShared(Shared[_T]):
@@ -62,9 +92,11 @@ class DaskShared(Shared[_T]):
 
     Passed anywhere in the arguments of the pool's tasks, it arrives in the
     worker as the object itself, fetched from the cluster (once per worker that
-    needs it). ``get()`` fetches it here. ``release()``, the pool's end, or the
-    last reference to the handle going away frees it on the cluster; tasks
-    already submitted with it still get it.
+    needs it) and rebuilt for each task: a NumPy array read-only on the
+    worker's memory, anything else the task's own copy. ``get()`` fetches it
+    here. ``release()``, the pool's end, or the last reference to the handle
+    going away frees it on the cluster; tasks already submitted with it still
+    get it.
     """
 
     __slots__ = ("_future", "_key")
