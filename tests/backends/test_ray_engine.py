@@ -29,14 +29,16 @@ from corral._engine import EngineSpec  # noqa: E402
 from corral._engine.ray_engine import RayEngine, start_ray_engine  # noqa: E402
 from corral.backends import Ray  # noqa: E402
 
-from ..conftest import run_script  # noqa: E402
+from ..conftest import _helper, run_script  # noqa: E402
 
 HERE = Path(__file__).parent
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def _ray_processes() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    # Not the stdlib's resource tracker, which a Dask test's nanny (or numpy's
+    # use of multiprocessing) may start once in this process: it lives with it.
+    return [p for p in psutil.Process().children(recursive=True) if not _helper(p)]
 
 
 @pytest.fixture(scope="module")

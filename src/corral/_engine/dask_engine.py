@@ -62,7 +62,7 @@ _WINDOW = 16
 _started: dict[Any, float] = {}  # (in a worker) task key -> time.monotonic() it started
 
 
-def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
+def _run(kind: int, payload: bytes, marker: bool, n_shared: int, *inputs: Any) -> bytes:
     """(In a Dask worker) run one corral task; never raise.
 
     Returns the pickled ``(ok, value, traceback text)``: pickled here, so that a
@@ -70,6 +70,7 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     in the local pool) instead of looking like a lost worker to Dask. ``inputs``
     are what Dask resolved the task's dependencies to: the objects of its
     ``n_shared`` shared handles, then its big buffers, out of the pickle.
+    ``marker``: log the task's start on the scheduler first (a user's cluster).
     """
 
     worker = get_worker()
@@ -78,10 +79,13 @@ def _run(kind: int, payload: bytes, n_shared: int, *inputs: Any) -> bytes:
     # The start marker, on the scheduler before the task's code runs (a round
     # trip, acknowledged: a task that kills its worker at once still left it),
     # so that a KilledWorker for a task that never started can be told apart.
-    try:
-        sync(worker.loop, worker.scheduler.log_event, topic=_marker_topic(key), msg=key)
-    except Exception:  # no marker: at worst, lost with its worker, it is resubmitted once
-        pass
+    # Not on a cluster corral started: there a worker holds only what it runs
+    # (allowed-failures=0, worker-saturation=1.0), so every lost task had started.
+    if marker:
+        try:
+            sync(worker.loop, worker.scheduler.log_event, topic=_marker_topic(key), msg=key)
+        except Exception:  # no marker: at worst, lost with its worker, it is resubmitted once
+            pass
     try:
         with resolving(inputs[:n_shared]):
             fn, args, kwargs = pickle.loads(payload, buffers=inputs[n_shared:])
@@ -160,6 +164,8 @@ class DaskEngine:
         self._lock = threading.Lock()
         self._fill_lock = threading.RLock()  # one hand-out at a time, in order
         self._keys = scope  # task keys: this, then a number
+        # Start markers only on a cluster the user runs (see _run and _resubmit).
+        self._markers = connection.cluster is None
         self._count = 0
         self._shared: weakref.WeakSet[DaskShared[Any]] = weakref.WeakSet()
         # Tasks resubmitted once after a KilledWorker before they ever started.
@@ -368,7 +374,14 @@ class DaskEngine:
             n_shared, inputs = task.transfer
             refs = [TaskRef(future.key) for future in inputs]
             graph[key] = DaskTask(
-                key, _run, task.kind, task.payload, n_shared, *refs, _data_producer=True
+                key,
+                _run,
+                task.kind,
+                task.payload,
+                self._markers,
+                n_shared,
+                *refs,
+                _data_producer=True,
             )
         futures = self.client.get(graph, list(graph), sync=False)
         with self._lock:
@@ -493,8 +506,8 @@ class DaskEngine:
         task without a start marker on the scheduler is resubmitted; one whose
         marker is there (it ran when a worker died) fails with ``WorkerLostError``.
         """
-        if task in self._resubmitted or self._stopped.is_set():
-            return False
+        if not self._markers or task in self._resubmitted or self._stopped.is_set():
+            return False  # on corral's own cluster a lost task had started
         try:
             started = {msg for _, msg in self.client.get_events(_marker_topic(key))}
         except Exception:  # the scheduler is gone: the task is lost
