@@ -29,7 +29,8 @@ from corral._engine import EngineSpec  # noqa: E402
 from corral._engine.ray_engine import RayEngine, start_ray_engine  # noqa: E402
 from corral.backends import Ray  # noqa: E402
 
-from ..conftest import _helper, run_script  # noqa: E402
+from ..conftest import run_script  # noqa: E402
+from .conftest import _helper  # noqa: E402
 
 HERE = Path(__file__).parent
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
