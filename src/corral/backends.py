@@ -196,6 +196,19 @@ class Ray(ClusterBackend):
         self.address = address
         self.remote_args = dict(remote_args)
 
+    def validate(self, spec: Any) -> None:
+        """Refuse ``max_memory_per_child``: Ray's own memory monitor kills workers.
+
+        Raises:
+            ValueError: ``spec`` sets it.
+        """
+        if spec.max_memory is not None:
+            msg = (
+                "max_memory_per_child is not supported on the Ray backend (Ray's own memory "
+                "monitor kills workers that use too much); leave it None"
+            )
+            raise ValueError(msg)
+
     def __repr__(self) -> str:
         return f"corral.backends.Ray(address={self.address!r}, remote_args={self.remote_args!r})"
 

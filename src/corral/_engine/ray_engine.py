@@ -735,12 +735,6 @@ def start_ray_engine(spec: EngineSpec) -> RayEngine:
             ``address`` other than the cluster this process is connected to, or
             ``remote_args`` asking for more of a resource than the cluster has.
     """
-    if spec.max_memory is not None:
-        msg = (
-            "max_memory_per_child is not supported on the Ray backend (Ray's own memory "
-            "monitor kills workers); leave it None"
-        )
-        raise ValueError(msg)
     import_ray()
     remote_args = dict(getattr(spec.backend, "remote_args", None) or {})
     session = connect(spec.backend, spec.workers)
