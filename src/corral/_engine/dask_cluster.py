@@ -14,7 +14,6 @@ explanation for a spawned script), its noise kept out of the output.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
@@ -116,9 +115,13 @@ def _refuse_while_importing_main() -> None:
     """
     from .. import process
 
-    if getattr(multiprocessing.current_process(), "_inheriting", False) or getattr(
-        process.current_process(), "_inheriting", False
-    ):
+    # The stdlib's multiprocessing started this process if it is loaded (corral
+    # itself never imports it): read its state without importing it.
+    stdlib_process = sys.modules.get("multiprocessing.process")
+    stdlib_inheriting = stdlib_process is not None and getattr(
+        stdlib_process.current_process(), "_inheriting", False
+    )
+    if stdlib_inheriting or getattr(process.current_process(), "_inheriting", False):
         # The script's path, as the parent ran it (spawn passes sys.argv on).
         main_path = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "__main__"
         msg = (
