@@ -826,20 +826,34 @@ class Shared(Generic[_T]):
             segment.close()
 
 
-class SharedInProcess(Shared[_T]):
-    """``share()`` of a thread pool: the workers are threads, so the object itself is shared."""
+class SharedElsewhere(Shared[_T]):
+    """Base of the handles whose object is not in a segment of this engine.
 
-    __slots__ = ("_obj",)
+    A thread pool's (the object itself) and a cluster backend's (the object in
+    the cluster's store): they are ``corral.Shared`` for the user and the type
+    checker, and leave the segment state empty.
+    """
 
-    def __init__(self, obj: _T) -> None:
-        self._obj: Any = obj
+    __slots__ = ()
+
+    def __init__(self, description: str) -> None:
         self._lock = threading.Lock()
         self._segment = None
         self._fd = -1
         self._pins = 0
         self._released = False
         self._spans = ()
-        self.description = type(obj).__name__
+        self.description = description
+
+
+class SharedInProcess(SharedElsewhere[_T]):
+    """``share()`` of a thread pool: the workers are threads, so the object itself is shared."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: _T) -> None:
+        super().__init__(type(obj).__name__)
+        self._obj: Any = obj
 
     def get(self) -> _T:
         if self._released:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import cloudpickle
 
-from .._transfer import Shared
+from .._transfer import SharedElsewhere
 
 _T = TypeVar("_T")
 
@@ -87,7 +87,7 @@ def _read_only_rebuild(obj: Any) -> Any:
     return pickle.loads(payload, buffers=buffers)
 
 
-class DaskShared(Shared[_T]):
+class DaskShared(SharedElsewhere[_T]):
     """What ``share()`` returns on the Dask backend: an object held by the cluster.
 
     Passed anywhere in the arguments of the pool's tasks, it arrives in the
@@ -102,15 +102,9 @@ class DaskShared(Shared[_T]):
     __slots__ = ("_future", "_key")
 
     def __init__(self, future: Any, description: str) -> None:
+        super().__init__(description)
         self._future: Any = future
         self._key = str(future.key)
-        self._lock = threading.Lock()
-        self._segment = None
-        self._fd = -1
-        self._pins = 0
-        self._released = False
-        self._spans = ()
-        self.description = description
 
     def get(self) -> _T:
         """The object, fetched from the cluster.

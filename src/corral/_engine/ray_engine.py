@@ -42,7 +42,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .. import reduction
-from .._transfer import Shared
+from .._transfer import SharedElsewhere
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
 from .contract import CALL, MAP, EngineSpec, Task
 from .main_namespace import adopt
@@ -70,7 +70,7 @@ def _shared_value(index: int) -> Any:
     return values[index]
 
 
-class RayShared(Shared[_T]):
+class RayShared(SharedElsewhere[_T]):
     """What ``share()`` returns on the Ray backend: an object placed once in Ray's object store.
 
     A ``corral.Shared``: passed in the arguments of the pool's tasks, it
@@ -86,14 +86,8 @@ class RayShared(Shared[_T]):
     __slots__ = ("ref",)
 
     def __init__(self, ref: Any, description: str) -> None:
+        super().__init__(description)
         self.ref: Any = ref
-        self._lock = threading.Lock()
-        self._segment = None
-        self._fd = -1
-        self._pins = 0
-        self._released = False
-        self._spans = ()
-        self.description = description
 
     def get(self) -> _T:
         """The object, fetched from Ray's object store (a NumPy array: read-only).
