@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 from collections import deque
+from collections.abc import Generator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -118,6 +119,16 @@ class _Future(Future[Any]):
             self._exception = None
             self._waiters: list[Any] = []
             self._done_callbacks: list[Any] = []
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in a coroutine: its result, or its exception raised.
+
+        Cancelling the awaiting coroutine (or ``asyncio.wait_for`` running out)
+        cancels this future: a task that has not started never runs.
+        """
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
 
     def result(self, timeout: float | None = None) -> Any:
         if self._direct is not None:

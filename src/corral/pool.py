@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -132,6 +132,44 @@ class ApplyResult(Generic[_T]):
         finally:
             self._event.set()
             self._pool = None
+            waiters = self.__dict__.get("_waiters")  # awaiting coroutines (__await__)
+            if waiters:
+                for wake in list(waiters):
+                    wake()
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        """``await result``: the result in a coroutine, without blocking the event loop.
+
+        Re-raises the task's exception. Cancelling the awaiting coroutine (or
+        ``asyncio.wait_for`` running out) stops the waiting, not the call,
+        which still runs and sets this result.
+        """
+        return self._wait_in_loop().__await__()
+
+    async def _wait_in_loop(self) -> _T:
+        if not self._event.is_set():
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(_resolve_waiter, waiter)
+
+            waiters: list[Callable[[], None]] = self.__dict__.setdefault("_waiters", [])
+            waiters.append(wake)
+            if self._event.is_set():  # set meanwhile: _set may have missed the new waiter
+                wake()
+            try:
+                await waiter
+            finally:
+                waiters.remove(wake)
+        return self.get(0)
+
+
+def _resolve_waiter(waiter: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 AsyncResult = ApplyResult
@@ -214,6 +252,31 @@ class IMapIterator(Generic[_T]):
                 return item
 
     __next__ = next
+
+    def __aiter__(self) -> IMapIterator[_T]:
+        return self
+
+    async def __anext__(self) -> _T:
+        """``async for item in pool.imap(...)``: the next result, waited for in a thread.
+
+        Raises:
+            StopAsyncIteration: all results were returned.
+        """
+        if self._items:  # the rest of a chunk already here
+            item: _T = self._items.pop()
+            return item
+        import asyncio
+
+        done, value = await asyncio.to_thread(self._next_or_end)
+        if done:
+            raise StopAsyncIteration
+        return value
+
+    def _next_or_end(self) -> tuple[bool, Any]:
+        try:
+            return False, self.next()
+        except StopIteration:  # may not cross into a coroutine
+            return True, None
 
 
 class IMapUnorderedIterator(IMapIterator[_T]):
