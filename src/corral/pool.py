@@ -30,6 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
+from concurrent.futures import CancelledError
 from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -88,6 +89,8 @@ class ApplyResult(Generic[_T]):
         self._error_callback = error_callback
         self._success: bool | None = None
         self._value: Any = None
+        self._started = False  # a task of it was handed to a worker (_claim)
+        self._cancelled = False  # its awaiting coroutine was cancelled first
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -146,6 +149,23 @@ class ApplyResult(Generic[_T]):
         """
         return self._wait_in_loop().__await__()
 
+    def _claim(self) -> bool:
+        """(The engine, as a task of this result starts) False drops it: cancelled."""
+        with _claims:
+            if self._cancelled:
+                return False
+            self._started = True
+            return True
+
+    def _cancel_if_not_started(self) -> None:
+        """Cancel the call if no task of it has started: ``get()`` then raises CancelledError."""
+        with _claims:
+            if self._started or self._event.is_set():
+                return
+            self._cancelled = True
+        msg = "the coroutine awaiting this call was cancelled before the call started"
+        ApplyResult._set(self, False, CancelledError(msg))
+
     async def _wait_in_loop(self) -> _T:
         if not self._event.is_set():
             import asyncio
@@ -162,9 +182,17 @@ class ApplyResult(Generic[_T]):
                 wake()
             try:
                 await waiter
+            except BaseException:  # cancelled (asyncio.wait_for ran out...)
+                self._cancel_if_not_started()
+                raise
             finally:
                 waiters.remove(wake)
         return self.get(0)
+
+
+# Guards an AsyncResult's started/cancelled pair (claim in the engine thread,
+# cancel in an event loop's); one for all: it is held for two assignments.
+_claims = threading.Lock()
 
 
 def _resolve_waiter(waiter: Any) -> None:
@@ -465,7 +493,7 @@ class Pool:
         timeout = self._timeout(task_timeout)
         result = ApplyResult(self, callback, error_callback)
         task = self._engine.new_task(
-            CALL, func, tuple(args), kwds or {}, result._set, timeout=timeout
+            CALL, func, tuple(args), kwds or {}, result._set, timeout=timeout, claim=result._claim
         )
         self._engine.submit(task)
         return result
@@ -511,6 +539,7 @@ class Pool:
                 None,
                 partial(result._set_chunk, i),
                 timeout=None if timeout is None else timeout * len(chunk),
+                claim=result._claim,
             )
             for i, chunk in enumerate(chunks)
         ]

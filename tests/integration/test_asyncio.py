@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import CancelledError
 
 import pytest
 
@@ -84,15 +85,27 @@ def test_wait_for_running_out_cancels_a_task_that_has_not_started():
     assert [f.result(10) for f in queued[:2]] == [1, 2]  # the others did
 
 
-def test_wait_for_running_out_leaves_a_pool_call_running():
+def test_wait_for_running_out_cancels_a_pool_call_that_has_not_started():
     gate = corral.get_context("fork").Event()
 
     async def main(pool: Pool):
-        result = pool.apply_async(_wait_at_gate)
+        running = pool.apply_async(_wait_at_gate)  # holds the one worker
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(result, 0.2)
+            await asyncio.wait_for(running, 0.2)  # it runs: not cancelled
+        waiting = [pool.apply_async(pow, (2, n)) for n in range(8)]
+        mapped = pool.map_async(abs, [-1, -2])
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(waiting[-1], 0.2)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(mapped, 0.2)
         gate.set()
-        return await result  # still runs, and can be awaited again
+        return await running, waiting, mapped
 
     with corral.get_context("fork").Pool(1, initializer=_keep_gate, initargs=(gate,)) as pool:
-        assert asyncio.run(main(pool)) == "through"
+        through, waiting, mapped = asyncio.run(main(pool))
+        assert through == "through"  # the call that had started ran to its end
+        for cancelled in (waiting[-1], mapped):
+            with pytest.raises(CancelledError, match="cancelled before the call started"):
+                cancelled.get(10)
+        assert waiting[0].get(10) == 1  # the others ran
+        assert pool.apply(abs, (-4,)) == 4  # and the pool goes on
