@@ -303,7 +303,7 @@ def record_pid_then_wait(path: str) -> None:
 @pytest.mark.usefixtures("ray_session")
 def test_executor_task_timeout_kills_the_worker_running_it(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    with corral.ProcessPoolExecutor(2, backend="ray", task_timeout=2) as ex:
+    with corral.ProcessPoolExecutor(2, backend="ray", task_timeout=10) as ex:
         late = ex.submit(record_pid_then_wait, str(pid_file))
         with pytest.raises(corral.TaskTimeoutError, match="task_timeout"):
             late.result(timeout=60)

@@ -209,7 +209,7 @@ def test_a_worker_killed_mid_task_fails_only_that_task(
 
 
 def test_task_timeout_stops_the_task(engines: list[RayEngine]) -> None:
-    with corral.Pool(2, task_timeout=2, backend="ray") as pool:
+    with corral.Pool(2, task_timeout=10, backend="ray") as pool:
         late = pool.apply_async(_wait_forever, (300,))
         quick = pool.apply_async(_wait_forever, (0.01,))
         start = time.monotonic()
