@@ -507,7 +507,10 @@ class Pool:
         callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: Any,
+        cancellable: bool = False,
     ) -> MapResult[_T]:
+        # cancellable: map_async/starmap_async, whose result may be awaited and
+        # the awaiter cancelled; map/starmap wait for it here and cannot be.
         self._check_running()
         timeout = self._timeout(task_timeout)
         if not hasattr(iterable, "__len__"):
@@ -539,7 +542,7 @@ class Pool:
                 None,
                 partial(result._set_chunk, i),
                 timeout=None if timeout is None else timeout * len(chunk),
-                claim=result._claim,
+                claim=result._claim if cancellable else None,
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -570,7 +573,7 @@ class Pool:
     ) -> MapResult[_T]:
         """Start ``map``; return a ``MapResult``."""
         return self._map_async(
-            MAP, func, iterable, chunksize, callback, error_callback, task_timeout
+            MAP, func, iterable, chunksize, callback, error_callback, task_timeout, True
         )
 
     def starmap(
@@ -596,7 +599,7 @@ class Pool:
     ) -> MapResult[_T]:
         """Start ``starmap``; return a ``MapResult``."""
         return self._map_async(
-            STARMAP, func, iterable, chunksize, callback, error_callback, task_timeout
+            STARMAP, func, iterable, chunksize, callback, error_callback, task_timeout, True
         )
 
     def _imap(
