@@ -91,6 +91,7 @@ LAYERS = {
     "_engine.ray_engine": 6,
     "_engine.session_reaper": 6,
     "_engine.main_namespace": 6,
+    "_engine.cluster_pickle": 6,
     "_engine.ray_cluster": 6,
     # 7: the front ends, and the public context module (it re-exports layer 3)
     "context": 7,

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import reduction
 from .._transfer import MIN_SIZE
+from .cluster_pickle import dumps_for_cluster
 from .contract import CALL, MAP, EngineSpec, Task
 from .dask_cluster import INSTALL_HINT, Connection, connect
 from .dask_shared import DaskShared, collecting, resolving
@@ -215,7 +216,9 @@ class DaskEngine:
             ValueError: a shared handle in the arguments was released.
         """
         with collecting() as keys:
-            payload, buffers = _encode_task((fn, args, kwargs or {}), keys)
+            payload, buffers = dumps_for_cluster(
+                (fn, args, kwargs or {}), MIN_SIZE, "the Dask cluster"
+            )
         size = len(payload) + sum(view.nbytes for view in buffers)
         task = Task(kind, payload, on_done, timeout, claim, tag, size)
         # Our own references to the shared objects: they stay on the cluster until
@@ -541,42 +544,6 @@ class DaskEngine:
             except Exception:  # the cluster may be gone, and what we left with it
                 pass
         self._connection.close()
-
-
-def _encode_task(call: tuple[Any, Any, Any], keys: list[str]) -> tuple[bytes, list[memoryview]]:
-    """Pickle a task as corral does: the pickle, and its big buffers kept out of it.
-
-    ``__main__``'s definitions go by value (cloudpickle): a Dask worker's
-    ``__main__`` is not the user's script (``dask worker`` runs its own).
-
-    Raises:
-        SerializationError: something in ``call`` cannot be pickled.
-    """
-    payload, buffers = reduction.dumps_with_buffers(call, MIN_SIZE)
-    if b"__main__" not in payload:
-        return bytes(payload), buffers
-    import cloudpickle
-
-    from ..errors import SerializationError
-
-    keys.clear()  # the second pass meets the same handles again
-    buffers = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            view = buffer.raw()
-        except BufferError:  # not contiguous: in the pickle
-            return True
-        if view.nbytes < MIN_SIZE:
-            return True
-        buffers.append(view)
-        return False
-
-    try:
-        return bytes(cloudpickle.dumps(call, protocol=5, buffer_callback=out_of_band)), buffers
-    except Exception as exc:
-        msg = f"the task cannot be pickled for the Dask cluster: {exc}"
-        raise SerializationError(msg) from exc
 
 
 def _decode(encoded: bytes) -> tuple[bool, Any, str | None]:

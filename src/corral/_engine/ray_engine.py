@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from .. import reduction
 from .._transfer import SharedElsewhere
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
+from .cluster_pickle import dumps_for_cluster
 from .contract import CALL, MAP, EngineSpec, Task
 from .main_namespace import adopt
 from .ray_cluster import Session, connect, import_ray
@@ -242,43 +243,6 @@ class _Actor:
         self.tasks = 0
 
 
-def _encode_task(call: tuple[Any, Any, Any]) -> tuple[bytes, list[memoryview]]:
-    """Pickle a task as corral does, but with ``__main__``'s definitions by value.
-
-    Returns the pickle and its big buffers (``_BIG`` bytes or more: NumPy
-    arrays...), kept out of it as views of the caller's memory. A Ray worker's
-    ``__main__`` is Ray's own worker script, never the user's, so a task that
-    refers to the user's script travels by value (cloudpickle).
-
-    Raises:
-        SerializationError: something in ``call`` cannot be pickled.
-    """
-    payload, buffers = reduction.dumps_with_buffers(call, _BIG)
-    if b"__main__" not in payload:
-        return payload, buffers
-    import cloudpickle
-
-    from ..errors import SerializationError
-
-    buffers = []
-
-    def keep_big(buffer: Any) -> bool:  # falsy: out of band
-        try:
-            view = buffer.raw()
-        except BufferError:  # not contiguous: pickled in band
-            return True
-        if view.nbytes < _BIG:
-            return True
-        buffers.append(view)
-        return False
-
-    try:
-        return cloudpickle.dumps(call, protocol=5, buffer_callback=keep_big), buffers
-    except Exception as exc:
-        msg = f"the task cannot be pickled for Ray: {exc}"
-        raise SerializationError(msg) from exc
-
-
 class _InFlight:
     """A task handed to Ray: its ObjectRef and its deadline (monotonic), if any."""
 
@@ -362,7 +326,7 @@ class RayEngine:
         """
         _collect.refs = []
         try:
-            payload, buffers = _encode_task((fn, args, kwargs or {}))
+            payload, buffers = dumps_for_cluster((fn, args, kwargs or {}), _BIG, "Ray")
             refs = _collect.refs
         finally:
             _collect.refs = None
