@@ -119,9 +119,25 @@ class Feed:
         self._uncredited = 0  # taken but not yet returned to the feed as credit
         self._credit_batch = _CREDIT_BATCH_MAX  # set by the feed thread as its window moves
         self._length: int | None = None  # chunks in all, once the input is exhausted
+        self._first: tuple[list[Any], Any] | None = None  # (start(first_here)) chunk 0, encoded
         self.thread = threading.Thread(target=self._run, name="corral-feed", daemon=True)
 
-    def start(self) -> None:
+    def start(self, *, first_here: bool = False) -> None:
+        """Start the feed thread.
+
+        ``first_here``: cut and encode the first chunk in the calling thread,
+        so that a function (or first item) that cannot be pickled raises here,
+        with nothing started (``map_async`` with ``chunksize="auto"``).
+
+        Raises:
+            SerializationError: (``first_here``) the first chunk cannot be encoded.
+        """
+        if first_here:
+            iterator = iter(self._iterable)  # a list: map lists its input
+            size = self._chunksize if self._sizer is None else self._sizer.next_size()
+            chunk = list(islice(iterator, size))
+            self._first = (chunk, self._new_task(0, 0, chunk))
+            self._iterable = iterator
         self._engine.hold()
         self.thread.start()
 
@@ -163,11 +179,15 @@ class Feed:
                         if not self._handle_credit(self._credits.get_nowait()):
                             return
                 try:
-                    size = self._chunksize if sizer is None else sizer.next_size()
-                    chunk = list(islice(iterator, size))
-                    if not chunk:
-                        return
-                    task = self._new_task(index, position, chunk)
+                    if self._first is not None:
+                        chunk, task = self._first
+                        self._first = None
+                    else:
+                        size = self._chunksize if sizer is None else sizer.next_size()
+                        chunk = list(islice(iterator, size))
+                        if not chunk:
+                            return
+                        task = self._new_task(index, position, chunk)
                 except BaseException as exc:  # the input raised, or a chunk cannot be pickled
                     self._put(index, False, exc)
                     index += 1

@@ -635,15 +635,19 @@ class Pool:
             sink=result._set_at,
             on_end=result._all_submitted,
         )
-        self._start_feed(feed, "map")
+        self._start_feed(feed, "map", first_here=True)
         return result
 
-    def _start_feed(self, feed: Feed, name: str) -> None:
+    def _start_feed(self, feed: Feed, name: str, first_here: bool = False) -> None:
         for done in [f for f in self._feeds if not f.thread.is_alive() and f.thread.ident]:
             self._feeds.discard(done)  # feeds whose thread has ended (a long-lived pool)
-        self._feeds.add(feed)
         feed.thread.name = f"corral-{name}-feed-{id(feed):x}"
-        feed.start()
+        self._feeds.add(feed)
+        try:
+            feed.start(first_here=first_here)
+        except BaseException:  # (first_here) the first chunk cannot be encoded: nothing started
+            self._feeds.discard(feed)
+            raise
 
     def map(
         self,

@@ -199,6 +199,16 @@ def test_an_item_that_cannot_be_pickled_fails_the_result():
         assert pool.map(square, [3], chunksize="auto") == [9]  # the pool lives on
 
 
+def test_a_function_that_cannot_be_pickled_raises_at_the_call():
+    lock = threading.Lock()
+    with corral.Pool(1) as pool:
+        for name in ("map_async", "starmap_async"):
+            with pytest.raises(corral.errors.SerializationError, match="cannot be sent"):
+                getattr(pool, name)(lock.acquire, [(1,)], chunksize="auto")
+        assert pool._feeds == set() or all(not f.thread.is_alive() for f in pool._feeds)
+        assert pool.map(square, [4], chunksize="auto") == [16]
+
+
 def test_awaiting_an_auto_map_async():
     async def main(pool):
         return await pool.map_async(square, range(300), chunksize="auto")
