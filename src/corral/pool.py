@@ -744,7 +744,16 @@ class Pool:
         *,
         task_timeout: float | None = _DEFAULT,
     ) -> IMapIterator[_T]:
-        """Lazy ``map``: results in input order as they arrive."""
+        """Lazy ``map``: results in input order as they arrive.
+
+        ``chunksize``: items per task (default 1, as in the stdlib); ``"auto"``
+        sizes each chunk from the time per item measured so far (docs/chunking.md).
+
+        Raises:
+            ValueError: ``chunksize`` < 1 or a string other than ``"auto"``;
+                the pool is closed or terminated.
+            TypeError: ``chunksize`` is neither an int nor ``"auto"``.
+        """
         return self._imap(func, iterable, chunksize, True, task_timeout)
 
     def imap_unordered(
@@ -755,7 +764,7 @@ class Pool:
         *,
         task_timeout: float | None = _DEFAULT,
     ) -> IMapIterator[_T]:
-        """Lazy ``map``: results in completion order."""
+        """Lazy ``map``: results in completion order (``chunksize`` as for ``imap``)."""
         return self._imap(func, iterable, chunksize, False, task_timeout)
 
     def share(self, obj: _T) -> Shared[_T]:
