@@ -106,14 +106,18 @@ def test_first_error_is_raised_and_callbacks_run():
         with pytest.raises(ValueError, match="odd"):
             failed.get(60)
         assert not failed.successful() and errors == [failed._value]
+        # imap raises each failed chunk's error at its place (how many items
+        # share a chunk depends on timing: 1 and 2-3 may be one chunk).
         it = pool.imap(fail_on_odd, [0, 1, 2, 3], chunksize="auto")
-        got = []
-        for _ in range(4):
+        got: list[object] = []
+        while True:
             try:
                 got.append(next(it))
+            except StopIteration:
+                break
             except ValueError as exc:
                 got.append(str(exc))
-        assert got[0] == 0 and "odd 1" in got[1]
+        assert got[0] == 0 and "odd 1" in str(got[1]) and 2 <= len(got) <= 4
 
 
 def test_map_after_an_error_still_runs_every_item():
@@ -155,7 +159,7 @@ def test_chunks_grow_for_tiny_items(recorded):
         assert pool.map(abs, range(-50_000, 50_000), chunksize="auto") == [
             abs(x) for x in range(-50_000, 50_000)
         ]
-    assert recorded[:4] == [1, 1, 1, 1]  # probes: one item per chunk, every worker busy
+    assert recorded[0] == 1  # a probe (the policy's probes: tests/unit/test_chunking.py)
     assert max(recorded) >= 1000
     assert len(recorded) < 1000
 
