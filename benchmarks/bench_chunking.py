@@ -11,7 +11,9 @@ turns in every round (their order rotates) and the medians are printed:
     the stdlib.
 (b) 40 items of 50 ms each (``time.sleep``): parallel efficiency
     (40 * 0.05 / 2) / wall, for corral auto, chunksize=1 and the default, and
-    the stdlib's default and chunksize=1 for reference.
+    the stdlib's default and chunksize=1 for reference; then the same on 3
+    workers (sleeping workers need no core of their own), where the default's
+    chunks of 4 items no longer divide evenly.
 (c) ``imap`` over 100 000 tiny items: auto vs chunksize=1 (and the stdlib's
     ``imap`` chunksize=1), and ``Executor.map`` auto vs chunksize=1 (and the
     stdlib's).
@@ -69,8 +71,8 @@ def show(title: str, medians: dict[str, float], reference: str) -> None:
         print(f"  {name:<36} {seconds * 1e3:9.1f} ms   {ratio:5.2f}x vs {reference}")
 
 
-def show_efficiency(title: str, medians: dict[str, float]) -> None:
-    ideal = SLOW_ITEMS * SLOW_SECONDS / WORKERS
+def show_efficiency(title: str, medians: dict[str, float], workers: int = WORKERS) -> None:
+    ideal = SLOW_ITEMS * SLOW_SECONDS / workers
     print(f"\n{title} (ideal {ideal:.2f} s)")
     for name, seconds in medians.items():
         print(f"  {name:<36} {seconds:6.3f} s   efficiency {ideal / seconds:6.1%}")
@@ -116,6 +118,20 @@ def main() -> None:
             }
         )
         show_efficiency(f"(b) {SLOW_ITEMS} items x {SLOW_SECONDS * 1e3:.0f} ms", medians)
+        with fork.Pool(3) as theirs3, corral.get_context("fork").Pool(3) as ours3:
+            theirs3.map(abs, range(10))
+            ours3.map(abs, range(10))
+            medians = rounds(
+                {
+                    'corral map chunksize="auto"': lambda: ours3.map(nap, slow, chunksize="auto"),
+                    "corral map (default chunks)": lambda: ours3.map(nap, slow),
+                    "stdlib map (default chunks)": lambda: theirs3.map(nap, slow),
+                }
+            )
+        best = -(-SLOW_ITEMS // 3) * SLOW_SECONDS
+        show_efficiency(
+            f"(b) the same on 3 workers (best possible {best:.2f} s)", medians, workers=3
+        )
 
         medians = rounds(
             {
