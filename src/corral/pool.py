@@ -571,8 +571,10 @@ class Pool:
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
         if auto and length:
+            # A copy (of references: fast), so that changing the caller's list
+            # after the call changes nothing, as when the chunks are cut here.
             return self._map_auto(
-                kind, func, iterable, length, callback, error_callback, timeout, cancellable
+                kind, func, list(iterable), callback, error_callback, timeout, cancellable
             )
         if auto or chunksize is None:
             chunksize, extra = divmod(length, self._processes * 4)
@@ -613,14 +615,14 @@ class Pool:
         self,
         kind: int,
         func: Callable[..., _T],
-        items: Iterable[Any],
-        length: int,
+        items: list[Any],
         callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         timeout: float | None,
         cancellable: bool,
     ) -> MapResult[_T]:
         """``map_async`` with ``chunksize="auto"``: a feed cuts the chunks as they finish."""
+        length = len(items)
         result: _AutoMapResult[_T] = _AutoMapResult(self, length, callback, error_callback)
         feed = Feed(
             self._engine,

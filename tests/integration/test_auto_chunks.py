@@ -120,6 +120,21 @@ def test_first_error_is_raised_and_callbacks_run():
         assert got[0] == 0 and "odd 1" in str(got[1]) and 2 <= len(got) <= 4
 
 
+def test_changing_the_input_after_map_async_changes_nothing():
+    release = threading.Event()
+
+    def wait_then_square(x):
+        release.wait(30)
+        return x * x
+
+    with ThreadPool(2) as pool:
+        items = list(range(100))
+        result = pool.map_async(wait_then_square, items, chunksize="auto")
+        items.clear()
+        release.set()
+        assert result.get(60) == [x * x for x in range(100)]
+
+
 def test_map_after_an_error_still_runs_every_item():
     # As with the stdlib's chunks: an error does not skip the items after it.
     seen = []
