@@ -12,6 +12,15 @@ on ``_outcomes`` as one list (``Engine.after_delivery``); the consumer reorders 
 itself; it returns window credits to the feed thread every few chunks, so no
 side wakes another once per item.
 
+With a ``ChunkSizer`` (``chunksize="auto"``, ``_chunking.py``) the feed asks it
+for each chunk's size, and keeps at most ``sizer.in_flight`` chunks submitted
+but not finished, so that each size is chosen with fresh measurements: every
+task's ``claim`` notes when the engine handed it to a worker, its ``on_done``
+puts (items, seconds) on the credit queue, and the feed thread hands that to
+the sizer. With a ``sink`` (``map_async``), outcomes go straight to the sink
+with the position of the chunk's first item, and nothing is taken by a
+consumer (no window of chunks not yet taken).
+
 ``lift_window()`` (on ``Pool.close()`` / ``Executor.shutdown()``) lets the feed
 submit the rest without waiting for the consumer, so that closing and joining a
 pool still runs all of the work, as with the stdlib. ``stop()`` (terminate, or
@@ -28,9 +37,14 @@ from collections import deque
 from collections.abc import Iterable
 from functools import partial
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._engine import Engine
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._chunking import ChunkSizer
 
 # The window: at most this much pickled input in flight (estimated from the
 # average chunk so far), and at least _MIN_WINDOW chunks. The consumer returns
@@ -58,22 +72,42 @@ class Feed:
         engine: Engine,
         func: Any,
         iterable: Iterable[Any],
-        chunksize: int,
+        chunksize: int | ChunkSizer,
         kind: int,
         task_timeout: float | None,
-        window: int,
+        window: int | None,
         ordered: bool,
+        *,
+        claim: Callable[[], bool] | None = None,
+        sink: Callable[[int, bool, Any], None] | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> None:
+        """``chunksize``: a fixed size, or a ``ChunkSizer`` that picks each size.
+
+        ``claim``: each task's claim (``Engine.new_task``). ``sink(start, ok,
+        value)``: takes each chunk's outcome instead of ``take()`` (``start``:
+        the position of its first item); ``on_end(chunks)``: called once, from
+        the feed thread, when all chunks are submitted (or the feed stopped).
+        """
         self._engine = engine
         self._func = func
         self._iterable = iterable
-        self._chunksize = chunksize
+        self._sizer: ChunkSizer | None = None if isinstance(chunksize, int) else chunksize
+        self._chunksize = chunksize if isinstance(chunksize, int) else 0
+        self._claim = claim
+        self._sink = sink
+        self._on_end = on_end
+        self._started: dict[int, float] = {}  # auto: chunk index -> when a worker got it
+        self._outstanding = 0  # (feed thread) submitted, not yet taken by the consumer
+        self._running = 0  # (feed thread, with a sizer) submitted, not yet finished
         self._kind = kind
         self._task_timeout = task_timeout
         self._window = window
         self._ordered = ordered
         self._stopped = False
-        self._credits: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Chunks taken by the consumer (int), _LIFT, _STOP, and with a sizer
+        # (items, seconds or None) for each finished chunk.
+        self._credits: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lists of outcomes
         self._batch: list[tuple[int, tuple[bool, Any]]] = []  # engine thread only
         # Consumer side (under _take_lock): outcomes received but not yet taken.
@@ -85,9 +119,25 @@ class Feed:
         self._uncredited = 0  # taken but not yet returned to the feed as credit
         self._credit_batch = _CREDIT_BATCH_MAX  # set by the feed thread as its window moves
         self._length: int | None = None  # chunks in all, once the input is exhausted
+        self._first: tuple[list[Any], Any] | None = None  # (start(first_here)) chunk 0, encoded
         self.thread = threading.Thread(target=self._run, name="corral-feed", daemon=True)
 
-    def start(self) -> None:
+    def start(self, *, first_here: bool = False) -> None:
+        """Start the feed thread.
+
+        ``first_here``: cut and encode the first chunk in the calling thread,
+        so that a function (or first item) that cannot be pickled raises here,
+        with nothing started (``map_async`` with ``chunksize="auto"``).
+
+        Raises:
+            SerializationError: (``first_here``) the first chunk cannot be encoded.
+        """
+        if first_here:
+            iterator = iter(self._iterable)  # a list: map lists its input
+            size = self._chunksize if self._sizer is None else self._sizer.next_size()
+            chunk = list(islice(iterator, size))
+            self._first = (chunk, self._new_task(0, 0, chunk))
+            self._iterable = iterator
         self._engine.hold()
         self.thread.start()
 
@@ -102,6 +152,7 @@ class Feed:
 
     def _run(self) -> None:
         index = 0
+        position = 0  # of the next chunk's first item
         try:
             try:
                 iterator = iter(self._iterable)
@@ -110,41 +161,44 @@ class Feed:
                 index += 1
                 return
             del self._iterable
-            window: int | None = self._window
-            outstanding = 0
             sent_bytes = 0
-            credits = self._credits
+            sizer = self._sizer
             while not self._stopped:
-                if window is not None and index:
+                if self._window is not None and index:
                     # At most `window` chunks, and about _WINDOW_BYTES of input.
-                    limit = min(window, max(_MIN_WINDOW, _WINDOW_BYTES * index // sent_bytes))
+                    limit = min(self._window, max(_MIN_WINDOW, _WINDOW_BYTES * index // sent_bytes))
                     self._credit_batch = min(_CREDIT_BATCH_MAX, limit // 2)
-                    while window is not None and outstanding >= limit:
-                        credit = credits.get()
-                        if credit == _STOP:
+                    while self._window is not None and self._outstanding >= limit:
+                        if not self._handle_credit(self._credits.get()):
                             return
-                        if credit == _LIFT:
-                            window = None
-                        else:
-                            outstanding -= credit
+                if sizer is not None:
+                    while self._running >= sizer.in_flight:
+                        if not self._handle_credit(self._credits.get()):
+                            return
+                    while not self._credits.empty():  # size with every measurement so far
+                        if not self._handle_credit(self._credits.get_nowait()):
+                            return
                 try:
-                    chunk = list(islice(iterator, self._chunksize))
-                    if not chunk:
-                        return
-                    timeout = (
-                        None if self._task_timeout is None else self._task_timeout * len(chunk)
-                    )
-                    on_done = partial(self._put, index)
-                    task = self._engine.new_task(
-                        self._kind, self._func, chunk, None, on_done, timeout=timeout
-                    )
+                    if self._first is not None:
+                        chunk, task = self._first
+                        self._first = None
+                    else:
+                        size = self._chunksize if sizer is None else sizer.next_size()
+                        chunk = list(islice(iterator, size))
+                        if not chunk:
+                            return
+                        task = self._new_task(index, position, chunk)
                 except BaseException as exc:  # the input raised, or a chunk cannot be pickled
                     self._put(index, False, exc)
                     index += 1
                     return
+                if sizer is not None:
+                    self._running += 1
+                    self._started[index] = time.monotonic()  # until a worker gets it
                 self._engine.submit(task)
                 index += 1
-                outstanding += 1
+                position += len(chunk)
+                self._outstanding += 1
                 sent_bytes += task.size
                 del chunk, task
         except BaseException as exc:  # a bug here must show, never shorten the results
@@ -153,8 +207,72 @@ class Feed:
         finally:
             self._outcomes.put([(_END, index)])
             self._engine.release()
+            if self._on_end is not None:
+                self._on_end(index)
+
+    def _new_task(self, index: int, position: int, chunk: list[Any]) -> Any:
+        timeout = None if self._task_timeout is None else self._task_timeout * len(chunk)
+        if self._sink is not None:
+            on_done: Any = partial(self._sink_chunk, index, position, len(chunk))
+        elif self._sizer is not None:
+            on_done = partial(self._done_chunk, index, len(chunk))
+        else:
+            on_done = partial(self._put, index)
+        claim = self._claim
+        if self._sizer is not None:
+            claim = partial(self._claimed, index)
+        return self._engine.new_task(
+            self._kind, self._func, chunk, None, on_done, timeout=timeout, claim=claim
+        )
+
+    def _handle_credit(self, credit: Any) -> bool:
+        """(Feed thread) Apply one message of the credit queue; False on _STOP."""
+        if type(credit) is tuple:  # a chunk finished: (items, seconds or None)
+            self._running -= 1
+            items, seconds = credit
+            if seconds is not None and self._sizer is not None:
+                self._sizer.observe(items, seconds)
+        elif credit == _STOP:
+            return False
+        elif credit == _LIFT:
+            self._window = None
+        else:
+            self._outstanding -= credit
+        return True
+
+    # ----------------------------------------------------------- auto sizes
+
+    def _claimed(self, index: int) -> bool:
+        """(Engine) The chunk goes to a worker now: its clock starts (and the caller's claim)."""
+        if self._claim is not None and not self._claim():
+            # Dropped (its awaiting coroutine was cancelled): no outcome comes.
+            self._started.pop(index, None)
+            self._credits.put((0, None))
+            self.stop()
+            return False
+        self._started[index] = time.monotonic()
+        return True
+
+    def _measure(self, index: int, items: int) -> None:
+        started = self._started.pop(index, None)
+        seconds = None if started is None else time.monotonic() - started
+        self._credits.put((items, seconds))
+
+    def _done_chunk(self, index: int, items: int, ok: bool, value: Any) -> None:
+        self._measure(index, items)
+        self._put(index, ok, value)
+
+    def _sink_chunk(self, index: int, position: int, items: int, ok: bool, value: Any) -> None:
+        if self._sizer is not None:
+            self._measure(index, items)
+        sink = self._sink
+        assert sink is not None  # this is the on_done of a feed with a sink
+        sink(position, ok, value)
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
+        if self._sink is not None:  # a failure of the feed itself (its input, pickling)
+            self._sink(-1, ok, value)
+            return
         if self._engine.delivering():
             batch = self._batch  # handed on once the engine's batch is over
             batch.append((index, (ok, value)))

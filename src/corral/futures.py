@@ -13,6 +13,8 @@ Futures are ``concurrent.futures.Future``, so ``concurrent.futures.wait`` and
   is still spawn when it is given, as in the stdlib).
 * ``map`` reads its input lazily with a bounded window of chunks in flight;
   ``shutdown()`` lifts the bound so that all of its work still runs.
+* ``map(..., chunksize="auto")`` sizes the chunks from the time per item
+  measured as the call runs (docs/chunking.md); the default is still 1.
 * ``terminate_workers()`` and ``kill_workers()`` as in Python 3.14; leaving a
   ``with`` block by ``KeyboardInterrupt`` stops the workers at once instead of
   waiting for running tasks.
@@ -28,10 +30,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from . import context as _context
 from ._backend_context import BackendContext
+from ._chunking import ChunkSizer, is_auto
 from ._engine import CALL, STARMAP, Engine, EngineSpec, check_spec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
@@ -263,26 +266,36 @@ class ProcessPoolExecutor(Executor):
         fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = 1,
     ) -> Iterator[_T]:
         """Lazy ``map(fn, *iterables)`` in the workers, results in input order.
 
+        ``chunksize``: items per task (default 1, as in the stdlib); ``"auto"``
+        sizes each chunk from the time per item measured so far (docs/chunking.md).
+
         Raises:
-            ValueError: ``chunksize`` < 1.
+            ValueError: ``chunksize`` < 1 or a string other than ``"auto"``.
+            TypeError: ``chunksize`` is neither an int nor ``"auto"``.
             TimeoutError: (while iterating) ``timeout`` seconds after the call.
         """
-        if chunksize < 1:
-            msg = "chunksize must be >= 1."
-            raise ValueError(msg)
+        sizes: int | ChunkSizer | None = None  # None: "auto", sized once the engine runs
+        if not is_auto(chunksize):
+            assert not isinstance(chunksize, str)  # is_auto checked it
+            if chunksize < 1:
+                msg = "chunksize must be >= 1."
+                raise ValueError(msg)
+            sizes = chunksize
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._shutdown_lock:
             engine = self._check_open()
             window = default_window(self._max_workers)
+            if sizes is None:
+                sizes = ChunkSizer(self._max_workers, _shortest_length(iterables))
             feed = Feed(
                 engine,
                 fn,
                 zip(*iterables),  # noqa: B905  (map stops at the shortest, as the stdlib's)
-                chunksize,
+                sizes,
                 STARMAP,
                 self._task_timeout,
                 window,
@@ -376,6 +389,14 @@ def _close_engine(engine: Engine, feeds: set[Feed]) -> None:
     for feed in list(feeds):
         feed.lift_window()
     engine.close()
+
+
+def _shortest_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """The number of calls ``map`` makes if every input is sized, else None."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # an iterator; no input at all
+        return None
 
 
 def _map_results(feed: Feed, deadline: float | None, feeds: set[Feed]) -> Iterator[Any]:

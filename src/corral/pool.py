@@ -19,6 +19,9 @@ Same API and errors as the stdlib's, with these differences, all on purpose:
 * ``imap``/``imap_unordered`` read their input lazily, keeping a bounded number
   of chunks in flight; ``close()`` lifts that bound so ``close(); join()`` still
   runs all of the input, as with the stdlib.
+* ``chunksize="auto"`` on every map-like call sizes the chunks from the time
+  per item measured as the call runs (docs/chunking.md); the defaults are the
+  stdlib's.
 * ``terminate()`` fails the results still pending with ``BrokenProcessPool``
   instead of leaving their ``get()`` waiting forever.
 """
@@ -33,11 +36,12 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import CancelledError
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import context as _context
 from . import util
 from ._backend_context import BackendContext
+from ._chunking import ChunkSizer, is_auto
 from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._typevars import T as _T
@@ -239,6 +243,55 @@ class MapResult(ApplyResult[list[_T]]):
             self._value = value
         if self._number_left == 0:
             ApplyResult._set(self, bool(self._success), self._value)
+
+
+class _AutoMapResult(MapResult[_T]):
+    """A ``MapResult`` whose chunks are cut while the call runs (``chunksize="auto"``).
+
+    The feed reports each chunk's outcome with the position of its first item
+    (``_set_at``, in the engine's thread) and, once all are submitted, how many
+    there are (``_all_submitted``, in the feed's thread).
+    """
+
+    def __init__(
+        self,
+        pool: Pool | None,
+        length: int,
+        callback: Callable[[list[_T]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        ApplyResult.__init__(self, pool, callback, error_callback)
+        self._success = True
+        self._value = [None] * length
+        self._lock = threading.Lock()
+        self._received = 0
+        self._chunks: int | None = None  # known once the feed has submitted them all
+        self._finished = False
+
+    def _set_at(self, start: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            if self._finished or self._event.is_set():  # cancelled before it started
+                return
+            self._received += 1
+            if ok and self._success:
+                self._value[start : start + len(value)] = value
+            elif not ok and self._success:
+                self._success = False  # keep the first error only
+                self._value = value
+            self._finished = self._received == self._chunks
+            if not self._finished:
+                return
+        ApplyResult._set(self, bool(self._success), self._value)
+
+    def _all_submitted(self, chunks: int) -> None:
+        with self._lock:
+            if self._finished or self._event.is_set():
+                return
+            self._chunks = chunks
+            self._finished = self._received == chunks
+            if not self._finished:
+                return
+        ApplyResult._set(self, bool(self._success), self._value)
 
 
 class IMapIterator(Generic[_T]):
@@ -503,7 +556,7 @@ class Pool:
         kind: int,
         func: Callable[..., _T],
         iterable: Iterable[Any],
-        chunksize: int | None,
+        chunksize: int | Literal["auto"] | None,
         callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: Any,
@@ -513,15 +566,23 @@ class Pool:
         # the awaiter cancelled; map/starmap wait for it here and cannot be.
         self._check_running()
         timeout = self._timeout(task_timeout)
+        auto = is_auto(chunksize)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
-        if chunksize is None:
+        if auto and length:
+            # A copy (of references: fast), so that changing the caller's list
+            # after the call changes nothing, as when the chunks are cut here.
+            return self._map_auto(
+                kind, func, list(iterable), callback, error_callback, timeout, cancellable
+            )
+        if auto or chunksize is None:
             chunksize, extra = divmod(length, self._processes * 4)
             if extra:
                 chunksize += 1
         if length == 0:
             chunksize = 1
+        assert not isinstance(chunksize, str)  # is_auto checked it
         if chunksize < 1:
             msg = f"Chunksize must be 1+, not {chunksize}"
             raise ValueError(msg)
@@ -550,22 +611,73 @@ class Pool:
             self._engine.submit_many(tasks)
         return result
 
+    def _map_auto(
+        self,
+        kind: int,
+        func: Callable[..., _T],
+        items: list[Any],
+        callback: Callable[[list[_T]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        timeout: float | None,
+        cancellable: bool,
+    ) -> MapResult[_T]:
+        """``map_async`` with ``chunksize="auto"``: a feed cuts the chunks as they finish."""
+        length = len(items)
+        result: _AutoMapResult[_T] = _AutoMapResult(self, length, callback, error_callback)
+        feed = Feed(
+            self._engine,
+            func,
+            items,
+            ChunkSizer(self._processes, length),
+            kind,
+            timeout,
+            None,
+            False,
+            claim=result._claim if cancellable else None,
+            sink=result._set_at,
+            on_end=result._all_submitted,
+        )
+        self._start_feed(feed, "map", first_here=True)
+        return result
+
+    def _start_feed(self, feed: Feed, name: str, first_here: bool = False) -> None:
+        for done in [f for f in self._feeds if not f.thread.is_alive() and f.thread.ident]:
+            self._feeds.discard(done)  # feeds whose thread has ended (a long-lived pool)
+        feed.thread.name = f"corral-{name}-feed-{id(feed):x}"
+        self._feeds.add(feed)
+        try:
+            feed.start(first_here=first_here)
+        except BaseException:  # (first_here) the first chunk cannot be encoded: nothing started
+            self._feeds.discard(feed)
+            raise
+
     def map(
         self,
         func: Callable[[_S], _T],
         iterable: Iterable[_S],
-        chunksize: int | None = None,
+        chunksize: int | Literal["auto"] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
     ) -> list[_T]:
-        """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error."""
+        """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error.
+
+        ``chunksize``: items per task; None (the default, as in the stdlib)
+        cuts the input into about four chunks per worker; ``"auto"`` sizes
+        each chunk from the time per item measured so far (docs/chunking.md).
+
+        Raises:
+            ValueError: ``chunksize`` < 1 or a string other than ``"auto"``;
+                the pool is closed or terminated.
+            TypeError: ``chunksize`` is neither an int, None nor ``"auto"``.
+            Exception: the first error a task raised, with the remote traceback as cause.
+        """
         return self._map_async(MAP, func, iterable, chunksize, None, None, task_timeout).get()
 
     def map_async(
         self,
         func: Callable[[_S], _T],
         iterable: Iterable[_S],
-        chunksize: int | None = None,
+        chunksize: int | Literal["auto"] | None = None,
         callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
@@ -580,7 +692,7 @@ class Pool:
         self,
         func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
-        chunksize: int | None = None,
+        chunksize: int | Literal["auto"] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
     ) -> list[_T]:
@@ -591,7 +703,7 @@ class Pool:
         self,
         func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
-        chunksize: int | None = None,
+        chunksize: int | Literal["auto"] | None = None,
         callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
@@ -606,42 +718,55 @@ class Pool:
         self,
         func: Callable[[_S], _T],
         iterable: Iterable[_S],
-        chunksize: int,
+        chunksize: int | Literal["auto"],
         ordered: bool,
         task_timeout: Any,
     ) -> IMapIterator[_T]:
         self._check_running()
         timeout = self._timeout(task_timeout)
-        if chunksize < 1:
-            msg = f"Chunksize must be 1+, not {chunksize:n}"
-            raise ValueError(msg)
+        sizes: int | ChunkSizer
+        if is_auto(chunksize):
+            sizes = ChunkSizer(self._processes, _length_if_known(iterable))
+        else:
+            assert not isinstance(chunksize, str)  # is_auto checked it
+            if chunksize < 1:
+                msg = f"Chunksize must be 1+, not {chunksize:n}"
+                raise ValueError(msg)
+            sizes = chunksize
         window = default_window(self._processes)
-        feed = Feed(self._engine, func, iterable, chunksize, MAP, timeout, window, ordered)
-        self._feeds.add(feed)
-        feed.thread.name = f"corral-imap-feed-{id(feed):x}"
-        feed.start()
+        feed = Feed(self._engine, func, iterable, sizes, MAP, timeout, window, ordered)
+        self._start_feed(feed, "imap")
         return IMapIterator(feed) if ordered else IMapUnorderedIterator(feed)
 
     def imap(
         self,
         func: Callable[[_S], _T],
         iterable: Iterable[_S],
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = 1,
         *,
         task_timeout: float | None = _DEFAULT,
     ) -> IMapIterator[_T]:
-        """Lazy ``map``: results in input order as they arrive."""
+        """Lazy ``map``: results in input order as they arrive.
+
+        ``chunksize``: items per task (default 1, as in the stdlib); ``"auto"``
+        sizes each chunk from the time per item measured so far (docs/chunking.md).
+
+        Raises:
+            ValueError: ``chunksize`` < 1 or a string other than ``"auto"``;
+                the pool is closed or terminated.
+            TypeError: ``chunksize`` is neither an int nor ``"auto"``.
+        """
         return self._imap(func, iterable, chunksize, True, task_timeout)
 
     def imap_unordered(
         self,
         func: Callable[[_S], _T],
         iterable: Iterable[_S],
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = 1,
         *,
         task_timeout: float | None = _DEFAULT,
     ) -> IMapIterator[_T]:
-        """Lazy ``map``: results in completion order."""
+        """Lazy ``map``: results in completion order (``chunksize`` as for ``imap``)."""
         return self._imap(func, iterable, chunksize, False, task_timeout)
 
     def share(self, obj: _T) -> Shared[_T]:
@@ -701,6 +826,14 @@ class Pool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.terminate()
+
+
+def _length_if_known(iterable: Iterable[Any]) -> int | None:
+    """``len(iterable)`` for a sized input (a list, a range), None for an iterator."""
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _terminate_pool(engine: Engine, feeds: set[Feed]) -> None:

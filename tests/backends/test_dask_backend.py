@@ -115,6 +115,22 @@ def test_executor_api_on_a_local_cluster():
             ex.submit(fail_with_key, 1).result(timeout=30)
 
 
+def test_auto_chunks_on_a_cluster():
+    # chunksize="auto" sizes chunks in the front end from the engine's claim and
+    # on_done: the Dask engine needs nothing of its own.
+    with corral.Pool(2, backend="dask") as pool:
+        assert pool.map(square, range(300), chunksize="auto") == [x * x for x in range(300)]
+        got = pool.imap(square, iter(range(100)), chunksize="auto")
+        assert list(got) == [x * x for x in range(100)]
+        with pytest.raises(KeyError):
+            pool.map(fail_with_key, range(3), chunksize="auto")
+    pool.join()
+    with corral.ProcessPoolExecutor(max_workers=2, backend=Dask()) as ex:
+        assert list(ex.map(square, range(100), chunksize="auto", timeout=60)) == [
+            x * x for x in range(100)
+        ]
+
+
 @pytest.mark.parametrize("how", ["client", "address", "config", "default client"])
 def test_an_existing_cluster_is_found_and_left_running(user_cluster, how):
     with distributed.Client(user_cluster, set_as_default=(how == "default client")) as client:

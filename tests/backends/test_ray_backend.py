@@ -74,6 +74,23 @@ def test_initializer_runs_once_per_worker_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_auto_chunks_on_a_cluster() -> None:
+    # chunksize="auto" sizes chunks in the front end from the engine's claim and
+    # on_done: the Ray engine needs nothing of its own.
+    with corral.Pool(2, backend="ray") as pool:
+        assert pool.map(abs, range(-150, 150), chunksize="auto") == [
+            abs(x) for x in range(-150, 150)
+        ]
+        assert list(pool.imap(abs, iter(range(-50, 50)), chunksize="auto")) == [
+            abs(x) for x in range(-50, 50)
+        ]
+    pool.join()
+    with corral.ProcessPoolExecutor(2, backend="ray") as ex:
+        got = ex.map(pow, range(50), [2] * 50, chunksize="auto", timeout=60)
+        assert list(got) == [x * x for x in range(50)]
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_a_failing_initializer_raises_initializer_error() -> None:
     with pytest.raises(InitializerError, match="initializer raised OSError: no licence") as info:
         corral.Pool(2, backend="ray", initializer=fail_to_start)

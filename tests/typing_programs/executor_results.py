@@ -26,6 +26,7 @@ def main() -> None:
         assert_type(future.result(timeout=10), int)
         assert_type(executor.map(name_of, [1, 2]), Iterator[str])
         assert_type(executor.map(power, [1, 2], [3, 4], timeout=10, chunksize=2), Iterator[int])
+        assert_type(executor.map(power, [1, 2], [3, 4], chunksize="auto"), Iterator[int])
         for done in as_completed([executor.submit(name_of, 1)], timeout=10):
             assert_type(done.result(), str)
     executor2 = corral.ProcessPoolExecutor(2, mp_context=corral.get_context("forkserver"))

@@ -28,6 +28,9 @@ def on_error(exc: BaseException) -> None:
 def use(pool: Pool) -> None:
     assert_type(pool.map(square, [1, 2]), list[int])
     assert_type(pool.map(square, range(3), chunksize=2), list[int])
+    assert_type(pool.map(square, range(3), chunksize="auto"), list[int])
+    assert_type(pool.starmap_async(describe, [(1, "a")], "auto").get(10), list[str])
+    assert_type(pool.imap_unordered(square, range(3), chunksize="auto"), IMapIterator[int])
     assert_type(pool.starmap(describe, [(1, "a"), (2, "b")]), list[str])
     assert_type(pool.apply(square, (3,)), int)
     assert_type(pool.apply(describe, (3,), {"label": "x"}), str)

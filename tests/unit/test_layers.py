@@ -99,6 +99,7 @@ LAYERS = {
     "futures": 7,
     "_future": 7,
     "_feed": 7,
+    "_chunking": 7,
     "managers": 7,
     "_manager_server": 7,
     "_manager_wire": 7,
