@@ -1,22 +1,14 @@
-"""The ``corral`` command.
+"""``corral map``: call MODULE:FUNCTION on each JSON line of a file in worker processes.
 
-``corral map MODULE:FUNCTION [FILE]`` reads one JSON value per line from FILE
-(or stdin), calls ``FUNCTION(value)`` on each in a pool of worker processes,
-and writes one JSON line per input to stdout, in input order: the function's
-result, or ``{"error": {"type": ..., "message": ...}}`` for an input that
-failed (invalid JSON, an exception, a crashed worker, a timeout). Blank lines
-are skipped. The exit status is 1 when any input failed, 2 for bad usage.
-
-The current directory is put on ``sys.path`` (in the workers too) so ``MODULE``
-can be a local file. ``--backend ray`` or ``--backend dask`` runs the calls on a
-cluster (``--address`` names it; else the backend finds or starts one, as
-``Pool(backend=...)`` does); a cluster's workers must be able to import
-``MODULE`` (the same directory on a shared file system, or an installed package).
+The parser and the dispatch are in ``cli.py``; this module runs the command. The
+help text (``DESCRIPTION``) is the user's documentation, kept plain for
+``--help``; docs/cli.md has the long form.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -24,7 +16,23 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-__all__ = ("main",)
+__all__ = ("DESCRIPTION", "run_map")
+
+DESCRIPTION = """\
+Read one JSON value per line from FILE (or stdin), call FUNCTION(value) on each
+in a pool of worker processes, and write one JSON line per input to stdout, in
+input order: the function's result, or {"error": {"type": ..., "message": ...}}
+for an input that failed (invalid JSON, an exception, a crashed worker, a
+timeout). Blank lines are skipped.
+
+The current directory is put on sys.path (in the workers too), so MODULE can be
+a file there. With --backend ray or --backend dask the calls run on a cluster
+(--address names it; else one is found or started); its workers must be able
+to import MODULE.
+
+Exit status: 0 all inputs succeeded, 1 some failed, 2 usage error (bad option,
+unreadable FILE, MODULE:FUNCTION not found, pool cannot start), 130 interrupted.
+"""
 
 _functions: dict[str, Callable[[Any], Any]] = {}
 
@@ -75,7 +83,38 @@ def _progress(total: int | None) -> Any:
 
 
 def run_map(args: argparse.Namespace) -> int:
-    """``corral map``: returns the exit status."""
+    """``corral map``: returns the exit status (0, 1 some inputs failed, 2, 130).
+
+    The checks of the options against each other are done by the caller; a
+    missing or unreadable FILE, a MODULE:FUNCTION that cannot be loaded and a
+    pool that cannot start are one line on stderr and status 2. An interrupt
+    (SIGINT, or SIGTERM/SIGHUP turned into one by ``cli``) stops the workers and
+    propagates: the caller prints the line and picks the status.
+    """
+    try:
+        stream = _open_input(args.file)
+    except OSError as exc:
+        print(f"corral map: error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        return _map_stream(args, stream)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _open_input(path: str | None) -> TextIO:
+    """The input stream; a directory is refused here (open() would accept it)."""
+    if not path or path == "-":
+        return sys.stdin
+    stream = open(path, encoding="utf-8")  # noqa: SIM115  (closed by run_map)
+    if os.path.isdir(path):
+        stream.close()
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    return stream
+
+
+def _map_stream(args: argparse.Namespace, stream: TextIO) -> int:
     from .context import _default_context
     from .pool import Pool
 
@@ -87,7 +126,6 @@ def run_map(args: argparse.Namespace) -> int:
             f"corral map: cannot load {args.function}: {type(exc).__name__}: {exc}", file=sys.stderr
         )
         return 2
-    stream = open(args.file, encoding="utf-8") if args.file and args.file != "-" else sys.stdin  # noqa: SIM115
     read = [0]
     failed = 0
     written = 0
@@ -132,8 +170,6 @@ def run_map(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-        if stream is not sys.stdin:
-            stream.close()
     out.flush()
     return 1 if failed else 0
 
@@ -169,82 +205,3 @@ class _LineTask:
         if self.path not in sys.path:
             sys.path.insert(0, self.path)
         return apply_to_line(self.spec, line)
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        msg = "must be a positive number of seconds"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        msg = "must be at least 1"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corral", description="Process-based parallelism.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    mapper = commands.add_parser(
-        "map",
-        help="call MODULE:FUNCTION on each JSON line of FILE (or stdin) in parallel",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    mapper.add_argument("function", metavar="MODULE:FUNCTION")
-    mapper.add_argument(
-        "file", metavar="FILE", nargs="?", help="input, one JSON value per line (default stdin)"
-    )
-    mapper.add_argument(
-        "--workers", type=_positive_int, default=None, help="worker processes (default: CPUs)"
-    )
-    mapper.add_argument(
-        "--task-timeout", type=_positive_float, default=None, help="seconds per input"
-    )
-    mapper.add_argument(
-        "--chunksize", type=_positive_int, default=1, help="inputs sent to a worker at once"
-    )
-    mapper.add_argument(
-        "--start-method",
-        choices=("fork", "spawn", "forkserver"),
-        default=None,
-        help="default: the platform's",
-    )
-    mapper.add_argument(
-        "--backend",
-        choices=("process", "ray", "dask"),
-        default="process",
-        help="where the calls run: worker processes here (default), or a Ray or Dask cluster",
-    )
-    mapper.add_argument(
-        "--address",
-        default=None,
-        help="the cluster's address (Ray: host:port; Dask: tcp://host:port); needs --backend",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``corral`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if ":" not in args.function:
-        print("corral map: give the function as MODULE:FUNCTION", file=sys.stderr)
-        return 2
-    if args.address is not None and args.backend == "process":
-        print("corral map: --address needs --backend ray or --backend dask", file=sys.stderr)
-        return 2
-    if args.start_method is not None and args.backend != "process":
-        print(
-            f"corral map: --start-method applies to the process backend, not {args.backend}",
-            file=sys.stderr,
-        )
-        return 2
-    return run_map(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
