@@ -171,6 +171,7 @@ class _Report:
         self.json = args.json
         self.keep_order = args.keep_order
         self.inputs = inputs
+        self.total: int | None = None if args.inputs is None else len(args.inputs)
         self.out: BinaryIO = sys.stdout.buffer
         self.err: BinaryIO = sys.stderr.buffer
         show_progress = not args.no_progress and sys.stderr.isatty()
@@ -221,7 +222,7 @@ class _Report:
 
     def show_progress(self, runner: Runner) -> None:
         if self.progress is not None:
-            total = runner.started if runner.exhausted else None
+            total = runner.started if runner.exhausted else self.total
             failed = sum(self.failures.values())
             self.progress.show(self.done, failed, runner.running, total)
 
@@ -242,8 +243,14 @@ def run_from_cli(args: argparse.Namespace) -> int:
         for command in commands:
             _write(sys.stdout.buffer, command.encode("utf-8", "surrogateescape") + b"\n")
         return 0
-    runner = Runner(commands, jobs=args.jobs, timeout=args.timeout, kill_after=args.kill_after)
     report = _Report(args, inputs)
+    runner = Runner(
+        commands,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        kill_after=args.kill_after,
+        on_start=lambda: report.show_progress(runner),
+    )
     began = time.monotonic()
     try:
         for item in runner:

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -181,8 +181,10 @@ class Runner:
         capture: bool = True,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        on_start: Callable[[], object] | None = None,
     ) -> None:
         self._commands = iter(commands)
+        self._on_start = on_start  # called after each command starts (a progress line)
         self.jobs = default_jobs() if jobs is None else jobs
         self.timeout = timeout
         self.kill_after = kill_after
@@ -210,6 +212,8 @@ class Runner:
                 finished = self._start(command)
                 if finished is not None:
                     yield finished
+                elif self._on_start is not None:
+                    self._on_start()
             if not self._running:
                 self._selector.close()
                 return
@@ -316,11 +320,11 @@ class Runner:
             if running.term_sent is None:
                 _kill_group(running.proc.pid, signal.SIGTERM)
                 running.term_sent = now
-        stopped = []
+        stopped: list[Finished] = []
         grace_end = now + self.kill_after
         while self._running:
-            remaining = grace_end - time.monotonic()
-            if remaining <= 0:
+            remaining: float | None = grace_end - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 for running in self._running.values():
                     _kill_group(running.proc.pid, signal.SIGKILL)
                 remaining = None  # a SIGKILLed process ends: wait for it
