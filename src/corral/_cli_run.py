@@ -124,27 +124,34 @@ class _ProgressLine:
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self.shown = False
+        self.shown = ""  # the text on the terminal now
         self.drawn_at = 0.0
 
-    def show(self, done: int, failed: int, running: int, total: int | None) -> None:
-        now = time.monotonic()
-        if self.shown and now - self.drawn_at < self._MIN_INTERVAL:
-            return
-        self.drawn_at = now
+    def show(
+        self, done: int, failed: int, running: int, total: int | None, now: bool = False
+    ) -> None:
+        """Draw the line; a call within 0.1 s of the last draw is skipped unless ``now``.
+
+        The caller passes ``now`` when it is about to wait for something, so the
+        line on the terminal is never behind for longer than a burst of events.
+        """
         if total:
             filled = done * 20 // total
             count = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total}"
         else:
             count = f"{done} done"
         text = f"corral run: {count}, {failed} failed, {running} running"
+        moment = time.monotonic()
+        if text == self.shown or (not now and moment - self.drawn_at < self._MIN_INTERVAL):
+            return
+        self.drawn_at = moment
+        self.shown = text  # first: an interrupt in the write still gets the line cleared
         _write(self.stream, b"\r\x1b[K" + text.encode())
-        self.shown = True
 
     def clear(self) -> None:
         if self.shown:
             _write(self.stream, b"\r\x1b[K")
-            self.shown = False
+            self.shown = ""
 
 
 def _how_it_failed(item: Finished) -> str:
@@ -220,11 +227,12 @@ class _Report:
             line = f"corral run: {_how_it_failed(item)}: {item.args}\n"
             _write(self.err, line.encode("utf-8", "surrogateescape"))
 
-    def show_progress(self, runner: Runner) -> None:
+    def show_progress(self, runner: Runner, idle: bool = False) -> None:
+        """Redraw the progress line; at most every 0.1 s unless the runner is about to wait."""
         if self.progress is not None:
             total = runner.started if runner.exhausted else self.total
             failed = sum(self.failures.values())
-            self.progress.show(self.done, failed, runner.running, total)
+            self.progress.show(self.done, failed, runner.running, total, idle)
 
     def summary(self, elapsed: float) -> str:
         failed = sum(self.failures.values())
@@ -249,7 +257,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         timeout=args.timeout,
         kill_after=args.kill_after,
-        on_start=lambda: report.show_progress(runner),
+        before_wait=lambda: report.show_progress(runner, idle=True),
     )
     began = time.monotonic()
     try:

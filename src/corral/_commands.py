@@ -181,10 +181,10 @@ class Runner:
         capture: bool = True,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
-        on_start: Callable[[], object] | None = None,
+        before_wait: Callable[[], object] | None = None,
     ) -> None:
         self._commands = iter(commands)
-        self._on_start = on_start  # called after each command starts (a progress line)
+        self._before_wait = before_wait  # called before each wait (to redraw a progress line)
         self.jobs = default_jobs() if jobs is None else jobs
         self.timeout = timeout
         self.kill_after = kill_after
@@ -212,11 +212,11 @@ class Runner:
                 finished = self._start(command)
                 if finished is not None:
                     yield finished
-                elif self._on_start is not None:
-                    self._on_start()
             if not self._running:
                 self._selector.close()
                 return
+            if self._before_wait is not None:
+                self._before_wait()
             yield from self._wait()
 
     def _start(self, args: Command) -> Finished | None:
@@ -243,15 +243,16 @@ class Runner:
             status = 127 if isinstance(exc, FileNotFoundError) else 126
             message = f"corral: cannot run {_as_text(args)!r}: {exc.strerror}\n"
             return Finished(index, args, status, b"", message.encode(), 0.0, False)
-        try:
-            pidfd: int | None = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            pidfd = None
+        # Recorded first, so that an interrupt from here on finds it for stop().
         deadline = None if self.timeout is None else began + self.timeout
-        running = _Running(index, args, proc, out, err, began, pidfd, deadline)
-        self._running[proc.pid] = running
-        if pidfd is not None:
-            self._selector.register(pidfd, selectors.EVENT_READ, running)
+        running = self._running[proc.pid] = _Running(
+            index, args, proc, out, err, began, None, deadline
+        )
+        try:
+            running.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # no pidfds here: the command is polled
+            return None
+        self._selector.register(running.pidfd, selectors.EVENT_READ, running)
         return None
 
     def _next_deadline(self) -> float | None:

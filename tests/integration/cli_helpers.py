@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import select
 import signal
 import subprocess
@@ -176,3 +177,73 @@ def corral_in_pty(*args: str, stdin: str, cwd: Path, timeout: float = 60) -> tup
     status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     assert_no_survivors(proc.pid)
     return status, received[out_fd].decode(), received[master].decode()
+
+
+class OnTerminal:
+    """``python -m corral ARGS`` on a pseudo-terminal of its own, as a user's shell runs it.
+
+    The command leads the terminal's foreground process group, so a Ctrl-C
+    typed there (``type(b"\\x03")``) is a SIGINT to it alone.
+    """
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        argv = [sys.executable, "-m", "corral", *args]
+        self.pid, self.master = pty.fork()
+        if self.pid == 0:  # the child: exec at once (the test process has threads)
+            try:
+                os.chdir(cwd)
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.output = b""
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def read_until(self, text: bytes, timeout: float = 30) -> None:
+        """Read the terminal until ``text`` has appeared (hard deadline)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([self.master], [], [], max(0.0, remaining))
+            if not readable:
+                self.kill()
+                pytest.fail(f"{text!r} not on the terminal within {timeout}s: {self.output!r}")
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the command is gone
+                chunk = b""
+            if not chunk:
+                self.kill()
+                pytest.fail(f"the command ended before {text!r}: {self.output!r}")
+            self.output += chunk
+
+    def finish(self, timeout: float = 60) -> int:
+        """Read the terminal to its end; return the exit status (128 + signal if killed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([self.master], [], [], max(0.0, remaining))
+            if not readable:
+                self.kill()
+                pytest.fail(f"the command did not end within {timeout}s: {self.output!r}")
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            self.output += chunk
+        os.close(self.master)
+        _, status = os.waitpid(self.pid, 0)  # the terminal closed: it has exited
+        assert_no_survivors(self.pid)
+        return os.waitstatus_to_exitcode(status)
+
+    def kill(self) -> None:
+        """Kill the command's session and close the terminal (a test failed)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(self.master)
+        os.waitpid(self.pid, 0)

@@ -149,3 +149,15 @@ def test_ctrl_c_stops_every_running_command_then_propagates(tmp_path):
     for pgid in groups:
         assert_group_gone(pgid)
     assert not (tmp_path / "third").exists()
+
+
+def test_without_pidfds_the_commands_are_polled(monkeypatch, tmp_path):
+    def no_pidfds(pid, flags=0):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds)
+    command = f"echo $$ > {tmp_path}/pgid; sleep 1000 & sleep 1000"
+    quick, slow = corral.run_commands(["echo fine", command], timeout=0.5)
+    assert (quick.returncode, quick.stdout) == (0, "fine\n")
+    assert (slow.timed_out, slow.returncode) == (True, -15)
+    assert_group_gone(int((tmp_path / "pgid").read_text()))
