@@ -29,10 +29,12 @@ import selectors
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 __all__ = ("CommandFailedError", "CompletedCommand", "Finished", "Runner", "run_commands")
 
@@ -164,6 +166,91 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
+_NOTHING_YET: Any = object()  # no command ready now (the feed is still reading)
+
+
+class _Feed:
+    """Commands from an iterable that may block (stdin, a generator), read in a thread.
+
+    Reading in the runner's thread would stop everything while the input waits
+    (``tail -f log | corral run ...``): no result printed, no timeout enforced.
+    At most ``window`` commands are read ahead; a byte on a pipe tells the
+    runner's selector that one arrived or that the input ended. The thread owns
+    the pipe's write end (it may still be blocked reading when the runner is
+    done: it is a daemon and closes its end when it returns).
+    """
+
+    def __init__(self, commands: Iterable[Command], window: int) -> None:
+        self._items: deque[Command] = deque()
+        self._window = window
+        self._space = threading.Condition()
+        self._closed = False
+        self.done = False  # the iterable is exhausted (or raised: see error)
+        self.error: BaseException | None = None
+        self.wakeup, self._wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup, False)
+        os.set_blocking(self._wakeup_w, False)
+        self._thread = threading.Thread(
+            target=self._read, args=(iter(commands),), name="corral-run-input", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, commands: Iterator[Command]) -> None:
+        try:
+            for command in commands:
+                with self._space:
+                    while len(self._items) >= self._window and not self._closed:
+                        self._space.wait()
+                    if self._closed:
+                        return
+                    self._items.append(command)
+                self._wake()
+        except BaseException as exc:  # handed to the runner's thread
+            self.error = exc
+        finally:
+            self.done = True
+            self._wake()
+            os.close(self._wakeup_w)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wakeup_w, b"!")
+        except OSError:  # full (a wake-up is pending anyway), or the runner has closed
+            pass
+
+    def take(self) -> Command:
+        """The next command, ``_NOTHING_YET``, or raises StopIteration at the end."""
+        done = self.done  # read before looking: an item added after it is not missed
+        with self._space:
+            if self._items:
+                self._space.notify()
+                return self._items.popleft()
+        if not done:
+            return _NOTHING_YET
+        if self.error is not None:
+            raise self.error
+        raise StopIteration
+
+    def drain(self) -> None:
+        try:
+            os.read(self.wakeup, 4096)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        """No more commands are wanted: the thread stops at its next one.
+
+        It is joined if it has read the end of the input (it is returning); one
+        still blocked reading is left to end on its own (a daemon).
+        """
+        with self._space:
+            self._closed = True
+            self._space.notify_all()
+        os.close(self.wakeup)
+        if self.done:
+            self._thread.join()
+
+
 class Runner:
     """Runs commands, at most ``jobs`` at a time; iterating yields them as they end.
 
@@ -183,7 +270,6 @@ class Runner:
         env: Mapping[str, str] | None = None,
         before_wait: Callable[[], object] | None = None,
     ) -> None:
-        self._commands = iter(commands)
         self._before_wait = before_wait  # called before each wait (to redraw a progress line)
         self.jobs = default_jobs() if jobs is None else jobs
         self.timeout = timeout
@@ -195,6 +281,14 @@ class Runner:
         self.exhausted = False  # every command has been read
         self._running: dict[int, _Running] = {}  # by pid
         self._selector = selectors.DefaultSelector()
+        # A list or tuple is read here; any other iterable may block: a thread reads it.
+        self._commands: Iterator[Command] | None = None
+        self._feed: _Feed | None = None
+        if isinstance(commands, (list, tuple)):
+            self._commands = iter(commands)
+        else:
+            self._feed = _Feed(commands, window=self.jobs)
+            self._selector.register(self._feed.wakeup, selectors.EVENT_READ, None)
 
     @property
     def running(self) -> int:
@@ -204,20 +298,35 @@ class Runner:
     def __iter__(self) -> Iterator[Finished]:
         while True:
             while len(self._running) < self.jobs and not self.exhausted:
-                try:
-                    command = next(self._commands)
-                except StopIteration:
-                    self.exhausted = True
+                command = self._next_command()
+                if command is _NOTHING_YET:
                     break
                 finished = self._start(command)
                 if finished is not None:
                     yield finished
-            if not self._running:
-                self._selector.close()
+            if not self._running and self.exhausted:
+                self._close()
                 return
             if self._before_wait is not None:
                 self._before_wait()
             yield from self._wait()
+
+    def _next_command(self) -> Command:
+        """The next command, or ``_NOTHING_YET`` (none ready, or the end: see exhausted)."""
+        try:
+            if self._feed is not None:
+                return self._feed.take()
+            assert self._commands is not None
+            return next(self._commands)
+        except StopIteration:
+            self.exhausted = True
+            return _NOTHING_YET
+
+    def _close(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+        self._selector.close()
 
     def _start(self, args: Command) -> Finished | None:
         index = self.started
@@ -272,7 +381,9 @@ class Runner:
         if any(r.pidfd is None for r in self._running.values()):
             wait = _POLL_WITHOUT_PIDFD if wait is None else min(wait, _POLL_WITHOUT_PIDFD)
         ready = self._selector.select(wait) if self._selector.get_map() else []
-        ended = [key.data for key, _ in ready]
+        ended = [key.data for key, _ in ready if key.data is not None]
+        if self._feed is not None and len(ended) < len(ready):
+            self._feed.drain()  # new input: the caller starts it
         ended += [r for r in self._running.values() if r.pidfd is None and _has_exited(r)]
         for running in ended:
             yield self._finish(running)
@@ -331,7 +442,7 @@ class Runner:
                 remaining = None  # a SIGKILLed process ends: wait for it
             ended = _wait_any(list(self._running.values()), remaining)
             stopped.extend(self._finish(running) for running in ended)
-        self._selector.close()
+        self._close()
         return stopped
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -217,3 +218,28 @@ def test_a_reader_that_goes_away_stops_the_run_quietly():
     proc.stderr.close()
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
     assert b"Traceback" not in err
+
+
+def test_output_is_printed_while_stdin_is_still_open(tmp_path):
+    """``tail -f log | corral run ...``: a command's output does not wait for the next line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", "-j", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(b"echo first\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no output while stdin stayed open"
+        assert proc.stdout.readline() == b"first\n"
+        proc.stdin.write(b"echo second\n")
+    finally:
+        proc.stdin.close()
+    assert proc.stdout.read() == b"second\n"
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -161,3 +163,35 @@ def test_without_pidfds_the_commands_are_polled(monkeypatch, tmp_path):
     assert (quick.returncode, quick.stdout) == (0, "fine\n")
     assert (slow.timed_out, slow.returncode) == (True, -15)
     assert_group_gone(int((tmp_path / "pgid").read_text()))
+
+
+def test_timeouts_are_enforced_while_the_input_waits(tmp_path):
+    """A generator that blocks (as stdin does) does not hold up the running commands."""
+    pgid_file = tmp_path / "pgid"
+    seen_gone = []
+
+    def commands():
+        yield f"echo $$ > {pgid_file}; sleep 1000"
+        # Wait (up to 20 s) for the first command's timeout to stop its group.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if pgid_file.exists() and pgid_file.read_text().strip():
+                try:
+                    os.killpg(int(pgid_file.read_text()), 0)
+                except ProcessLookupError:
+                    seen_gone.append(True)
+                    return
+            threading.Event().wait(0.02)
+
+    (result,) = corral.run_commands(commands(), jobs=2, timeout=0.5)
+    assert result.timed_out
+    assert seen_gone == [True]
+
+
+def test_an_error_in_the_commands_iterable_stops_the_run_and_propagates():
+    def commands():
+        yield "exec sleep 1000"  # still our child if not stopped: the leak check sees it
+        raise LookupError("no more")
+
+    with pytest.raises(LookupError, match="no more"):
+        corral.run_commands(commands(), kill_after=0.1)
