@@ -497,7 +497,11 @@ def run_commands(
     False, when they go to this process's stdout and stderr.
 
     Args:
-        commands: the commands; an iterable is read as commands are started.
+        commands: the commands. A list or tuple is used as it is; any other
+            iterable (a generator, a file's lines) is read in a thread, at most
+            ``jobs`` commands ahead, so that an input that waits holds up neither
+            the running commands' timeouts nor their results. An exception from
+            it stops the running commands and propagates.
         jobs: how many run at once (default: the CPUs this process may use).
         timeout: seconds a command may run; then its whole process group gets
             SIGTERM, and SIGKILL ``kill_after`` seconds later if its main process

@@ -191,7 +191,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``; options may come before, between or after the positionals.
 
     ``corral run``'s arguments after ``:::`` are taken as they are (a ``-x``
-    there is an argument, not an option) and stored as ``args.inputs``.
+    there is an argument, not an option) and stored as ``args.inputs``; words
+    after ``--`` (and before ``:::``) are template words, even those starting with ``-``.
     """
     parser = build_parser()
     if not argv or argv[0] not in ("map", "run"):
@@ -199,10 +200,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     command = _subparser(parser, argv[0])
     rest = argv[1:]
     inputs: list[str] | None = None
-    if argv[0] == "run" and ":::" in rest:
-        cut = rest.index(":::")
-        rest, inputs = rest[:cut], rest[cut + 1 :]
+    words: list[str] = []  # template words after "--" (parse_intermixed_args drops "--")
+    if argv[0] == "run":
+        if ":::" in rest:
+            cut = rest.index(":::")
+            rest, inputs = rest[:cut], rest[cut + 1 :]
+        if "--" in rest:
+            cut = rest.index("--")
+            rest, words = rest[:cut], rest[cut + 1 :]
     args = command.parse_intermixed_args(rest)
+    if words:
+        args.template = [*args.template, *words]
     args.command = argv[0]
     args.inputs = inputs
     if argv[0] == "run" and inputs is not None and not args.template:

@@ -128,6 +128,13 @@ def test_dry_run_prints_the_commands():
     assert (done.returncode, done.stdout) == (0, "gzip 'a b'\ngzip c\n")
 
 
+def test_template_words_are_joined_and_after_a_double_dash_may_start_with_a_dash():
+    done = corral("run", "--dry-run", "-k", "--", "gzip", "-c", "{}", ":::", "a")
+    assert (done.returncode, done.stdout) == (0, "gzip -c a\n")
+    done = corral("run", "--dry-run", "gzip", "-9", ":::", "a")
+    assert (done.returncode, done.stdout) == (0, "gzip -9 a\n")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
