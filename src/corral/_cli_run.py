@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from ._commands import Finished, Runner
+from ._command_runner import Finished, Runner
 
 __all__ = ("DESCRIPTION", "EPILOG", "expand", "run_from_cli")
 

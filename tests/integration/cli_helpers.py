@@ -83,6 +83,15 @@ def assert_group_gone(pgid: int, within: float = 10) -> None:
         threading.Event().wait(0.02)
 
 
+def kill_groups(groups: list[int]) -> None:
+    """SIGKILL each process group (after a failed test: commands have sessions of their own)."""
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _zombie(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

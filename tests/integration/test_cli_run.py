@@ -18,6 +18,7 @@ from tests.integration.cli_helpers import (
     assert_group_gone,
     corral,
     corral_in_pty,
+    kill_groups,
     wait_for_fifo_lines,
 )
 
@@ -165,11 +166,14 @@ def test_an_interrupt_stops_every_command_group_with_one_line(tmp_path, sig, sta
         ":::", "1", "2", "3", cwd=tmp_path,
     )  # fmt: skip
     groups = [int(line) for line in wait_for_fifo_lines(fifo, 2)]
-    session.interrupt(sig)
-    returncode, out, err = session.finish()
-    assert (returncode, out, err) == (status, "", f"corral run: {words}, 2 commands stopped\n")
-    for pgid in groups:
-        assert_group_gone(pgid)
+    try:
+        session.interrupt(sig)
+        returncode, out, err = session.finish()
+        assert (returncode, out, err) == (status, "", f"corral run: {words}, 2 commands stopped\n")
+        for pgid in groups:
+            assert_group_gone(pgid)
+    finally:
+        kill_groups(groups)
 
 
 def test_ctrl_c_on_the_terminal_stops_every_command_group(tmp_path):
@@ -178,14 +182,18 @@ def test_ctrl_c_on_the_terminal_stops_every_command_group(tmp_path):
     template = f"echo $$ > {fifo}; sleep 1000 & sleep 1000"
     terminal = OnTerminal("run", "-j", "2", template, ":::", "1", "2", "3", cwd=tmp_path)
     groups = [int(line) for line in wait_for_fifo_lines(fifo, 2)]
-    terminal.read_until(b"2 running")
-    terminal.type(b"\x03")
-    assert terminal.finish() == 130
-    last_line = terminal.output.decode().replace("\r\n", "\n").rstrip("\n").split("\n")[-1]
-    assert last_line.split("\x1b[K")[-1] == "corral run: interrupted, 2 commands stopped"
-    assert b"Traceback" not in terminal.output
-    for pgid in groups:
-        assert_group_gone(pgid)
+    try:
+        terminal.read_until(b"2 running")
+        terminal.type(b"\x03")
+        assert terminal.finish() == 130
+        output = terminal.output.decode().replace("\r\n", "\n")
+        last_line = output.rstrip("\n").split("\n")[-1]
+        assert last_line.split("\x1b[K")[-1] == "corral run: interrupted, 2 commands stopped"
+        assert "Traceback" not in output
+        for pgid in groups:
+            assert_group_gone(pgid)
+    finally:
+        kill_groups(groups)
 
 
 def test_progress_is_drawn_on_a_terminal(tmp_path):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import corral
-from tests.integration.cli_helpers import assert_group_gone, wait_for_fifo_lines
+from tests.integration.cli_helpers import assert_group_gone, kill_groups, wait_for_fifo_lines
 from tests.robustness import scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -145,12 +145,15 @@ def test_ctrl_c_stops_every_running_command_then_propagates(tmp_path):
     )
     run = scenario.Scenario(tmp_path, body)
     groups = [int(line) for line in wait_for_fifo_lines(fifo, 2)]
-    run.proc.send_signal(2)
-    status, out, err = run.finish()
-    assert (status, out.strip()) == (0, "interrupted"), err
-    for pgid in groups:
-        assert_group_gone(pgid)
-    assert not (tmp_path / "third").exists()
+    try:
+        run.proc.send_signal(2)
+        status, out, err = run.finish()
+        assert (status, out.strip()) == (0, "interrupted"), err
+        for pgid in groups:
+            assert_group_gone(pgid)
+        assert not (tmp_path / "third").exists()
+    finally:
+        kill_groups(groups)
 
 
 def test_without_pidfds_the_commands_are_polled(monkeypatch, tmp_path):
@@ -195,3 +198,9 @@ def test_an_error_in_the_commands_iterable_stops_the_run_and_propagates():
 
     with pytest.raises(LookupError, match="no more"):
         corral.run_commands(commands(), kill_after=0.1)
+
+
+def test_a_command_that_cannot_be_passed_to_exec_is_a_failed_result():
+    ok, bad = corral.run_commands(["echo ok", "echo \0"])
+    assert (ok.returncode, bad.returncode) == (0, 126)
+    assert "embedded null byte" in bad.stderr

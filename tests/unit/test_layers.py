@@ -41,6 +41,7 @@ LAYERS = {
     "_anonymous_memory": 0,
     # commands in parallel (corral.run_commands): subprocess and pidfds, nothing above
     "_commands": 0,
+    "_command_runner": 0,
     # 1: pickling
     "reduction": 1,
     "_by_value": 1,
