@@ -247,6 +247,10 @@ def run_from_cli(args: argparse.Namespace) -> int:
     """``corral run``: returns the exit status (0, 1 some failed, 2, 128 + signal)."""
     inputs: list[str | None] = []
     commands = _commands(args, inputs)
+    if args.inputs is None and sys.stdin.isatty():
+        what = "arguments" if args.template else "commands"
+        hint = f"corral run: reading {what} from the terminal, one per line (end with Ctrl-D)\n"
+        _write(sys.stderr.buffer, hint.encode())
     if args.dry_run:
         for command in commands:
             _write(sys.stdout.buffer, command.encode("utf-8", "surrogateescape") + b"\n")

@@ -258,3 +258,11 @@ def test_output_is_printed_while_stdin_is_still_open(tmp_path):
     proc.stdout.close()
     proc.stderr.close()
     assert proc.wait(timeout=60) == 0
+
+
+def test_reading_from_the_terminal_says_so(tmp_path):
+    terminal = OnTerminal("run", "-k", "echo", cwd=tmp_path)
+    terminal.read_until(b"reading arguments from the terminal")
+    terminal.type(b"hello\n\x04")
+    assert terminal.finish() == 0
+    assert terminal.output.count(b"hello") == 2  # the terminal's echo, then the command's
