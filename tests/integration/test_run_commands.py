@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,8 @@ def test_check_raises_a_called_process_error_with_every_outcome():
     assert [r.args for r in error.failed] == ["exit 4", "exit 5"]
     assert "command 'exit 4' exited with status 4; 1 more of the 3 failed" in str(error)
     assert corral.errors.CommandFailedError is corral.CommandFailedError
+    copy = pickle.loads(pickle.dumps(error))  # crosses processes whole (results too)
+    assert (str(copy), [r.returncode for r in copy.results]) == (str(error), [0, 4, 5])
 
 
 def test_a_program_that_does_not_exist_gets_status_127_and_a_reason():
