@@ -80,6 +80,9 @@ if TYPE_CHECKING:
 from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
 
 if TYPE_CHECKING:  # imported on first use, by __getattr__ below
+    from ._commands import CommandFailedError as CommandFailedError
+    from ._commands import CompletedCommand as CompletedCommand
+    from ._commands import run_commands as run_commands
     from ._transfer import Shared as Shared
     from .errors import BrokenProcessPool as BrokenProcessPool
     from .errors import InitializerError as InitializerError
@@ -97,6 +100,9 @@ _LAZY = {
     "WorkerStartupError": "errors",
     "ProcessPoolExecutor": "futures",
     "Shared": "_transfer",
+    "run_commands": "_commands",
+    "CompletedCommand": "_commands",
+    "CommandFailedError": "_commands",
 }
 
 

@@ -1,209 +1,85 @@
-"""The ``corral`` command.
+"""The ``corral`` command: its options, and the dispatch to ``corral map`` and ``corral run``.
 
-``corral map MODULE:FUNCTION [FILE]`` reads one JSON value per line from FILE
-(or stdin), calls ``FUNCTION(value)`` on each in a pool of worker processes,
-and writes one JSON line per input to stdout, in input order: the function's
-result, or ``{"error": {"type": ..., "message": ...}}`` for an input that
-failed (invalid JSON, an exception, a crashed worker, a timeout). Blank lines
-are skipped. The exit status is 1 when any input failed, 2 for bad usage.
-
-The current directory is put on ``sys.path`` (in the workers too) so ``MODULE``
-can be a local file. ``--backend ray`` or ``--backend dask`` runs the calls on a
-cluster (``--address`` names it; else the backend finds or starts one, as
-``Pool(backend=...)`` does); a cluster's workers must be able to import
-``MODULE`` (the same directory on a shared file system, or an installed package).
+This module only parses: ``_cli_map`` and ``_cli_run`` do the work and return
+the exit status. Every usage error is one line on stderr and status 2 (argparse
+prints the usage line before it); SIGINT, SIGTERM and SIGHUP become an interrupt
+the command cleans up after, then one line and status 128 + the signal number
+(130 for Ctrl-C), never a traceback. docs/cli.md is the user's documentation.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from contextlib import contextmanager
+from types import FrameType
 
-__all__ = ("main",)
+from . import __version__
 
-_functions: dict[str, Callable[[Any], Any]] = {}
+__all__ = ("build_parser", "main")
 
-
-def _resolve(spec: str) -> Callable[[Any], Any]:
-    fn: Any = _functions.get(spec)
-    if fn is None:
-        module_name, _, attr = spec.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        if not callable(obj):
-            msg = f"{spec} is not callable"
-            raise TypeError(msg)
-        fn = _functions[spec] = obj
-    return fn
+# What each command is, in --help; the long form is docs/cli.md.
+_MAP_HELP = "call MODULE:FUNCTION on each JSON line of FILE (or stdin) in worker processes"
+_RUN_HELP = "run shell commands in parallel (like xargs -P or GNU parallel)"
 
 
-def _error_record(exc: BaseException) -> str:
-    return json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}})
-
-
-def apply_to_line(spec: str, line: str) -> tuple[bool, str]:
-    """Run in a worker: parse one input line, call the function, encode the result."""
+def _positive_number(text: str) -> float:
     try:
-        value = json.loads(line)
-        result = _resolve(spec)(value)
-        return True, json.dumps(result)
-    except Exception as exc:
-        return False, _error_record(exc)
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        msg = f"expected a number of seconds greater than 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
-def _lines(stream: TextIO, counter: list[int]) -> Iterator[str]:
-    for line in stream:
-        if line.strip():
-            counter[0] += 1
-            yield line
-
-
-def _progress(total: int | None) -> Any:
-    if not sys.stderr.isatty():
-        return None
+def _non_negative_number(text: str) -> float:
     try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="item", file=sys.stderr)
-
-
-def run_map(args: argparse.Namespace) -> int:
-    """``corral map``: returns the exit status."""
-    from .context import _default_context
-    from .pool import Pool
-
-    sys.path.insert(0, os.getcwd())
-    try:
-        _resolve(args.function)  # fail fast, in the parent, on a bad name
-    except Exception as exc:
-        print(
-            f"corral map: cannot load {args.function}: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
-        return 2
-    stream = open(args.file, encoding="utf-8") if args.file and args.file != "-" else sys.stdin  # noqa: SIM115
-    read = [0]
-    failed = 0
-    written = 0
-    progress = _progress(None)
-    out = sys.stdout
-    ctx = _default_context.get_context(args.start_method)
-    try:
-        try:
-            pool = Pool(
-                args.workers, context=ctx, task_timeout=args.task_timeout, backend=_backend(args)
-            )
-        except (ImportError, OSError, ValueError) as exc:
-            # The backend's package is missing, its cluster cannot be reached or
-            # cannot run a worker: the message says what to do.
-            print(f"corral map: cannot start the pool: {exc}", file=sys.stderr)
-            return 2
-        with pool:
-            results = pool.imap(
-                _LineTask(args.function, os.getcwd()),
-                _lines(stream, read),
-                chunksize=args.chunksize,
-            )
-            while True:
-                try:
-                    ok, text = next(results)
-                except StopIteration:
-                    break
-                except Exception as exc:  # the whole chunk failed (worker lost, timeout)
-                    count = min(args.chunksize, read[0] - written)
-                    for _ in range(count):
-                        out.write(_error_record(exc) + "\n")
-                    failed += count
-                    written += count
-                    if progress is not None:
-                        progress.update(count)
-                    continue
-                out.write(text + "\n")
-                written += 1
-                failed += not ok
-                if progress is not None:
-                    progress.update(1)
-    finally:
-        if progress is not None:
-            progress.close()
-        if stream is not sys.stdin:
-            stream.close()
-    out.flush()
-    return 1 if failed else 0
-
-
-def _backend(args: argparse.Namespace) -> Any:
-    """``Pool``'s ``backend=`` for ``--backend`` and ``--address``."""
-    if args.backend == "process":
-        return None
-    if args.address is None:
-        return args.backend
-    from . import backends
-
-    return (
-        backends.Ray(address=args.address)
-        if args.backend == "ray"
-        else backends.Dask(address=args.address)
-    )
-
-
-class _LineTask:
-    """A picklable ``line -> (ok, json)`` callable bound to one ``MODULE:FUNCTION``.
-
-    It puts the directory ``corral map`` ran in on the worker's ``sys.path``
-    first, so that a module there imports in workers started elsewhere (a
-    cluster's, or a forkserver's).
-    """
-
-    def __init__(self, spec: str, path: str) -> None:
-        self.spec = spec
-        self.path = path
-
-    def __call__(self, line: str) -> tuple[bool, str]:
-        if self.path not in sys.path:
-            sys.path.insert(0, self.path)
-        return apply_to_line(self.spec, line)
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        msg = "must be a positive number of seconds"
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        msg = f"expected a number of seconds (0 or more), got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        msg = "must be at least 1"
+        msg = f"expected a whole number of at least 1, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corral", description="Process-based parallelism.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_map_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._cli_map import DESCRIPTION
+
     mapper = commands.add_parser(
         "map",
-        help="call MODULE:FUNCTION on each JSON line of FILE (or stdin) in parallel",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        help=_MAP_HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    mapper.add_argument("function", metavar="MODULE:FUNCTION")
+    mapper.add_argument("function", metavar="MODULE:FUNCTION", help="the function to call")
     mapper.add_argument(
-        "file", metavar="FILE", nargs="?", help="input, one JSON value per line (default stdin)"
+        "file", metavar="FILE", nargs="?", help="input, one JSON value per line (default: stdin)"
     )
     mapper.add_argument(
         "--workers", type=_positive_int, default=None, help="worker processes (default: CPUs)"
     )
     mapper.add_argument(
-        "--task-timeout", type=_positive_float, default=None, help="seconds per input"
+        "--task-timeout",
+        type=_positive_number,
+        default=None,
+        metavar="SECONDS",
+        help="stop an input's call after this long (its worker is replaced)",
     )
     mapper.add_argument(
         "--chunksize", type=_positive_int, default=1, help="inputs sent to a worker at once"
@@ -212,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-method",
         choices=("fork", "spawn", "forkserver"),
         default=None,
-        help="default: the platform's",
+        help="how worker processes start (default: the platform's)",
     )
     mapper.add_argument(
         "--backend",
@@ -225,25 +101,201 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the cluster's address (Ray: host:port; Dask: tcp://host:port); needs --backend",
     )
+
+
+def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._cli_run import DESCRIPTION, EPILOG
+
+    runner = commands.add_parser(
+        "run",
+        help=_RUN_HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [options] [TEMPLATE [::: ARG ...]]",
+    )
+    runner.add_argument(
+        "template",
+        metavar="TEMPLATE",
+        nargs="*",
+        help="the command to run for each ARG, with {} where the ARG goes "
+        "(several words are joined with spaces)",
+    )
+    runner.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="commands running at once (default: the CPUs this process may use)",
+    )
+    runner.add_argument(
+        "--timeout",
+        type=_positive_number,
+        default=None,
+        metavar="SECONDS",
+        help="stop a command (its whole process group) that runs longer than this",
+    )
+    runner.add_argument(
+        "--kill-after",
+        type=_non_negative_number,
+        default=2.0,
+        metavar="SECONDS",
+        help="after a timeout's SIGTERM, SIGKILL the command's group this much later (default: 2)",
+    )
+    runner.add_argument(
+        "-k",
+        "--keep-order",
+        action="store_true",
+        help="print the outputs in input order (default: as the commands end)",
+    )
+    runner.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per command on stdout (command, input, exit_code, "
+        "timed_out, duration, stdout, stderr)",
+    )
+    runner.add_argument(
+        "--dry-run", action="store_true", help="print the commands, one per line; run none"
+    )
+    runner.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    runner.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress line (it is shown only when stderr is a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``corral`` parser with its ``map`` and ``run`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="corral",
+        description="Process-based parallelism from the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(commands)
+    _add_map_parser(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``corral`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    msg = f"no subcommand {name}"
+    raise LookupError(msg)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; options may come before, between or after the positionals.
+
+    ``corral run``'s arguments after ``:::`` are taken as they are (a ``-x``
+    there is an argument, not an option) and stored as ``args.inputs``; words
+    after ``--`` (and before ``:::``) are template words, even those starting with ``-``.
+    """
+    parser = build_parser()
+    if not argv or argv[0] not in ("map", "run"):
+        return parser.parse_args(argv)  # --help, --version, or a usage error
+    command = _subparser(parser, argv[0])
+    rest = argv[1:]
+    inputs: list[str] | None = None
+    words: list[str] = []  # template words after "--" (parse_intermixed_args drops "--")
+    if argv[0] == "run":
+        if ":::" in rest:
+            cut = rest.index(":::")
+            rest, inputs = rest[:cut], rest[cut + 1 :]
+        if "--" in rest:
+            cut = rest.index("--")
+            rest, words = rest[:cut], rest[cut + 1 :]
+    args = command.parse_intermixed_args(rest)
+    if words:
+        args.template = [*args.template, *words]
+    args.command = argv[0]
+    args.inputs = inputs
+    if argv[0] == "run" and inputs is not None and not args.template:
+        command.error("':::' needs a TEMPLATE before it, e.g. corral run 'gzip {}' ::: a b")
+    return args
+
+
+def _check_map(args: argparse.Namespace) -> str | None:
+    """A contradiction between ``corral map``'s options, as a message; None if none."""
     if ":" not in args.function:
-        print("corral map: give the function as MODULE:FUNCTION", file=sys.stderr)
-        return 2
+        return "give the function as MODULE:FUNCTION"
     if args.address is not None and args.backend == "process":
-        print("corral map: --address needs --backend ray or --backend dask", file=sys.stderr)
-        return 2
+        return "--address needs --backend ray or --backend dask"
     if args.start_method is not None and args.backend != "process":
-        print(
-            f"corral map: --start-method applies to the process backend, not {args.backend}",
-            file=sys.stderr,
-        )
-        return 2
-    return run_map(args)
+        return f"--start-method applies to the process backend, not {args.backend}"
+    return None
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: the command stops everything it started.
+
+    A ``KeyboardInterrupt`` so that code written for Ctrl-C (a pool's ``with``
+    block) cleans up the same way for all three.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM/SIGHUP into ``Interrupted``; ignore the later ones.
+
+    The later ones are ignored so that the cleanup (stopping workers and command
+    groups) is not itself interrupted half-way, which would leave processes behind.
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise Interrupted(signum)
+
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in watched}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> tuple[int, str]:
+    """The exit status and the words for an interrupt: (130, "interrupted") for Ctrl-C."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if signum == signal.SIGINT:
+        return 128 + signum, "interrupted"
+    return 128 + signum, f"stopped by {signal.Signals(signum).name}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``corral`` command; returns the exit status.
+
+    Usage errors raise ``SystemExit(2)`` from argparse (with the usage line) or
+    return 2 (one line).
+    """
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    run: Callable[[argparse.Namespace], int]
+    if args.command == "map":
+        problem = _check_map(args)
+        if problem is not None:
+            print(f"corral map: {problem}", file=sys.stderr)
+            return 2
+        from ._cli_map import run_map as run
+    else:
+        from ._cli_run import run_from_cli as run
+    try:
+        with _signals_interrupt():
+            return run(args)
+    except KeyboardInterrupt as exc:
+        status, words = interrupted_status(exc)
+        print(f"corral {args.command}: {words}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

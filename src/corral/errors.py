@@ -49,6 +49,11 @@ Hierarchy::
                                       TimeoutError) a task ran past ``task_timeout``;
                                       its worker was stopped and replaced
 
+    subprocess.CalledProcessError
+    └── CommandFailedError            run_commands(check=True): a command failed
+                                      (status, signal or timeout); .results holds
+                                      every command's outcome (defined in _commands)
+
 The pool errors that are not "the pool is broken" still derive from
 ``BrokenProcessPool`` because the stdlib's executor raises that type in the same
 situations (it breaks the whole pool there), so code catching it keeps working.
@@ -61,6 +66,7 @@ import pickle
 
 TYPE_CHECKING = False  # typing is not imported at run time (import speed)
 if TYPE_CHECKING:  # defined in _pool_errors, found here through __getattr__ below
+    from ._commands import CommandFailedError as CommandFailedError
     from ._pool_errors import BrokenProcessPool as BrokenProcessPool
     from ._pool_errors import InitializerError as InitializerError
     from ._pool_errors import ResultUnpicklingError as ResultUnpicklingError
@@ -74,6 +80,7 @@ __all__ = (
     "AuthenticationError",
     "BrokenProcessPool",
     "BufferTooShort",
+    "CommandFailedError",
     "InitializerError",
     "ManagerConnectionError",
     "MaybeEncodingError",
@@ -278,12 +285,17 @@ def __getattr__(name: str) -> object:
         value = getattr(_pool_errors, name)
         globals()[name] = value
         return value
+    if name == "CommandFailedError":  # subprocess is imported only by run_commands
+        from ._commands import CommandFailedError
+
+        globals()[name] = CommandFailedError
+        return CommandFailedError
     msg = f"module 'corral.errors' has no attribute {name!r}"
     raise AttributeError(msg)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _POOL_ERRORS)
+    return sorted(set(globals()) | _POOL_ERRORS | {"CommandFailedError"})
 
 
 class NotOnBackendError(NotImplementedError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ import textwrap
 import pytest
 
 from corral import cli
+from tests.integration.cli_helpers import Session, wait_for_fifo_line
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,3 +102,85 @@ def test_a_cluster_that_cannot_be_reached_is_a_one_line_error(tmp_path, monkeypa
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err == "corral map: cannot start the pool: nothing listens at tcp://127.0.0.1:1\n"
+
+
+# The command's manners (issue 16, part 5): usage errors are one line, help is plain text.
+
+
+def test_a_missing_input_file_is_a_one_line_usage_error(tmp_path):
+    (tmp_path / "jobs.py").write_text(MODULE)
+    done = _corral_map(tmp_path, "jobs:square", "missing.jsonl")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "corral map: error: cannot read missing.jsonl: No such file or directory\n"
+    )
+
+
+def test_an_unreadable_input_file_is_a_one_line_usage_error(tmp_path):
+    (tmp_path / "jobs.py").write_text(MODULE)
+    done = _corral_map(tmp_path, "jobs:square", ".")
+    assert done.returncode == 2
+    assert done.stderr == "corral map: error: cannot read .: Is a directory\n"
+
+
+def test_options_may_come_between_and_after_the_positional_arguments(tmp_path):
+    (tmp_path / "input.jsonl").write_text("1\n2\n3\n")
+    done = _corral_map(tmp_path, "jobs:square", "--workers", "2", "input.jsonl", "--chunksize", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["1", "4", "9"]
+
+
+def test_help_is_plain_text(tmp_path):
+    done = _corral_map(tmp_path, "--help")
+    assert done.returncode == 0
+    assert "MODULE:FUNCTION" in done.stdout
+    assert "``" not in done.stdout
+
+
+def test_version(tmp_path):
+    import corral
+
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, f"corral {corral.__version__}\n")
+
+
+@pytest.mark.parametrize("value", ["abc", "0"])
+def test_a_bad_option_value_names_the_option_not_a_function(tmp_path, value):
+    done = _corral_map(tmp_path, "jobs:square", "--workers", value)
+    assert done.returncode == 2
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("corral map: error: argument --workers: "), last
+    assert "_positive" not in done.stderr
+    assert repr(value) in last
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_ctrl_c_prints_one_line_exits_130_and_leaves_no_worker(tmp_path, start_method):
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    (tmp_path / "jobs.py").write_text(
+        textwrap.dedent(
+            f"""
+            import threading
+
+            def hang(x):
+                with open({str(fifo)!r}, "w") as f:
+                    f.write("started\\n")
+                threading.Event().wait(600)
+            """
+        )
+    )
+    session = Session(
+        "map", "jobs:hang", "--workers", "1", "--start-method", start_method,
+        cwd=tmp_path, stdin="1\n",
+    )  # fmt: skip
+    assert wait_for_fifo_line(fifo) == "started"
+    session.interrupt(signal.SIGINT)
+    status, out, err = session.finish()
+    assert (status, out, err) == (130, "", "corral map: interrupted\n")

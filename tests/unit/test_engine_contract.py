@@ -24,7 +24,7 @@ from corral._engine.contract import Engine
 from corral._engine.engine import LocalEngine
 
 SRC = Path(corral.__file__).parent
-FRONT_ENDS = ["pool.py", "futures.py", "_future.py", "_feed.py", "cli.py", "dummy/__init__.py"]
+FRONT_ENDS = ["pool.py", "futures.py", "_future.py", "_feed.py", "_cli_map.py", "dummy/__init__.py"]
 
 
 def _tree(name: str) -> ast.Module:

@@ -39,6 +39,9 @@ LAYERS = {
     "util": 0,
     "_lifeline": 0,
     "_anonymous_memory": 0,
+    # commands in parallel (corral.run_commands): subprocess and pidfds, nothing above
+    "_commands": 0,
+    "_command_runner": 0,
     # 1: pickling
     "reduction": 1,
     "_by_value": 1,
@@ -108,6 +111,8 @@ LAYERS = {
     # 8: the package and the command line
     "": 8,
     "cli": 8,
+    "_cli_map": 8,
+    "_cli_run": 8,
     "__main__": 8,
 }
 
