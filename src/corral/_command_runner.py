@@ -22,7 +22,10 @@ helper threads only start commands and read input that may block::
 The output goes to temp files rather than pipes: nothing has to drain a pipe
 while the command runs (so a big output cannot block it), and a background
 process that keeps the command's stdout open cannot hold the result back after
-the command itself has ended. Starting happens in threads because ``Popen``
+the command itself has ended. A runner that dies without running any Python
+(SIGKILL) leaves the stopping of its commands' groups to a watcher process
+(``_group_reaper``), told of each group as it starts and as its leader is reaped.
+Starting happens in threads because ``Popen``
 returns only once the child has exec'd: one thread starting every command caps
 the rate well below what a few short commands at once need.
 """
@@ -41,6 +44,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
+
+from ._group_reaper import RUN_ID_VARIABLE, GroupReaper
 
 __all__ = ("Command", "Finished", "Runner", "as_text", "default_jobs")
 
@@ -305,6 +310,11 @@ class Runner:
         self.started = 0
         self.exhausted = False  # every command has been read
         self._running: dict[int, _Running] = {}  # by pid
+        self._reaper = GroupReaper(kill_after)  # stops the commands if this program dies
+        self._command_env = {
+            **(os.environ if env is None else env),
+            RUN_ID_VARIABLE: self._reaper.run_id,
+        }
         self._selector = selectors.DefaultSelector()
         self._closed = False
         self._starters = _Starters(min(self.jobs, _STARTERS), self._spawn)
@@ -363,11 +373,13 @@ class Runner:
             self._feed.close()
         self._starters.close()
         self._selector.close()
+        self._reaper.close()
 
     def _spawn(self, index: int, args: Command) -> _Running | Finished:
         """Start one command (in a starter thread): its temp files, Popen, pidfd."""
         out = tempfile.TemporaryFile() if self.capture else None  # noqa: SIM115
         err = tempfile.TemporaryFile() if self.capture else None  # noqa: SIM115
+        self._reaper.start()
         began = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -377,7 +389,7 @@ class Runner:
                 stdout=out,
                 stderr=err,
                 cwd=self.cwd,
-                env=self.env,
+                env=self._command_env,
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:  # no such program, not executable, a NUL byte
@@ -388,6 +400,7 @@ class Runner:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             message = f"corral: cannot run {as_text(args)!r}: {reason}\n"
             return Finished(index, args, status, b"", message.encode(), 0.0, False)
+        self._reaper.started(proc.pid)
         deadline = None if self.timeout is None else began + self.timeout
         running = _Running(index, args, proc, out, err, began, None, deadline)
         try:
@@ -470,6 +483,7 @@ class Runner:
             # name another group yet, because the unreaped leader holds its pid.
             _kill_group(running.proc.pid, signal.SIGKILL)
         returncode = running.proc.wait()
+        self._reaper.reaped(running.proc.pid)
         duration = time.monotonic() - running.started
         del self._running[running.proc.pid]
         if running.pidfd is not None:

@@ -122,7 +122,10 @@ def run_commands(
         capture: keep stdout and stderr in the results (default), or let them through.
         check: raise ``CommandFailedError`` if any command failed (non-zero status,
             signal or timeout), after all have ended.
-        cwd, env: as for ``subprocess.Popen``, for every command.
+        cwd, env: as for ``subprocess.Popen``, for every command. Each command's
+            environment also holds ``CORRAL_RUN_ID``, by which the watcher
+            process finds the commands if this program dies without stopping
+            them (SIGKILL): they are stopped as on a timeout.
 
     Returns:
         One ``CompletedCommand`` per command, in input order. A program that cannot

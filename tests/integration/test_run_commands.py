@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 
+import psutil
 import pytest
 
 import corral
@@ -207,3 +208,34 @@ def test_a_command_that_cannot_be_passed_to_exec_is_a_failed_result():
     ok, bad = corral.run_commands(["echo ok", "echo \0"])
     assert (ok.returncode, bad.returncode) == (0, 126)
     assert "embedded null byte" in bad.stderr
+
+
+@pytest.mark.parametrize("how", ["run_commands", "corral run"])
+def test_commands_stop_when_the_program_running_them_is_sigkilled(tmp_path, how):
+    # SIGKILL runs no Python: the commands' groups are stopped by the watcher
+    # process (_group_reaper) that sees the runner's end of its pipe close.
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    command = f"echo $$ > {fifo}; sleep 1000 & sleep 1000"
+    if how == "run_commands":
+        body = f"corral.run_commands([{command!r}] * 2, jobs=2)"
+    else:
+        body = f"""
+        import subprocess, sys
+        template = {command + "; : {}"!r}
+        subprocess.run([sys.executable, "-m", "corral", "run", template, ":::", "a", "b"])
+        """
+    run = scenario.Scenario(tmp_path, body)
+    groups = [int(line) for line in wait_for_fifo_lines(fifo, 2)]
+    try:
+        if how == "run_commands":
+            run.proc.kill()
+        else:
+            (cli,) = psutil.Process(run.proc.pid).children()
+            cli.kill()
+        run.finish()
+        for pgid in groups:
+            assert_group_gone(pgid, within=15)
+    finally:
+        kill_groups(groups)
+        run.kill()

@@ -42,6 +42,7 @@ LAYERS = {
     # commands in parallel (corral.run_commands): subprocess and pidfds, nothing above
     "_commands": 0,
     "_command_runner": 0,
+    "_group_reaper": 0,
     # 1: pickling
     "reduction": 1,
     "_by_value": 1,
