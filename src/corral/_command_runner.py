@@ -37,6 +37,7 @@ import queue
 import selectors
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -45,9 +46,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ._group_reaper import RUN_ID_VARIABLE, GroupReaper
+from . import _group_reaper
+from ._group_reaper import RUN_ID_VARIABLE
 
-__all__ = ("Command", "Finished", "Runner", "as_text", "default_jobs")
+__all__ = ("Command", "Finished", "GroupReaper", "Runner", "as_text", "default_jobs")
 
 Command = str | Sequence[str]  # a shell command line, or a program and its arguments
 
@@ -310,7 +312,9 @@ class Runner:
         self.started = 0
         self.exhausted = False  # every command has been read
         self._running: dict[int, _Running] = {}  # by pid
-        self._reaper = GroupReaper(kill_after)  # stops the commands if this program dies
+        self._reaper = GroupReaper(
+            kill_after
+        )  # stops the commands if this program dies (_group_reaper)
         self._command_env = {
             **(os.environ if env is None else env),
             RUN_ID_VARIABLE: self._reaper.run_id,
@@ -533,6 +537,78 @@ class Runner:
             stopped.extend(self._finish(running) for running in ended)
         self._close()
         return stopped
+
+
+class GroupReaper:
+    """The runner's side of the watcher that stops its commands if it dies (``_group_reaper``).
+
+    ``start()`` before the first command; ``started``/``reaped`` as commands
+    start and are reaped; ``close()`` at the end. Thread-safe.
+    """
+
+    def __init__(self, kill_after: float) -> None:
+        self._kill_after = kill_after
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        self.run_id = f"{os.getpid()}-{os.urandom(8).hex()}"  # in each command's environment
+
+    def start(self) -> None:
+        """Start the watcher, if it is not running yet (before the first command starts)."""
+        with self._lock:
+            if self._process is None and not self._closed:
+                self._process = _start_watcher(self._kill_after, self.run_id)
+
+    def started(self, pgid: int) -> None:
+        """A command's group exists: stop it if this program dies."""
+        self._tell(f"+{pgid}\n")
+
+    def reaped(self, pgid: int) -> None:
+        """The group's leader is reaped: leave its group alone from now on."""
+        self._tell(f"-{pgid}\n")
+
+    def _tell(self, line: str) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._process is None:
+                return
+            assert self._process.stdin is not None
+            try:
+                self._process.stdin.write(line.encode())
+                self._process.stdin.flush()
+            except OSError:  # the watcher is gone: nothing more to do
+                pass
+
+    def close(self) -> None:
+        """End the watcher (call once every command is reaped); idempotent."""
+        with self._lock:
+            self._closed = True
+            process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        try:
+            process.stdin.write(b"bye\n")
+            process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(10.0)
+        except subprocess.TimeoutExpired:  # cannot happen unless it hangs: do not wait on it
+            process.kill()
+            process.wait()
+
+
+def _start_watcher(kill_after: float, run_id: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", _group_reaper.__file__, repr(kill_after), run_id],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,  # never hold the runner's output open
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def _has_exited(running: _Running) -> bool:
