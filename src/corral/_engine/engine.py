@@ -68,6 +68,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any
 
 from .. import _popen_fork, _transfer
@@ -80,6 +81,7 @@ from ..errors import (
     WorkerStartupError,
     describe_exitcode,
 )
+from . import insights as _insights
 from .contract import Task
 from .direct import run_direct
 from .handles import WorkerHandle
@@ -90,8 +92,10 @@ from .protocol import (
     INIT_FAIL,
     MAX_FDS,
     OK,
+    PROGRESS,
     READY,
     RECEIVED,
+    REPORT_PROGRESS,
     RETIRING,
     REVOKE_MARK,
     REVOKED,
@@ -112,6 +116,7 @@ _PREFETCH_MAX = 64
 _TAKE_BACK_AFTER = 0.01
 # Workers that die before READY, in a row, before the pool gives up (WorkerStartupError).
 _STARTUP_DEATHS_LIMIT = 3
+_ENDED_SHOWN = 32  # ended workers insights() lists one by one
 
 
 class LocalEngine(LendingMixin):
@@ -163,6 +168,12 @@ class LocalEngine(LendingMixin):
         self._avg_task_time = 0.0
         self._take_back_at: float | None = None  # the pending take-back timer's time
         self._startup_deaths = 0  # workers in a row that died before READY
+        # Insights: the workers that ended (the last few, and the sum of all).
+        self._ended: deque[_insights.WorkerInsight] = deque(maxlen=_ENDED_SHOWN)
+        self._ended_sum: _insights.WorkerInsight | None = None
+        self._restarts: dict[str, int] = {}
+        self._encode_ns = 0  # callers' time pickling tasks (new_task)
+        self._last_done = 0.0  # when the last outcome arrived
         self._stop_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -199,10 +210,13 @@ class LocalEngine(LendingMixin):
         timeout: float | None = None,
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Task:
         """Encode a task with the workers' codec, in the caller's thread (errors raise here)."""
+        started = perf_counter_ns()
         payload, size, transfer = self._encode_call(fn, args, kwargs)
-        task = Task(kind, payload, on_done, timeout, claim, tag, size)
+        self._encode_ns += perf_counter_ns() - started
+        task = Task(kind, payload, on_done, timeout, claim, tag, size, progress)
         if transfer is not None:
             task.transfer = transfer
         return task
@@ -606,6 +620,7 @@ class LocalEngine(LendingMixin):
         self.settle(worker.held.popleft(), False, error)
         self._requeue(worker)
         worker.stopping = True
+        worker.end_reason = "task_timeout"
         worker.kill(hard=False)
         self._add_timer(time.monotonic() + _KILL_GRACE, lambda: self._kill_if_alive(worker))
 
@@ -623,8 +638,12 @@ class LocalEngine(LendingMixin):
             if status == RECEIVED:
                 worker.received_count = a
                 continue
+            if status == PROGRESS:
+                self._on_progress(worker, task_id, a)
+                continue
             if status == READY:
                 worker.ready = True
+                worker.ready_at = now
                 worker.started()
                 self._startup_deaths = 0
                 continue
@@ -633,6 +652,7 @@ class LocalEngine(LendingMixin):
                 continue
             if status == RETIRING:
                 worker.stopping = True
+                worker.end_reason = "recycled"
                 self._requeue(worker)
                 continue
             held = worker.held
@@ -647,11 +667,16 @@ class LocalEngine(LendingMixin):
             if held and held[0].timeout is not None:
                 self._arm_deadline(worker, held[0], now)
             if status == OK:  # the common case, inline
+                if b is not None:
+                    worker.counters = b
+                self._last_done = now
+                started = perf_counter_ns()
                 try:
                     value = codec.decode_value(a)
                 except BaseException:
                     pass  # outcome_of below decodes it again and reports the error
                 else:
+                    worker.result_unpickle_ns += perf_counter_ns() - started
                     if task.transfer is not None:
                         task.transfer.release()
                     try:
@@ -665,6 +690,7 @@ class LocalEngine(LendingMixin):
             else:
                 worker.exit_status = a
                 worker.stopping = True
+                worker.end_reason = "exited"
                 exit_error = TaskExitError(
                     f"the task called sys.exit({a!r}); its worker process {worker.pid} exited with "
                     f"{describe_exitcode(a)} and was replaced, the other tasks continue",
@@ -673,6 +699,40 @@ class LocalEngine(LendingMixin):
                 )
                 self.settle(task, False, exit_error)
                 self._requeue(worker)
+
+    def _on_progress(self, worker: WorkerHandle, task_id: int, done: int) -> None:
+        """A running chunk reported ``done`` items finished: tell its caller."""
+        held = worker.held
+        if held and held[0].task_id == task_id and held[0].progress is not None:
+            try:
+                held[0].progress(done)
+            except BaseException:
+                _log.exception("a progress callback raised")
+
+    def insights(self) -> _insights.Insights:
+        """What this engine measured of its workers so far (``insights.Insights``)."""
+        now = time.monotonic()
+        last_done = self._last_done
+        live = [
+            _insights.of_handle(w, "running", last_done, now) for w in list(self._workers.values())
+        ]
+        return _insights.totals(
+            "thread" if self.codec is ObjectCodec else "process",
+            live,
+            self._ended_sum,
+            self._encode_ns / 1e9,
+            self._restarts,
+            tuple(live) + tuple(self._ended),
+        )
+
+    def _note_end(self, worker: WorkerHandle, reason: str) -> None:
+        """Record the numbers of a worker that ended, and why (insights)."""
+        worker.ended_at = time.monotonic()
+        numbers = _insights.of_handle(worker, reason, self._last_done, worker.ended_at)
+        self._ended.append(numbers)
+        self._ended_sum = _insights.add(self._ended_sum, numbers)
+        if reason != "stopped":
+            self._restarts[reason] = self._restarts.get(reason, 0) + 1
 
     def settle(self, task: Task, ok: bool, value: Any) -> None:
         """Deliver a task's outcome (any thread); a failing user callback is logged."""
@@ -722,6 +782,7 @@ class LocalEngine(LendingMixin):
                 worker.parked = False
         self._on_records(worker, worker.drain())
         exitcode = worker.exitcode()
+        self._note_end(worker, self._end_reason(worker))
         self._unwatch_channel(worker)
         self._selector.unregister(worker.death_fd)
         del self._workers[worker.worker_id]
@@ -747,6 +808,15 @@ class LocalEngine(LendingMixin):
                     f"the pool is broken because a {WorkerLostError.for_worker(worker.pid, exitcode, 'idle')}"  # noqa: E501
                 )
             )
+
+    def _end_reason(self, worker: WorkerHandle) -> str:
+        if worker.end_reason is not None:
+            return worker.end_reason
+        if worker.quota_reached:
+            return "recycled"
+        if worker.stopping or self.state in (STOPPING, STOPPED):
+            return "stopped"
+        return "crashed" if worker.ready else "startup"
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: int | None) -> None:
         """A worker died before READY: the circuit breaker that stops endless restarts."""
@@ -892,7 +962,8 @@ class LocalEngine(LendingMixin):
                     self._send(worker, message, fds)
                     message, fds = [], []
                 fds.extend(more)
-            message.append((task.task_id, task.kind, task.payload))
+            kind = task.kind if task.progress is None else task.kind | REPORT_PROGRESS
+            message.append((task.task_id, kind, task.payload))
         self._send(worker, message, fds)
 
     def _send_pending(self, worker: WorkerHandle) -> None:

@@ -23,18 +23,22 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from itertools import starmap
+from time import perf_counter_ns
 from typing import Any
 
 from .. import _transfer, process
 from .._lifeline import on_parent_death
+from .metering import WorkerCounters, run_reporting
 from .protocol import (
     ANCILLARY_SPACE,
     CALL,
     EXITING,
     INIT_FAIL,
     MAP,
+    OK,
     READY,
     RECEIVED,
+    REPORT_PROGRESS,
     RETIRING,
     REVOKE_MARK,
     REVOKED,
@@ -64,33 +68,60 @@ def _exit_status(exc: SystemExit) -> int:
 
 
 def run_one(
-    codec: Any, task_id: int, kind: int, payload: Any
+    codec: Any,
+    task_id: int,
+    kind: int,
+    payload: Any,
+    counters: WorkerCounters | None = None,
+    send: Callable[[list[Any]], None] | None = None,
 ) -> tuple[tuple[Any, ...], int | None]:
-    """Run one task; return its record and, if the task asked to exit, the exit status."""
+    """Run one task; return its record and, if the task asked to exit, the exit status.
+
+    ``counters`` (if given) count the task; ``send`` carries the PROGRESS
+    records of a chunk whose kind has ``REPORT_PROGRESS``.
+    """
+    clock = perf_counter_ns
+    t0 = clock()
     try:
         fn, args, kwargs = codec.decode_task(payload)
     except BaseException as exc:  # includes SystemExit raised by a __reduce__
         info = (type(exc).__name__, short_repr(exc))
         return (UNREADABLE, task_id, info, format_exception_text(exc)), None
+    t1 = clock()
+    items = 1
     try:
         if kind == CALL:
             value = fn(*args, **kwargs)
-        elif kind == MAP:
-            value = list(map(fn, args))
         else:
-            value = list(starmap(fn, args))
+            items = len(args)
+            if kind == MAP:
+                value = list(map(fn, args))
+            elif kind & REPORT_PROGRESS:
+                star = kind & ~REPORT_PROGRESS != MAP
+                if send is not None:
+                    value = run_reporting(fn, args, star, task_id, send)
+                else:
+                    value = list(starmap(fn, args) if star else map(fn, args))
+            else:
+                value = list(starmap(fn, args))
     except SystemExit as exc:
         status = _exit_status(exc)
         return (EXITING, task_id, status, None), status
     except BaseException as exc:
+        if counters is not None:
+            counters.add(items, t1 - t0, clock() - t1, 0, payload, None)
         return codec.encode_exception(task_id, exc), None
     finally:
         del fn, args, kwargs  # release the arguments before the next task
+    t2 = clock()
     try:
-        return codec.encode_result(task_id, value), None
+        record = codec.encode_result(task_id, value)
     except SystemExit as exc:  # a result whose __reduce__ calls sys.exit()
         status = _exit_status(exc)
         return (EXITING, task_id, status, None), status
+    if counters is not None:
+        counters.add(items, t1 - t0, t2 - t1, clock() - t2, payload, record[2])
+    return record, None
 
 
 def resident_memory() -> int:
@@ -123,6 +154,7 @@ def serve(
     still holds was failed or requeued, so it stops before its next task.
     """
     held: deque[Any] = deque()
+    counters = WorkerCounters(sized=codec is not ObjectCodec)
     done = 0
     read = 0  # tasks read from the channel, revoked ones included
     send([(READY, 0, None, None)])
@@ -155,8 +187,12 @@ def serve(
             send([(REVOKED, 0, None, None)])
             continue
         task_id, kind, payload = held.popleft()
-        record, exit_status = run_one(codec, task_id, kind, payload)
+        record, exit_status = run_one(codec, task_id, kind, payload, counters, send)
         del payload
+        if record[0] == OK:
+            now = perf_counter_ns()
+            if not held or counters.due(now):  # about to wait for work, or a while since
+                record = (OK, task_id, record[2], counters.snapshot(now))
         send([record])
         del record  # ...nor to its result (the stdlib's bpo-29861)
         if exit_status is not None:

@@ -1,0 +1,136 @@
+"""What a worker measures of its own work, and how it runs a chunk that reports progress.
+
+Both run inside the worker (process or thread) and reach the engine on the
+records the worker sends anyway (``protocol``: "Progress and counters"):
+
+* ``WorkerCounters``: cumulative counts (tasks, items, time spent unpickling
+  arguments, running, pickling results, bytes read and written) that ride on
+  an OK record when the worker is about to wait for work, or every
+  ``COUNTERS_INTERVAL`` seconds while it is busy. Always on: a few clock reads
+  and additions per task (docs/performance.md has the measured cost).
+* ``run_reporting``: a MAP/STARMAP chunk run in sub-batches that grow while
+  they are quick, with a PROGRESS record at most every ``PROGRESS_INTERVAL``
+  seconds. Only tasks whose call asked for progress run this way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from itertools import starmap
+from typing import Any
+
+from .. import _transfer
+from .protocol import COUNTERS_INTERVAL, PROGRESS, PROGRESS_INTERVAL
+
+# A sub-batch that ran shorter than this doubles; longer than _SLOW halves.
+_QUICK = 0.01
+_SLOW = 0.05
+
+
+class WorkerCounters:
+    """Cumulative counters of one worker (its own thread only)."""
+
+    __slots__ = (
+        "busy_ns",
+        "bytes_in",
+        "bytes_out",
+        "items",
+        "pickle_ns",
+        "sent_at",
+        "sized",
+        "tasks",
+        "unpickle_ns",
+    )
+
+    def __init__(self, sized: bool = True) -> None:
+        self.sized = sized  # tasks and results are bytes (process workers), not objects
+        self.tasks = 0
+        self.items = 0
+        self.unpickle_ns = 0
+        self.busy_ns = 0
+        self.pickle_ns = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.sent_at = 0  # perf_counter_ns of the last snapshot sent
+
+    def add(
+        self, items: int, unpickle_ns: int, busy_ns: int, pickle_ns: int, payload: Any, result: Any
+    ) -> None:
+        """Count one finished task."""
+        self.tasks += 1
+        self.items += items
+        self.unpickle_ns += unpickle_ns
+        self.busy_ns += busy_ns
+        self.pickle_ns += pickle_ns
+        if self.sized:
+            self.bytes_in += _size(payload)
+            self.bytes_out += _size(result)
+
+    def due(self, now_ns: int) -> bool:
+        """Whether a busy worker should send its counters now."""
+        return now_ns - self.sent_at >= COUNTERS_INTERVAL * 1e9
+
+    def snapshot(self, now_ns: int) -> tuple[int, ...]:
+        """The counters as the tuple an OK record carries (and note that they were sent)."""
+        self.sent_at = now_ns
+        return (
+            self.tasks,
+            self.items,
+            self.unpickle_ns,
+            self.busy_ns,
+            self.pickle_ns,
+            self.bytes_in,
+            self.bytes_out,
+        )
+
+
+def _size(blob: Any) -> int:
+    """Bytes of an encoded payload or result (0 for objects passed as they are)."""
+    kind = type(blob)
+    if kind is bytes:
+        return len(blob)
+    if kind is tuple and len(blob) == 2 and type(blob[1]) is bytes:
+        return len(blob[0]) + len(blob[1])  # (function reference, arguments)
+    if kind is _transfer.Received or kind is _transfer.Sending:  # big buffers in shared memory
+        try:
+            return _transfer.size_of(blob.message)
+        except (TypeError, ValueError):
+            return 0
+    return 0
+
+
+def run_reporting(
+    fn: Callable[..., Any],
+    items: list[Any],
+    star: bool,
+    task_id: int,
+    send: Callable[[list[Any]], None],
+) -> list[Any]:
+    """``[fn(item) ...]`` (``fn(*item)`` if ``star``) with a PROGRESS record now and then.
+
+    Sub-batches start at one item and double while they take under 10 ms, so
+    a chunk of tiny items costs a few dozen slices and a chunk of slow items
+    reports after each item (at most every ``PROGRESS_INTERVAL`` seconds).
+    """
+    results: list[Any] = []
+    apply = starmap if star else map
+    n = len(items)
+    done = 0
+    step = 1
+    clock = time.monotonic
+    last_report = clock()
+    while done < n:
+        started = clock()
+        results.extend(apply(fn, items[done : done + step]))
+        done = min(n, done + step)
+        now = clock()
+        took = now - started
+        if took < _QUICK:
+            step *= 2
+        elif took > _SLOW and step > 1:
+            step //= 2
+        if done < n and now - last_report >= PROGRESS_INTERVAL:
+            send([(PROGRESS, task_id, done, None)])
+            last_report = now
+    return results
