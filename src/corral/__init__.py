@@ -80,6 +80,9 @@ if TYPE_CHECKING:
 from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
 
 if TYPE_CHECKING:  # imported on first use, by __getattr__ below
+    from ._as_completed import as_completed as as_completed
+    from ._engine.insights import Insights as Insights
+    from ._engine.insights import WorkerInsight as WorkerInsight
     from ._transfer import Shared as Shared
     from .errors import BrokenProcessPool as BrokenProcessPool
     from .errors import InitializerError as InitializerError
@@ -97,6 +100,9 @@ _LAZY = {
     "WorkerStartupError": "errors",
     "ProcessPoolExecutor": "futures",
     "Shared": "_transfer",
+    "as_completed": "_as_completed",  # with progress= (issue 16)
+    "Insights": "_engine.insights",  # what pool.insights() returns
+    "WorkerInsight": "_engine.insights",
 }
 
 

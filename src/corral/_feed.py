@@ -31,6 +31,7 @@ from itertools import islice
 from typing import Any
 
 from ._engine import Engine
+from ._progress import CallProgress
 
 # The window: at most this much pickled input in flight (estimated from the
 # average chunk so far), and at least _MIN_WINDOW chunks. The consumer returns
@@ -63,8 +64,10 @@ class Feed:
         task_timeout: float | None,
         window: int,
         ordered: bool,
+        progress: CallProgress | None = None,
     ) -> None:
         self._engine = engine
+        self._progress = progress  # counts finished items (progress=), or None
         self._func = func
         self._iterable = iterable
         self._chunksize = chunksize
@@ -135,9 +138,12 @@ class Feed:
                         None if self._task_timeout is None else self._task_timeout * len(chunk)
                     )
                     on_done = partial(self._put, index)
-                    task = self._engine.new_task(
-                        self._kind, self._func, chunk, None, on_done, timeout=timeout
-                    )
+                    if self._progress is None:
+                        task = self._engine.new_task(
+                            self._kind, self._func, chunk, None, on_done, timeout=timeout
+                        )
+                    else:
+                        task = self._new_task_with_progress(index, chunk, on_done, timeout)
                 except BaseException as exc:  # the input raised, or a chunk cannot be pickled
                     self._put(index, False, exc)
                     index += 1
@@ -153,6 +159,21 @@ class Feed:
         finally:
             self._outcomes.put([(_END, index)])
             self._engine.release()
+
+    def _new_task_with_progress(
+        self, index: int, chunk: list[Any], on_done: Any, timeout: float | None
+    ) -> Any:
+        bar = self._progress
+        assert bar is not None
+        return self._engine.new_task(
+            self._kind,
+            self._func,
+            chunk,
+            None,
+            bar.wrap(index, on_done),
+            timeout=timeout,
+            progress=partial(bar.partial, index),
+        )
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
         if self._engine.delivering():

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import context as _context
 from ._backend_context import BackendContext
-from ._engine import CALL, STARMAP, Engine, EngineSpec, check_spec, start_engine
+from ._engine import CALL, STARMAP, Engine, EngineSpec, Insights, check_spec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
+from ._progress import CallProgress, ProgressArg, open_progress
 from .backends import as_backend
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
@@ -264,17 +265,27 @@ class ProcessPoolExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: ProgressArg = False,
     ) -> Iterator[_T]:
         """Lazy ``map(fn, *iterables)`` in the workers, results in input order.
 
+        ``progress``: ``True`` (a bar on stderr), a tqdm bar or a callable taking
+        counts, advanced per finished item; the total is the shortest input's
+        ``len()`` if every input has one (docs/progress.md).
+
         Raises:
             ValueError: ``chunksize`` < 1.
+            TypeError: ``progress`` is not a bool, a bar or a callable.
             TimeoutError: (while iterating) ``timeout`` seconds after the call.
         """
         if chunksize < 1:
             msg = "chunksize must be >= 1."
             raise ValueError(msg)
         deadline = None if timeout is None else time.monotonic() + timeout
+        total = None
+        if all(hasattr(it, "__len__") for it in iterables):
+            total = min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
+        bar = open_progress(progress, total)
         with self._shutdown_lock:
             engine = self._check_open()
             window = default_window(self._max_workers)
@@ -287,10 +298,24 @@ class ProcessPoolExecutor(Executor):
                 self._task_timeout,
                 window,
                 True,
+                progress=bar,
             )
             self._feeds.add(feed)
             feed.start()
-        return _map_results(feed, deadline, self._feeds)
+        return _map_results(feed, deadline, self._feeds, bar)
+
+    def insights(self) -> Insights:
+        """Per-worker numbers (tasks, busy, idle, start-up, pickling, bytes, restarts) and advice.
+
+        ``print(executor.insights())`` shows a table and what to change
+        (docs/progress.md); before the first task, an empty report.
+        """
+        engine = self._engine
+        if engine is None:
+            backend = self._engine_spec.backend
+            name = backend if isinstance(backend, str) else getattr(backend, "name", "process")
+            return Insights(backend=str(name))
+        return engine.insights()
 
     def share(self, obj: _T) -> Shared[_T]:
         """Place ``obj`` in shared memory once; return a handle to pass to any number of tasks.
@@ -378,7 +403,9 @@ def _close_engine(engine: Engine, feeds: set[Feed]) -> None:
     engine.close()
 
 
-def _map_results(feed: Feed, deadline: float | None, feeds: set[Feed]) -> Iterator[Any]:
+def _map_results(
+    feed: Feed, deadline: float | None, feeds: set[Feed], bar: CallProgress | None = None
+) -> Iterator[Any]:
     try:
         while True:
             try:
@@ -397,3 +424,5 @@ def _map_results(feed: Feed, deadline: float | None, feeds: set[Feed]) -> Iterat
     finally:
         feed.stop()
         feeds.discard(feed)
+        if bar is not None:
+            bar.close()  # the end, an error, Ctrl-C, or the iterator dropped

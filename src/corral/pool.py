@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from . import context as _context
 from . import util
 from ._backend_context import BackendContext
-from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, start_engine
+from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, Insights, start_engine
 from ._feed import Feed, FeedTimeout, default_window
+from ._progress import CallProgress, ProgressArg, open_progress
 from ._typevars import T as _T
 from .backends import as_backend
 from .errors import BrokenProcessPool, TimeoutError
@@ -229,6 +230,22 @@ class MapResult(ApplyResult[list[_T]]):
             self._event.set()
             self._pool = None
 
+    _bar: CallProgress | None = None  # the call's progress (progress=), if any
+
+    def get(self, timeout: float | None = None) -> list[_T]:
+        """Return the list of results; re-raise the first task's exception.
+
+        Raises:
+            corral.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        if self._bar is None:
+            return super().get(timeout)
+        try:
+            return super().get(timeout)
+        except KeyboardInterrupt:
+            self._bar.close()  # Ctrl-C in the waiting caller ends the bar
+            raise
+
     def _set_chunk(self, index: int, ok: bool, value: Any) -> None:
         self._number_left -= 1
         if ok and self._success:
@@ -247,10 +264,11 @@ class IMapIterator(Generic[_T]):
     ``IMapIterator[int]`` yields the ints the task returns.
     """
 
-    def __init__(self, feed: Feed) -> None:
+    def __init__(self, feed: Feed, bar: CallProgress | None = None) -> None:
         self._feed = feed
         self._items: list[Any] = []  # the current chunk's results, reversed
-        self._finalizer = util.Finalize(self, feed.stop)
+        self._bar = bar
+        self._finalizer = util.Finalize(self, _stop_feed, args=(feed, bar))
 
     def __iter__(self) -> IMapIterator[_T]:
         return self
@@ -271,7 +289,13 @@ class IMapIterator(Generic[_T]):
                 ok, value = self._feed.take(deadline)
             except FeedTimeout:
                 raise TimeoutError from None
+            except BaseException:  # the end (StopIteration), Ctrl-C: the bar ends too
+                if self._bar is not None:
+                    self._bar.close()
+                raise
             if not ok:
+                if self._bar is not None:
+                    self._bar.close()
                 raise value
             if value:
                 value.reverse()
@@ -309,6 +333,12 @@ class IMapIterator(Generic[_T]):
 
 class IMapUnorderedIterator(IMapIterator[_T]):
     """The iterator ``imap_unordered`` returns: results in completion order."""
+
+
+def _stop_feed(feed: Feed, bar: CallProgress | None) -> None:
+    feed.stop()
+    if bar is not None:
+        bar.close()
 
 
 class Pool:
@@ -508,6 +538,7 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: Any,
         cancellable: bool = False,
+        progress: ProgressArg = False,
     ) -> MapResult[_T]:
         # cancellable: map_async/starmap_async, whose result may be awaited and
         # the awaiter cancelled; map/starmap wait for it here and cannot be.
@@ -534,18 +565,35 @@ class Pool:
             chunks.append(chunk)
         result: MapResult[_T] = MapResult(self, [len(c) for c in chunks], callback, error_callback)
         new_task = self._engine.new_task
-        tasks = [
-            new_task(
-                kind,
-                func,
-                chunk,
-                None,
-                partial(result._set_chunk, i),
-                timeout=None if timeout is None else timeout * len(chunk),
-                claim=result._claim if cancellable else None,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
+        bar = open_progress(progress, length)
+        if bar is not None:
+            result._bar = bar
+            tasks = [
+                new_task(
+                    kind,
+                    func,
+                    chunk,
+                    None,
+                    bar.wrap(i, partial(result._set_chunk, i)),
+                    timeout=None if timeout is None else timeout * len(chunk),
+                    claim=result._claim if cancellable else None,
+                    progress=partial(bar.partial, i),
+                )
+                for i, chunk in enumerate(chunks)
+            ]
+        else:
+            tasks = [
+                new_task(
+                    kind,
+                    func,
+                    chunk,
+                    None,
+                    partial(result._set_chunk, i),
+                    timeout=None if timeout is None else timeout * len(chunk),
+                    claim=result._claim if cancellable else None,
+                )
+                for i, chunk in enumerate(chunks)
+            ]
         if tasks:
             self._engine.submit_many(tasks)
         return result
@@ -557,9 +605,16 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> list[_T]:
-        """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error."""
-        return self._map_async(MAP, func, iterable, chunksize, None, None, task_timeout).get()
+        """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error.
+
+        ``progress``: ``True`` (a bar on stderr), a tqdm bar or a callable taking
+        counts: advanced per finished item (docs/progress.md).
+        """
+        return self._map_async(
+            MAP, func, iterable, chunksize, None, None, task_timeout, progress=progress
+        ).get()
 
     def map_async(
         self,
@@ -570,10 +625,11 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> MapResult[_T]:
         """Start ``map``; return a ``MapResult``."""
         return self._map_async(
-            MAP, func, iterable, chunksize, callback, error_callback, task_timeout, True
+            MAP, func, iterable, chunksize, callback, error_callback, task_timeout, True, progress
         )
 
     def starmap(
@@ -583,9 +639,12 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> list[_T]:
         """Like ``map`` with ``func(*args)`` for each ``args`` in ``iterable``."""
-        return self._map_async(STARMAP, func, iterable, chunksize, None, None, task_timeout).get()
+        return self._map_async(
+            STARMAP, func, iterable, chunksize, None, None, task_timeout, progress=progress
+        ).get()
 
     def starmap_async(
         self,
@@ -596,10 +655,19 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> MapResult[_T]:
         """Start ``starmap``; return a ``MapResult``."""
         return self._map_async(
-            STARMAP, func, iterable, chunksize, callback, error_callback, task_timeout, True
+            STARMAP,
+            func,
+            iterable,
+            chunksize,
+            callback,
+            error_callback,
+            task_timeout,
+            True,
+            progress,
         )
 
     def _imap(
@@ -609,6 +677,7 @@ class Pool:
         chunksize: int,
         ordered: bool,
         task_timeout: Any,
+        progress: ProgressArg = False,
     ) -> IMapIterator[_T]:
         self._check_running()
         timeout = self._timeout(task_timeout)
@@ -616,11 +685,15 @@ class Pool:
             msg = f"Chunksize must be 1+, not {chunksize:n}"
             raise ValueError(msg)
         window = default_window(self._processes)
-        feed = Feed(self._engine, func, iterable, chunksize, MAP, timeout, window, ordered)
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        bar = open_progress(progress, total)
+        feed = Feed(
+            self._engine, func, iterable, chunksize, MAP, timeout, window, ordered, progress=bar
+        )
         self._feeds.add(feed)
         feed.thread.name = f"corral-imap-feed-{id(feed):x}"
         feed.start()
-        return IMapIterator(feed) if ordered else IMapUnorderedIterator(feed)
+        return IMapIterator(feed, bar) if ordered else IMapUnorderedIterator(feed, bar)
 
     def imap(
         self,
@@ -629,9 +702,14 @@ class Pool:
         chunksize: int = 1,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> IMapIterator[_T]:
-        """Lazy ``map``: results in input order as they arrive."""
-        return self._imap(func, iterable, chunksize, True, task_timeout)
+        """Lazy ``map``: results in input order as they arrive.
+
+        ``progress`` counts finished items, not items taken from the iterator;
+        the total is ``len(iterable)`` if it has one.
+        """
+        return self._imap(func, iterable, chunksize, True, task_timeout, progress)
 
     def imap_unordered(
         self,
@@ -640,9 +718,10 @@ class Pool:
         chunksize: int = 1,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> IMapIterator[_T]:
         """Lazy ``map``: results in completion order."""
-        return self._imap(func, iterable, chunksize, False, task_timeout)
+        return self._imap(func, iterable, chunksize, False, task_timeout, progress)
 
     def share(self, obj: _T) -> Shared[_T]:
         """Place ``obj`` in shared memory once; return a handle to pass to any number of tasks.
@@ -662,6 +741,15 @@ class Pool:
         self._check_running()
         handle: Shared[_T] = self._engine.share(obj)
         return handle
+
+    def insights(self) -> Insights:
+        """Per-worker numbers (tasks, busy, idle, start-up, pickling, bytes, restarts) and advice.
+
+        ``print(pool.insights())`` shows a table and what to change; the
+        numbers are a snapshot (see docs/progress.md). Cluster backends give
+        totals measured in this process only.
+        """
+        return self._engine.insights()
 
     # ----------------------------------------------------------- lifetime
 
