@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import select
+import time
 
 import pytest
 
@@ -127,8 +129,12 @@ def test_the_text_bar_draws_on_a_terminal_and_ends_its_line():
             bar = TextBar(4, stream=stream)
             bar.update(4)
             bar.close()
-        os.set_blocking(master, False)
-        text = os.read(master, 65536).decode()
+        text = ""
+        deadline = time.monotonic() + 10
+        while not text.endswith("\n") and time.monotonic() < deadline:
+            # The terminal passes the bytes on when it gets to them: wait for them.
+            if select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                text += os.read(master, 65536).decode()
     finally:
         os.close(master)
         os.close(slave)

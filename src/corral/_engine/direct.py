@@ -73,6 +73,7 @@ def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
     except BaseException:  # Ctrl-C, or an OS error on the channel
         engine.hand_back(worker, task, task_id, records, closed=False, retire=True, sent=sent)
         raise
+    engine.note_done_directly()
     engine.give_back(worker)
     engine.settle(task, ok, value)
     return True

@@ -725,6 +725,10 @@ class LocalEngine(LendingMixin):
             tuple(live) + tuple(self._ended),
         )
 
+    def note_done_directly(self) -> None:
+        """(direct.py) A caller got a task's outcome from a borrowed worker: the pool is in use."""
+        self._last_done = time.monotonic()
+
     def _note_end(self, worker: WorkerHandle, reason: str) -> None:
         """Record the numbers of a worker that ended, and why (insights)."""
         worker.ended_at = time.monotonic()
