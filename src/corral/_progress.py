@@ -198,9 +198,9 @@ class TextBar:
         self.unit = unit
         self.n = 0
         self.started = time.monotonic()
-        self._drawn_at = 0.0
-        if self.enabled:
-            self._draw(self.started)
+        # The first drawing waits _REDRAW seconds: a call that ends sooner
+        # draws once, when it closes.
+        self._drawn_at = self.started
 
     def update(self, n: int) -> None:
         """Advance by ``n``; redraw if the last drawing is 0.1 s old."""

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from itertools import starmap
+from itertools import islice, starmap
 from typing import Any
 
 from .. import _transfer
 from .protocol import COUNTERS_INTERVAL, PROGRESS, PROGRESS_INTERVAL
 
-# A sub-batch that ran shorter than this doubles; longer than _SLOW halves.
-_QUICK = 0.01
-_SLOW = 0.05
+# Seconds of work per sub-batch of a chunk that reports progress: a few
+# sub-batches per PROGRESS_INTERVAL, and a chunk of tiny items takes two or three.
+_SUB_BATCH = 0.02
 
 
 class WorkerCounters:
@@ -109,12 +109,15 @@ def run_reporting(
 ) -> list[Any]:
     """``[fn(item) ...]`` (``fn(*item)`` if ``star``) with a PROGRESS record now and then.
 
-    Sub-batches start at one item and double while they take under 10 ms, so
-    a chunk of tiny items costs a few dozen slices and a chunk of slow items
-    reports after each item (at most every ``PROGRESS_INTERVAL`` seconds).
+    The first sub-batch is one item; each next one is sized from the pace so
+    far to take about 20 ms, so a chunk of tiny items costs two or three slices
+    and a chunk of slow items reports after each item (at most every
+    ``PROGRESS_INTERVAL`` seconds).
     """
     results: list[Any] = []
-    apply = starmap if star else map
+    # One iterator over the whole chunk, no slices (they would copy the list):
+    # a chunk of tiny items runs its first item alone, then the rest in one go.
+    mapped = (starmap if star else map)(fn, items)
     n = len(items)
     done = 0
     step = 1
@@ -122,14 +125,19 @@ def run_reporting(
     last_report = clock()
     while done < n:
         started = clock()
-        results.extend(apply(fn, items[done : done + step]))
-        done = min(n, done + step)
+        if step >= n - done:
+            results.extend(mapped)
+            done = n
+        elif step == 1:
+            results.append(next(mapped))
+            done += 1
+        else:
+            results.extend(islice(mapped, step))
+            done += step
         now = clock()
+        # The next sub-batch: about _SUB_BATCH seconds of work at the pace so far.
         took = now - started
-        if took < _QUICK:
-            step *= 2
-        elif took > _SLOW and step > 1:
-            step //= 2
+        step = max(1, int(_SUB_BATCH * step / took)) if took > 0 else n
         if done < n and now - last_report >= PROGRESS_INTERVAL:
             send([(PROGRESS, task_id, done, None)])
             last_report = now
