@@ -1,6 +1,6 @@
 """What progress= and the always-on insight counters cost (issue 16).
 
-Run: python benchmarks/bench_progress.py [--rounds N] [--compare OLD_SRC]
+Run: python benchmarks/bench_progress.py [--rounds N] [--compare OLD_SRC [--compare-only]]
 
 1. ``Pool.map`` of 200,000 tiny items (fork, 2 workers, default chunksize),
    in one pool, alternating in each round: no progress, ``progress=`` a
@@ -154,7 +154,8 @@ def main() -> None:
     rounds = 9
     if "--rounds" in sys.argv:
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
-    progress_overhead(rounds)
+    if "--compare-only" not in sys.argv:
+        progress_overhead(rounds)
     if "--compare" in sys.argv:
         compare_versions(sys.argv[sys.argv.index("--compare") + 1], max(3, rounds // 2))
 

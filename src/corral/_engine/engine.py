@@ -106,6 +106,7 @@ from .protocol import (
 from .states import _CHANNEL, _DEATH, _WAKE, CLOSING, RUNNING, STOPPED, STOPPING
 
 _log = logging.getLogger("multiprocessing")
+_Received = _transfer.Received  # a result with big buffers in shared memory
 
 
 _KILL_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
@@ -117,6 +118,7 @@ _TAKE_BACK_AFTER = 0.01
 # Workers that die before READY, in a row, before the pool gives up (WorkerStartupError).
 _STARTUP_DEATHS_LIMIT = 3
 _ENDED_SHOWN = 32  # ended workers insights() lists one by one
+_TIMED_RESULT = 4096  # bytes of a pickled result above which its unpickling is timed
 
 
 class LocalEngine(LendingMixin):
@@ -670,13 +672,17 @@ class LocalEngine(LendingMixin):
                 if b is not None:
                     worker.counters = b
                 self._last_done = now
-                started = perf_counter_ns()
+                # Timed only when it may take a while (insights): small results cost µs.
+                kind = type(a)
+                timed = (kind is bytes and len(a) > _TIMED_RESULT) or kind is _Received
+                started = perf_counter_ns() if timed else 0
                 try:
                     value = codec.decode_value(a)
                 except BaseException:
                     pass  # outcome_of below decodes it again and reports the error
                 else:
-                    worker.result_unpickle_ns += perf_counter_ns() - started
+                    if timed:
+                        worker.result_unpickle_ns += perf_counter_ns() - started
                     if task.transfer is not None:
                         task.transfer.release()
                     try:

@@ -23,6 +23,7 @@ from typing import Any
 from .. import _transfer
 from .protocol import COUNTERS_INTERVAL, PROGRESS, PROGRESS_INTERVAL
 
+_COUNTERS_INTERVAL_NS = int(COUNTERS_INTERVAL * 1e9)
 # Seconds of work per sub-batch of a chunk that reports progress: a few
 # sub-batches per PROGRESS_INTERVAL, and a chunk of tiny items takes two or three.
 _SUB_BATCH = 0.02
@@ -36,6 +37,7 @@ class WorkerCounters:
         "bytes_in",
         "bytes_out",
         "items",
+        "now",
         "pickle_ns",
         "sent_at",
         "sized",
@@ -53,27 +55,29 @@ class WorkerCounters:
         self.bytes_in = 0
         self.bytes_out = 0
         self.sent_at = 0  # perf_counter_ns of the last snapshot sent
+        self.now = 0  # perf_counter_ns at the end of the last task
 
     def add(
-        self, items: int, unpickle_ns: int, busy_ns: int, pickle_ns: int, payload: Any, result: Any
+        self, items: int, t0: int, t1: int, t2: int, t3: int, payload: Any, result: Any
     ) -> None:
-        """Count one finished task."""
+        """Count one finished task: read from ``t0`` to ``t1``, run to ``t2``, encoded by ``t3``."""
         self.tasks += 1
         self.items += items
-        self.unpickle_ns += unpickle_ns
-        self.busy_ns += busy_ns
-        self.pickle_ns += pickle_ns
+        self.unpickle_ns += t1 - t0
+        self.busy_ns += t2 - t1
+        self.pickle_ns += t3 - t2
+        self.now = t3
         if self.sized:
-            self.bytes_in += _size(payload)
-            self.bytes_out += _size(result)
+            self.bytes_in += len(payload) if type(payload) is bytes else _size(payload)
+            self.bytes_out += len(result) if type(result) is bytes else _size(result)
 
-    def due(self, now_ns: int) -> bool:
-        """Whether a busy worker should send its counters now."""
-        return now_ns - self.sent_at >= COUNTERS_INTERVAL * 1e9
+    def due(self) -> bool:
+        """Whether a busy worker should send its counters now (the last task's end is now)."""
+        return self.now - self.sent_at >= _COUNTERS_INTERVAL_NS
 
-    def snapshot(self, now_ns: int) -> tuple[int, ...]:
+    def snapshot(self) -> tuple[int, ...]:
         """The counters as the tuple an OK record carries (and note that they were sent)."""
-        self.sent_at = now_ns
+        self.sent_at = self.now
         return (
             self.tasks,
             self.items,

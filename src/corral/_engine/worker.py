@@ -109,7 +109,8 @@ def run_one(
         return (EXITING, task_id, status, None), status
     except BaseException as exc:
         if counters is not None:
-            counters.add(items, t1 - t0, clock() - t1, 0, payload, None)
+            t2 = clock()
+            counters.add(items, t0, t1, t2, t2, payload, None)
         return codec.encode_exception(task_id, exc), None
     finally:
         del fn, args, kwargs  # release the arguments before the next task
@@ -120,7 +121,7 @@ def run_one(
         status = _exit_status(exc)
         return (EXITING, task_id, status, None), status
     if counters is not None:
-        counters.add(items, t1 - t0, t2 - t1, clock() - t2, payload, record[2])
+        counters.add(items, t0, t1, t2, clock(), payload, record[2])
     return record, None
 
 
@@ -189,10 +190,9 @@ def serve(
         task_id, kind, payload = held.popleft()
         record, exit_status = run_one(codec, task_id, kind, payload, counters, send)
         del payload
-        if record[0] == OK:
-            now = perf_counter_ns()
-            if not held or counters.due(now):  # about to wait for work, or a while since
-                record = (OK, task_id, record[2], counters.snapshot(now))
+        if record[0] == OK and (not held or counters.due()):
+            # About to wait for work, or a while since the last: the counters ride along.
+            record = (OK, task_id, record[2], counters.snapshot())
         send([record])
         del record  # ...nor to its result (the stdlib's bpo-29861)
         if exit_status is not None:
