@@ -285,9 +285,9 @@ class ProcessPoolExecutor(Executor):
         total = None
         if all(hasattr(it, "__len__") for it in iterables):
             total = min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
-        bar = open_progress(progress, total)
         with self._shutdown_lock:
             engine = self._check_open()
+            bar = open_progress(progress, total)
             window = default_window(self._max_workers)
             feed = Feed(
                 engine,

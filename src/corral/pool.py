@@ -565,35 +565,22 @@ class Pool:
             chunks.append(chunk)
         result: MapResult[_T] = MapResult(self, [len(c) for c in chunks], callback, error_callback)
         new_task = self._engine.new_task
-        bar = open_progress(progress, length)
-        if bar is not None:
-            result._bar = bar
-            tasks = [
-                new_task(
-                    kind,
-                    func,
-                    chunk,
-                    None,
-                    bar.wrap(i, partial(result._set_chunk, i)),
-                    timeout=None if timeout is None else timeout * len(chunk),
-                    claim=result._claim if cancellable else None,
-                    progress=partial(bar.partial, i),
-                )
-                for i, chunk in enumerate(chunks)
-            ]
-        else:
-            tasks = [
-                new_task(
-                    kind,
-                    func,
-                    chunk,
-                    None,
-                    partial(result._set_chunk, i),
-                    timeout=None if timeout is None else timeout * len(chunk),
-                    claim=result._claim if cancellable else None,
-                )
-                for i, chunk in enumerate(chunks)
-            ]
+        bar = result._bar = open_progress(progress, length)
+        tasks = [
+            new_task(
+                kind,
+                func,
+                chunk,
+                None,
+                partial(result._set_chunk, i)
+                if bar is None
+                else bar.wrap(i, partial(result._set_chunk, i)),
+                timeout=None if timeout is None else timeout * len(chunk),
+                claim=result._claim if cancellable else None,
+                progress=None if bar is None else partial(bar.partial, i),
+            )
+            for i, chunk in enumerate(chunks)
+        ]
         if tasks:
             self._engine.submit_many(tasks)
         return result
@@ -611,6 +598,9 @@ class Pool:
 
         ``progress``: ``True`` (a bar on stderr), a tqdm bar or a callable taking
         counts: advanced per finished item (docs/progress.md).
+
+        Raises:
+            TypeError: ``progress`` is not a bool, a bar or a callable.
         """
         return self._map_async(
             MAP, func, iterable, chunksize, None, None, task_timeout, progress=progress

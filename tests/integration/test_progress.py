@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fcntl
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -181,6 +184,8 @@ def _run_on_a_terminal(tmp_path, method, mode, interrupt=False):
     script = tmp_path / "bar.py"
     script.write_text(textwrap.dedent(_BAR_SCRIPT))
     master, slave = os.openpty()
+    # A terminal 100 columns wide (a new pseudo-terminal has no size; tqdm asks it).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = dict(os.environ, COLUMNS="100")
     env.pop("TQDM_DISABLE", None)
     proc = subprocess.Popen(

@@ -23,8 +23,8 @@ Lifecycle of a task::
 
 ``progress`` is a capability an engine may lack: the local engine reports a
 running chunk's finished items about ten times a second; the cluster engines
-never call it (the front end then counts whole chunks from ``on_done``). Front
-ends pass ``progress=`` only when a call asked for progress. ``insights()``
+never call it (the front end then counts whole chunks from ``on_done``).
+``insights()``
 returns what the engine measured of its workers (``insights.Insights``), with
 less detail where the workers are not its own.
 
