@@ -3,7 +3,7 @@
 Both run inside the worker (process or thread) and reach the engine on the
 records the worker sends anyway (``protocol``: "Progress and counters"):
 
-* ``WorkerCounters``: cumulative counts (tasks, items, time spent unpickling
+* the counters (``new_counters``): cumulative counts (tasks, items, time spent unpickling
   arguments, running, pickling results, bytes read and written) that ride on
   an OK record when the worker is about to wait for work, or every
   ``COUNTERS_INTERVAL`` seconds while it is busy. Always on: a few clock reads
@@ -23,70 +23,40 @@ from typing import Any
 from .. import _transfer
 from .protocol import COUNTERS_INTERVAL, PROGRESS, PROGRESS_INTERVAL
 
-_COUNTERS_INTERVAL_NS = int(COUNTERS_INTERVAL * 1e9)
+DUE_NS = int(COUNTERS_INTERVAL * 1e9)  # a busy worker sends its counters this often
 # Seconds of work per sub-batch of a chunk that reports progress: a few
 # sub-batches per PROGRESS_INTERVAL, and a chunk of tiny items takes two or three.
 _SUB_BATCH = 0.02
 
 
-class WorkerCounters:
-    """Cumulative counters of one worker (its own thread only)."""
+# A worker's counters: one list of ints, updated in place by ``worker.run_one``
+# (list items are the cheapest thing to add to in CPython). The first seven
+# are what an OK record carries, in this order.
+TASKS, ITEMS, UNPICKLE_NS, BUSY_NS, PICKLE_NS, BYTES_IN, BYTES_OUT = range(7)
+NOW = 7  # perf_counter_ns at the end of the last task
+SENT_AT = 8  # NOW when the counters were last sent
+SIZED = 9  # 1: tasks and results are bytes (process workers); 0: objects (threads)
 
-    __slots__ = (
-        "busy_ns",
-        "bytes_in",
-        "bytes_out",
-        "items",
-        "now",
-        "pickle_ns",
-        "sent_at",
-        "sized",
-        "tasks",
-        "unpickle_ns",
-    )
 
-    def __init__(self, sized: bool = True) -> None:
-        self.sized = sized  # tasks and results are bytes (process workers), not objects
-        self.tasks = 0
-        self.items = 0
-        self.unpickle_ns = 0
-        self.busy_ns = 0
-        self.pickle_ns = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.sent_at = 0  # perf_counter_ns of the last snapshot sent
-        self.now = 0  # perf_counter_ns at the end of the last task
+def new_counters(sized: bool) -> list[int]:
+    """Fresh counters for one worker."""
+    return [0, 0, 0, 0, 0, 0, 0, 0, 0, int(sized)]
 
-    def add(
-        self, items: int, t0: int, t1: int, t2: int, t3: int, payload: Any, result: Any
-    ) -> None:
-        """Count one finished task: read from ``t0`` to ``t1``, run to ``t2``, encoded by ``t3``."""
-        self.tasks += 1
-        self.items += items
-        self.unpickle_ns += t1 - t0
-        self.busy_ns += t2 - t1
-        self.pickle_ns += t3 - t2
-        self.now = t3
-        if self.sized:
-            self.bytes_in += len(payload) if type(payload) is bytes else _size(payload)
-            self.bytes_out += len(result) if type(result) is bytes else _size(result)
 
-    def due(self) -> bool:
-        """Whether a busy worker should send its counters now (the last task's end is now)."""
-        return self.now - self.sent_at >= _COUNTERS_INTERVAL_NS
+def snapshot(counters: list[int]) -> tuple[int, ...]:
+    """The counters as the tuple an OK record carries (and note that they were sent)."""
+    counters[SENT_AT] = counters[NOW]
+    return tuple(counters[:7])
 
-    def snapshot(self) -> tuple[int, ...]:
-        """The counters as the tuple an OK record carries (and note that they were sent)."""
-        self.sent_at = self.now
-        return (
-            self.tasks,
-            self.items,
-            self.unpickle_ns,
-            self.busy_ns,
-            self.pickle_ns,
-            self.bytes_in,
-            self.bytes_out,
-        )
+
+def size(blob: Any) -> int:
+    """Bytes of an encoded payload or result."""
+    kind = type(blob)
+    if kind is bytes:
+        return len(blob)
+    if kind is tuple and len(blob) == 2 and type(blob[1]) is bytes:
+        return len(blob[0]) + len(blob[1])  # (function reference, arguments)
+    return _size(blob)
 
 
 def _size(blob: Any) -> int:
