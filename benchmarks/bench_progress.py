@@ -13,8 +13,9 @@ Run: python benchmarks/bench_progress.py [--rounds N] [--compare OLD_SRC [--comp
    counters, e.g. the main branch before issue 16): the same map without
    progress, and a flood of 10,000 ``apply_async`` no-ops (the worst case for
    per-task counters), in fresh interpreters alternating OLD_SRC and this
-   checkout, each next to the stdlib in the same interpreter; prints the
-   medians and new/old.
+   checkout, each next to the stdlib in the same interpreter, and the CPU
+   time per no-op task (this process and the workers, ``psutil``) of
+   ``imap(chunksize=1)`` and ``apply_async``; prints the medians and new/old.
 """
 
 from __future__ import annotations
@@ -124,6 +125,29 @@ def child_measure() -> dict[str, float]:
         theirs = [_rate(lambda: flood(std), 10_000) for _ in range(3)]
         out["apply_async tasks/s"] = statistics.median(ours)
         out["apply_async / stdlib"] = statistics.median(ours) / statistics.median(theirs)
+        out.update(_cpu_per_task(pool, flood))
+    return out
+
+
+def _cpu_per_task(pool, flood) -> dict[str, float]:
+    """CPU µs per no-op task, this process and the workers (less noisy than rates)."""
+    import psutil
+
+    workers = [psutil.Process(p.pid) for p in pool._pool]
+
+    def worker_cpu() -> float:
+        return sum(sum(w.cpu_times()[:2]) for w in workers)
+
+    out = {}
+    for name, run in (
+        ("imap(chunksize=1)", lambda: [None for _ in pool.imap(tiny, range(20_000))]),
+        ("apply_async", lambda: [flood(pool) for _ in range(2)]),
+    ):
+        parent, children = time.process_time(), worker_cpu()
+        run()
+        out[f"{name} CPU us/task"] = (
+            (time.process_time() - parent + worker_cpu() - children) / 20_000 * 1e6
+        )
     return out
 
 

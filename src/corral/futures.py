@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -282,9 +282,8 @@ class ProcessPoolExecutor(Executor):
             msg = "chunksize must be >= 1."
             raise ValueError(msg)
         deadline = None if timeout is None else time.monotonic() + timeout
-        total = None
-        if all(hasattr(it, "__len__") for it in iterables):
-            total = min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
+        sized = [it for it in iterables if isinstance(it, Sized)]
+        total = min((len(it) for it in sized), default=0) if len(sized) == len(iterables) else None
         with self._shutdown_lock:
             engine = self._check_open()
             bar = open_progress(progress, total)

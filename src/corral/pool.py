@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sized
 from concurrent.futures import CancelledError
 from functools import partial
 from itertools import islice
@@ -675,7 +675,7 @@ class Pool:
             msg = f"Chunksize must be 1+, not {chunksize:n}"
             raise ValueError(msg)
         window = default_window(self._processes)
-        total = len(iterable) if hasattr(iterable, "__len__") else None
+        total = len(iterable) if isinstance(iterable, Sized) else None
         bar = open_progress(progress, total)
         feed = Feed(
             self._engine, func, iterable, chunksize, MAP, timeout, window, ordered, progress=bar

@@ -145,11 +145,11 @@ def run_one(
         c[4] += t3 - t2
         c[7] = t3
         if c[9]:
-            kind = type(payload)
-            if kind is tuple:  # (function reference, arguments): the usual case
+            payload_type = type(payload)
+            if payload_type is tuple:  # (function reference, arguments): the usual case
                 c[5] += len(payload[0]) + len(payload[1])
             else:
-                c[5] += len(payload) if kind is bytes else size(payload)
+                c[5] += len(payload) if payload_type is bytes else size(payload)
             a = record[2]
             c[6] += len(a) if type(a) is bytes else size(a)
     return record, None
