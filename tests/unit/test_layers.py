@@ -94,6 +94,7 @@ LAYERS = {
     "_engine.cluster_pickle": 6,
     "_engine.metering": 6,
     "_engine.insights": 6,
+    "_engine.engine_insights": 6,
     "_engine.ray_cluster": 6,
     # 7: the front ends, and the public context module (it re-exports layer 3)
     "context": 7,

@@ -81,9 +81,9 @@ from ..errors import (
     WorkerStartupError,
     describe_exitcode,
 )
-from . import insights as _insights
 from .contract import Task
 from .direct import run_direct
+from .engine_insights import ENCODE_SAMPLE, InsightsMixin
 from .handles import WorkerHandle
 from .lending import LendingMixin
 from .protocol import (
@@ -117,12 +117,10 @@ _PREFETCH_MAX = 64
 _TAKE_BACK_AFTER = 0.01
 # Workers that die before READY, in a row, before the pool gives up (WorkerStartupError).
 _STARTUP_DEATHS_LIMIT = 3
-_ENDED_SHOWN = 32  # ended workers insights() lists one by one
-_ENCODE_SAMPLE = 7  # time one task's pickling in 8 (a mask)
 _TIMED_RESULT = 4096  # bytes of a pickled result above which its unpickling is timed
 
 
-class LocalEngine(LendingMixin):
+class LocalEngine(LendingMixin, InsightsMixin):
     """The local engine: worker processes or threads of this machine (``contract.Engine``).
 
     See the module docstring for the flow. Args:
@@ -171,13 +169,7 @@ class LocalEngine(LendingMixin):
         self._avg_task_time = 0.0
         self._take_back_at: float | None = None  # the pending take-back timer's time
         self._startup_deaths = 0  # workers in a row that died before READY
-        # Insights: the workers that ended (the last few, and the sum of all).
-        self._ended: deque[_insights.WorkerInsight] = deque(maxlen=_ENDED_SHOWN)
-        self._ended_sum: _insights.WorkerInsight | None = None
-        self._restarts: dict[str, int] = {}
-        self._encode_ns = 0  # callers' time pickling tasks (new_task), estimated
-        self._encoded = 0  # tasks encoded (racy across caller threads: a sampling clock)
-        self._last_done = 0.0  # when the last outcome arrived
+        self._init_insights()
         self._stop_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -218,12 +210,12 @@ class LocalEngine(LendingMixin):
     ) -> Task:
         """Encode a task with the workers' codec, in the caller's thread (errors raise here)."""
         self._encoded += 1
-        if self._encoded & _ENCODE_SAMPLE:
+        if self._encoded & ENCODE_SAMPLE:
             payload, size, transfer = self._encode_call(fn, args, kwargs)
         else:  # one task in 8 is timed (insights): the clock costs more than an increment
             started = perf_counter_ns()
             payload, size, transfer = self._encode_call(fn, args, kwargs)
-            self._encode_ns += (perf_counter_ns() - started) * (_ENCODE_SAMPLE + 1)
+            self._encode_ns += (perf_counter_ns() - started) * (ENCODE_SAMPLE + 1)
         task = Task(kind, payload, on_done, timeout, claim, tag, size, progress)
         if transfer is not None:
             task.transfer = transfer
@@ -712,44 +704,6 @@ class LocalEngine(LendingMixin):
                 self.settle(task, False, exit_error)
                 self._requeue(worker)
 
-    def _on_progress(self, worker: WorkerHandle, task_id: int, done: int) -> None:
-        """A running chunk reported ``done`` items finished: tell its caller."""
-        held = worker.held
-        if held and held[0].task_id == task_id and held[0].progress is not None:
-            try:
-                held[0].progress(done)
-            except BaseException:
-                _log.exception("a progress callback raised")
-
-    def insights(self) -> _insights.Insights:
-        """What this engine measured of its workers so far (``insights.Insights``)."""
-        now = time.monotonic()
-        last_done = self._last_done
-        live = [
-            _insights.of_handle(w, "running", last_done, now) for w in list(self._workers.values())
-        ]
-        return _insights.totals(
-            "thread" if self.codec is ObjectCodec else "process",
-            live,
-            self._ended_sum,
-            self._encode_ns / 1e9,
-            self._restarts,
-            tuple(live) + tuple(self._ended),
-        )
-
-    def note_done_directly(self) -> None:
-        """(direct.py) A caller got a task's outcome from a borrowed worker: the pool is in use."""
-        self._last_done = time.monotonic()
-
-    def _note_end(self, worker: WorkerHandle, reason: str) -> None:
-        """Record the numbers of a worker that ended, and why (insights)."""
-        worker.ended_at = time.monotonic()
-        numbers = _insights.of_handle(worker, reason, self._last_done, worker.ended_at)
-        self._ended.append(numbers)
-        self._ended_sum = _insights.add(self._ended_sum, numbers)
-        if reason != "stopped":
-            self._restarts[reason] = self._restarts.get(reason, 0) + 1
-
     def settle(self, task: Task, ok: bool, value: Any) -> None:
         """Deliver a task's outcome (any thread); a failing user callback is logged."""
         if task.transfer is not None:
@@ -824,15 +778,6 @@ class LocalEngine(LendingMixin):
                     f"the pool is broken because a {WorkerLostError.for_worker(worker.pid, exitcode, 'idle')}"  # noqa: E501
                 )
             )
-
-    def _end_reason(self, worker: WorkerHandle) -> str:
-        if worker.end_reason is not None:
-            return worker.end_reason
-        if worker.quota_reached:
-            return "recycled"
-        if worker.stopping or self.state in (STOPPING, STOPPED):
-            return "stopped"
-        return "crashed" if worker.ready else "startup"
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: int | None) -> None:
         """A worker died before READY: the circuit breaker that stops endless restarts."""
