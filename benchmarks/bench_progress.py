@@ -8,7 +8,8 @@ Run: python benchmarks/bench_progress.py [--rounds N] [--compare OLD_SRC [--comp
    pseudo-terminal (read by a ``cat`` process); the stdlib's ``Pool.map`` of the same
    items as a yardstick. Each measurement is 3 maps (the cyclic GC off, as in
    timeit), in a new order each round; prints the median items/s of each and
-   the median of the per-round ratios to "no progress".
+   the median of the per-round ratios to "no progress", and the CPU time per
+   item (this process and the workers; less noisy on a shared machine).
 2. ``--compare OLD_SRC`` (a ``src`` directory holding a corral without the
    counters, e.g. the main branch before issue 16): the same map without
    progress, and a flood of 10,000 ``apply_async`` no-ops (the worst case for
@@ -78,12 +79,23 @@ def progress_overhead(rounds: int) -> None:
             "bar": lambda: pool.map(tiny, data, progress=TextBar(ITEMS, stream=terminal)),
             "stdlib": lambda: std.map(tiny, data),
         }
+        import psutil
+
+        workers = [psutil.Process(p.pid) for p in pool._pool]
+        workers += [psutil.Process(p.pid) for p in std._pool]
+
+        def cpu() -> float:  # this process and both pools' workers
+            return time.process_time() + sum(sum(w.cpu_times()[:2]) for w in workers)
+
+        cpu_ns: dict[str, list[float]] = {name: [] for name in modes}
         order = list(modes)
         shuffle = random.Random(16).shuffle  # a new order each round, the same each run
         for _ in range(rounds):
             shuffle(order)
             for name in order:
+                before = cpu()
                 rates[name].append(_rate(modes[name], ITEMS, 3))
+                cpu_ns[name].append((cpu() - before) / (3 * ITEMS) * 1e9)
     terminal.close()
     os.close(master)
     reader.wait(30)
@@ -94,7 +106,8 @@ def progress_overhead(rounds: int) -> None:
         ratios = [a / b for a, b in zip(rates[name], rates["off"], strict=True)]
         print(
             f"  {name:<9} {med[name]:>12,.0f} items/s ({min(rates[name]):,.0f}-"
-            f"{max(rates[name]):,.0f})  ratio {statistics.median(ratios):.3f}"
+            f"{max(rates[name]):,.0f})  ratio {statistics.median(ratios):.3f}  "
+            f"CPU {statistics.median(cpu_ns[name]):.0f} ns/item"
         )
 
 
