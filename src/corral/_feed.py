@@ -138,16 +138,12 @@ class Feed:
                         None if self._task_timeout is None else self._task_timeout * len(chunk)
                     )
                     on_done = partial(self._put, index)
-                    bar = self._progress
-                    task = self._engine.new_task(
-                        self._kind,
-                        self._func,
-                        chunk,
-                        None,
-                        on_done if bar is None else bar.wrap(index, on_done),
-                        timeout=timeout,
-                        progress=None if bar is None else partial(bar.partial, index),
-                    )
+                    if self._progress is None:
+                        task = self._engine.new_task(
+                            self._kind, self._func, chunk, None, on_done, timeout=timeout
+                        )
+                    else:
+                        task = self._new_task_with_progress(index, chunk, on_done, timeout)
                 except BaseException as exc:  # the input raised, or a chunk cannot be pickled
                     self._put(index, False, exc)
                     index += 1
@@ -163,6 +159,22 @@ class Feed:
         finally:
             self._outcomes.put([(_END, index)])
             self._engine.release()
+
+    def _new_task_with_progress(
+        self, index: int, chunk: list[Any], on_done: Any, timeout: float | None
+    ) -> Any:
+        """The chunk's task, counted by the call's progress (``_progress.CallProgress``)."""
+        bar = self._progress
+        assert bar is not None
+        return self._engine.new_task(
+            self._kind,
+            self._func,
+            chunk,
+            None,
+            bar.wrap(index, on_done),
+            timeout=timeout,
+            progress=partial(bar.partial, index),
+        )
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
         if self._engine.delivering():

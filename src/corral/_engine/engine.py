@@ -630,7 +630,7 @@ class LocalEngine(LendingMixin, InsightsMixin):
         if not records:
             return
         codec = worker.codec
-        now = time.monotonic()
+        now = self._last_done = time.monotonic()  # insights: the pool was in use until now
         for status, task_id, a, b in records:
             if status == INIT_FAIL:
                 self._on_initializer_failure(a, b)
@@ -669,7 +669,6 @@ class LocalEngine(LendingMixin, InsightsMixin):
             if status == OK:  # the common case, inline
                 if b is not None:
                     worker.counters = b
-                self._last_done = now
                 # Timed only when it may take a while (insights): small results cost µs.
                 kind = type(a)
                 timed = (kind is bytes and len(a) > _TIMED_RESULT) or kind is _Received
