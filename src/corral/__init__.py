@@ -80,9 +80,12 @@ if TYPE_CHECKING:
 from .errors import TaskTimeoutError as TaskTimeoutError  # noqa: E402
 
 if TYPE_CHECKING:  # imported on first use, by __getattr__ below
+    from ._as_completed import as_completed as as_completed
     from ._commands import CommandFailedError as CommandFailedError
     from ._commands import CompletedCommand as CompletedCommand
     from ._commands import run_commands as run_commands
+    from ._engine.insights import Insights as Insights
+    from ._engine.insights import WorkerInsight as WorkerInsight
     from ._transfer import Shared as Shared
     from .errors import BrokenProcessPool as BrokenProcessPool
     from .errors import InitializerError as InitializerError
@@ -103,6 +106,9 @@ _LAZY = {
     "run_commands": "_commands",
     "CompletedCommand": "_commands",
     "CommandFailedError": "_commands",
+    "as_completed": "_as_completed",  # with progress= (issue 16)
+    "Insights": "_engine.insights",  # what pool.insights() returns
+    "WorkerInsight": "_engine.insights",
 }
 
 

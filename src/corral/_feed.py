@@ -40,6 +40,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from ._engine import Engine
+from ._progress import CallProgress
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,6 +82,7 @@ class Feed:
         claim: Callable[[], bool] | None = None,
         sink: Callable[[int, bool, Any], None] | None = None,
         on_end: Callable[[int], None] | None = None,
+        progress: CallProgress | None = None,
     ) -> None:
         """``chunksize``: a fixed size, or a ``ChunkSizer`` that picks each size.
 
@@ -90,6 +92,7 @@ class Feed:
         the feed thread, when all chunks are submitted (or the feed stopped).
         """
         self._engine = engine
+        self._progress = progress  # counts finished items (progress=), or None
         self._func = func
         self._iterable = iterable
         self._sizer: ChunkSizer | None = None if isinstance(chunksize, int) else chunksize
@@ -221,8 +224,19 @@ class Feed:
         claim = self._claim
         if self._sizer is not None:
             claim = partial(self._claimed, index)
+        progress = None
+        if self._progress is not None:  # progress=: the call's bar counts this chunk's items
+            on_done = self._progress.wrap(index, on_done)
+            progress = partial(self._progress.partial, index)
         return self._engine.new_task(
-            self._kind, self._func, chunk, None, on_done, timeout=timeout, claim=claim
+            self._kind,
+            self._func,
+            chunk,
+            None,
+            on_done,
+            timeout=timeout,
+            claim=claim,
+            progress=progress,
         )
 
     def _handle_credit(self, credit: Any) -> bool:

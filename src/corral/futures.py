@@ -28,16 +28,17 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from . import context as _context
 from ._backend_context import BackendContext
 from ._chunking import ChunkSizer, is_auto
-from ._engine import CALL, STARMAP, Engine, EngineSpec, check_spec, start_engine
+from ._engine import CALL, STARMAP, Engine, EngineSpec, Insights, check_spec, start_engine
 from ._feed import Feed, FeedTimeout, default_window
 from ._future import _Future, _FutureSetter
+from ._progress import CallProgress, ProgressArg, open_progress
 from .backends import as_backend
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import RemoteTraceback as _RemoteTraceback  # noqa: F401  (stdlib: process._RemoteTraceback)
@@ -267,15 +268,20 @@ class ProcessPoolExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | Literal["auto"] = 1,
+        progress: ProgressArg = False,
     ) -> Iterator[_T]:
         """Lazy ``map(fn, *iterables)`` in the workers, results in input order.
 
         ``chunksize``: items per task (default 1, as in the stdlib); ``"auto"``
         sizes each chunk from the time per item measured so far (docs/chunking.md).
+        ``progress``: ``True`` (a bar on stderr), a tqdm bar or a callable taking
+        counts, advanced per finished item; the total is the shortest input's
+        ``len()`` if every input has one (docs/progress.md).
 
         Raises:
             ValueError: ``chunksize`` < 1 or a string other than ``"auto"``.
-            TypeError: ``chunksize`` is neither an int nor ``"auto"``.
+            TypeError: ``chunksize`` is neither an int nor ``"auto"``; ``progress``
+                is not a bool, a bar or a callable.
             TimeoutError: (while iterating) ``timeout`` seconds after the call.
         """
         sizes: int | ChunkSizer | None = None  # None: "auto", sized once the engine runs
@@ -286,11 +292,14 @@ class ProcessPoolExecutor(Executor):
                 raise ValueError(msg)
             sizes = chunksize
         deadline = None if timeout is None else time.monotonic() + timeout
+        sized = [it for it in iterables if isinstance(it, Sized)]
+        total = min((len(it) for it in sized), default=0) if len(sized) == len(iterables) else None
         with self._shutdown_lock:
             engine = self._check_open()
+            bar = open_progress(progress, total)
             window = default_window(self._max_workers)
             if sizes is None:
-                sizes = ChunkSizer(self._max_workers, _shortest_length(iterables))
+                sizes = ChunkSizer(self._max_workers, total)
             feed = Feed(
                 engine,
                 fn,
@@ -300,10 +309,24 @@ class ProcessPoolExecutor(Executor):
                 self._task_timeout,
                 window,
                 True,
+                progress=bar,
             )
             self._feeds.add(feed)
             feed.start()
-        return _map_results(feed, deadline, self._feeds)
+        return _map_results(feed, deadline, self._feeds, bar)
+
+    def insights(self) -> Insights:
+        """Per-worker numbers (tasks, busy, idle, start-up, pickling, bytes, restarts) and advice.
+
+        ``print(executor.insights())`` shows a table and what to change
+        (docs/progress.md); before the first task, an empty report.
+        """
+        engine = self._engine
+        if engine is None:
+            backend = self._engine_spec.backend
+            name = backend if isinstance(backend, str) else getattr(backend, "name", "process")
+            return Insights(backend=str(name))
+        return engine.insights()
 
     def share(self, obj: _T) -> Shared[_T]:
         """Place ``obj`` in shared memory once; return a handle to pass to any number of tasks.
@@ -391,15 +414,9 @@ def _close_engine(engine: Engine, feeds: set[Feed]) -> None:
     engine.close()
 
 
-def _shortest_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
-    """The number of calls ``map`` makes if every input is sized, else None."""
-    try:
-        return min(len(it) for it in iterables)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # an iterator; no input at all
-        return None
-
-
-def _map_results(feed: Feed, deadline: float | None, feeds: set[Feed]) -> Iterator[Any]:
+def _map_results(
+    feed: Feed, deadline: float | None, feeds: set[Feed], bar: CallProgress | None = None
+) -> Iterator[Any]:
     try:
         while True:
             try:
@@ -418,3 +435,5 @@ def _map_results(feed: Feed, deadline: float | None, feeds: set[Feed]) -> Iterat
     finally:
         feed.stop()
         feeds.discard(feed)
+        if bar is not None:
+            bar.close()  # the end, an error, Ctrl-C, or the iterator dropped

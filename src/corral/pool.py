@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sized
 from concurrent.futures import CancelledError
 from functools import partial
 from itertools import islice
@@ -42,8 +42,9 @@ from . import context as _context
 from . import util
 from ._backend_context import BackendContext
 from ._chunking import ChunkSizer, is_auto
-from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, start_engine
+from ._engine import CALL, MAP, STARMAP, Engine, EngineSpec, Insights, start_engine
 from ._feed import Feed, FeedTimeout, default_window
+from ._progress import CallProgress, ProgressArg, open_progress
 from ._typevars import T as _T
 from .backends import as_backend
 from .errors import BrokenProcessPool, TimeoutError
@@ -233,6 +234,22 @@ class MapResult(ApplyResult[list[_T]]):
             self._event.set()
             self._pool = None
 
+    _bar: CallProgress | None = None  # the call's progress (progress=), if any
+
+    def get(self, timeout: float | None = None) -> list[_T]:
+        """Return the list of results; re-raise the first task's exception.
+
+        Raises:
+            corral.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        if self._bar is None:
+            return super().get(timeout)
+        try:
+            return super().get(timeout)
+        except KeyboardInterrupt:
+            self._bar.close()  # Ctrl-C in the waiting caller ends the bar
+            raise
+
     def _set_chunk(self, index: int, ok: bool, value: Any) -> None:
         self._number_left -= 1
         if ok and self._success:
@@ -300,10 +317,11 @@ class IMapIterator(Generic[_T]):
     ``IMapIterator[int]`` yields the ints the task returns.
     """
 
-    def __init__(self, feed: Feed) -> None:
+    def __init__(self, feed: Feed, bar: CallProgress | None = None) -> None:
         self._feed = feed
         self._items: list[Any] = []  # the current chunk's results, reversed
-        self._finalizer = util.Finalize(self, feed.stop)
+        self._bar = bar
+        self._finalizer = util.Finalize(self, _stop_feed, args=(feed, bar))
 
     def __iter__(self) -> IMapIterator[_T]:
         return self
@@ -324,7 +342,13 @@ class IMapIterator(Generic[_T]):
                 ok, value = self._feed.take(deadline)
             except FeedTimeout:
                 raise TimeoutError from None
+            except BaseException:  # the end (StopIteration), Ctrl-C: the bar ends too
+                if self._bar is not None:
+                    self._bar.close()
+                raise
             if not ok:
+                if self._bar is not None:
+                    self._bar.close()
                 raise value
             if value:
                 value.reverse()
@@ -362,6 +386,12 @@ class IMapIterator(Generic[_T]):
 
 class IMapUnorderedIterator(IMapIterator[_T]):
     """The iterator ``imap_unordered`` returns: results in completion order."""
+
+
+def _stop_feed(feed: Feed, bar: CallProgress | None) -> None:
+    feed.stop()
+    if bar is not None:
+        bar.close()
 
 
 class Pool:
@@ -561,6 +591,7 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: Any,
         cancellable: bool = False,
+        progress: ProgressArg = False,
     ) -> MapResult[_T]:
         # cancellable: map_async/starmap_async, whose result may be awaited and
         # the awaiter cancelled; map/starmap wait for it here and cannot be.
@@ -574,7 +605,7 @@ class Pool:
             # A copy (of references: fast), so that changing the caller's list
             # after the call changes nothing, as when the chunks are cut here.
             return self._map_auto(
-                kind, func, list(iterable), callback, error_callback, timeout, cancellable
+                kind, func, list(iterable), callback, error_callback, timeout, cancellable, progress
             )
         if auto or chunksize is None:
             chunksize, extra = divmod(length, self._processes * 4)
@@ -595,15 +626,19 @@ class Pool:
             chunks.append(chunk)
         result: MapResult[_T] = MapResult(self, [len(c) for c in chunks], callback, error_callback)
         new_task = self._engine.new_task
+        bar = result._bar = open_progress(progress, length)
         tasks = [
             new_task(
                 kind,
                 func,
                 chunk,
                 None,
-                partial(result._set_chunk, i),
+                partial(result._set_chunk, i)
+                if bar is None
+                else bar.wrap(i, partial(result._set_chunk, i)),
                 timeout=None if timeout is None else timeout * len(chunk),
                 claim=result._claim if cancellable else None,
+                progress=None if bar is None else partial(bar.partial, i),
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -620,10 +655,12 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
         timeout: float | None,
         cancellable: bool,
+        progress: ProgressArg,
     ) -> MapResult[_T]:
         """``map_async`` with ``chunksize="auto"``: a feed cuts the chunks as they finish."""
         length = len(items)
         result: _AutoMapResult[_T] = _AutoMapResult(self, length, callback, error_callback)
+        bar = result._bar = open_progress(progress, length)
         feed = Feed(
             self._engine,
             func,
@@ -636,6 +673,7 @@ class Pool:
             claim=result._claim if cancellable else None,
             sink=result._set_at,
             on_end=result._all_submitted,
+            progress=bar,
         )
         self._start_feed(feed, "map", first_here=True)
         return result
@@ -658,20 +696,26 @@ class Pool:
         chunksize: int | Literal["auto"] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> list[_T]:
         """``list(map(func, iterable))`` in the workers, in chunks; re-raise the first error.
 
         ``chunksize``: items per task; None (the default, as in the stdlib)
         cuts the input into about four chunks per worker; ``"auto"`` sizes
         each chunk from the time per item measured so far (docs/chunking.md).
+        ``progress``: ``True`` (a bar on stderr), a tqdm bar or a callable taking
+        counts: advanced per finished item (docs/progress.md).
 
         Raises:
             ValueError: ``chunksize`` < 1 or a string other than ``"auto"``;
                 the pool is closed or terminated.
-            TypeError: ``chunksize`` is neither an int, None nor ``"auto"``.
+            TypeError: ``chunksize`` is neither an int, None nor ``"auto"``;
+                ``progress`` is not a bool, a bar or a callable.
             Exception: the first error a task raised, with the remote traceback as cause.
         """
-        return self._map_async(MAP, func, iterable, chunksize, None, None, task_timeout).get()
+        return self._map_async(
+            MAP, func, iterable, chunksize, None, None, task_timeout, progress=progress
+        ).get()
 
     def map_async(
         self,
@@ -682,10 +726,11 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> MapResult[_T]:
         """Start ``map``; return a ``MapResult``."""
         return self._map_async(
-            MAP, func, iterable, chunksize, callback, error_callback, task_timeout, True
+            MAP, func, iterable, chunksize, callback, error_callback, task_timeout, True, progress
         )
 
     def starmap(
@@ -695,9 +740,12 @@ class Pool:
         chunksize: int | Literal["auto"] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> list[_T]:
         """Like ``map`` with ``func(*args)`` for each ``args`` in ``iterable``."""
-        return self._map_async(STARMAP, func, iterable, chunksize, None, None, task_timeout).get()
+        return self._map_async(
+            STARMAP, func, iterable, chunksize, None, None, task_timeout, progress=progress
+        ).get()
 
     def starmap_async(
         self,
@@ -708,10 +756,19 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> MapResult[_T]:
         """Start ``starmap``; return a ``MapResult``."""
         return self._map_async(
-            STARMAP, func, iterable, chunksize, callback, error_callback, task_timeout, True
+            STARMAP,
+            func,
+            iterable,
+            chunksize,
+            callback,
+            error_callback,
+            task_timeout,
+            True,
+            progress,
         )
 
     def _imap(
@@ -721,6 +778,7 @@ class Pool:
         chunksize: int | Literal["auto"],
         ordered: bool,
         task_timeout: Any,
+        progress: ProgressArg = False,
     ) -> IMapIterator[_T]:
         self._check_running()
         timeout = self._timeout(task_timeout)
@@ -734,9 +792,13 @@ class Pool:
                 raise ValueError(msg)
             sizes = chunksize
         window = default_window(self._processes)
-        feed = Feed(self._engine, func, iterable, sizes, MAP, timeout, window, ordered)
+        total = len(iterable) if isinstance(iterable, Sized) else None
+        bar = open_progress(progress, total)
+        feed = Feed(
+            self._engine, func, iterable, sizes, MAP, timeout, window, ordered, progress=bar
+        )
         self._start_feed(feed, "imap")
-        return IMapIterator(feed) if ordered else IMapUnorderedIterator(feed)
+        return IMapIterator(feed, bar) if ordered else IMapUnorderedIterator(feed, bar)
 
     def imap(
         self,
@@ -745,18 +807,22 @@ class Pool:
         chunksize: int | Literal["auto"] = 1,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> IMapIterator[_T]:
         """Lazy ``map``: results in input order as they arrive.
 
         ``chunksize``: items per task (default 1, as in the stdlib); ``"auto"``
         sizes each chunk from the time per item measured so far (docs/chunking.md).
+        ``progress`` counts finished items, not items taken from the iterator;
+        the total is ``len(iterable)`` if it has one.
 
         Raises:
             ValueError: ``chunksize`` < 1 or a string other than ``"auto"``;
                 the pool is closed or terminated.
-            TypeError: ``chunksize`` is neither an int nor ``"auto"``.
+            TypeError: ``chunksize`` is neither an int nor ``"auto"``; ``progress``
+                is not a bool, a bar or a callable.
         """
-        return self._imap(func, iterable, chunksize, True, task_timeout)
+        return self._imap(func, iterable, chunksize, True, task_timeout, progress)
 
     def imap_unordered(
         self,
@@ -765,9 +831,10 @@ class Pool:
         chunksize: int | Literal["auto"] = 1,
         *,
         task_timeout: float | None = _DEFAULT,
+        progress: ProgressArg = False,
     ) -> IMapIterator[_T]:
-        """Lazy ``map``: results in completion order (``chunksize`` as for ``imap``)."""
-        return self._imap(func, iterable, chunksize, False, task_timeout)
+        """Lazy ``map``: results in completion order (``chunksize``, ``progress``: see ``imap``)."""
+        return self._imap(func, iterable, chunksize, False, task_timeout, progress)
 
     def share(self, obj: _T) -> Shared[_T]:
         """Place ``obj`` in shared memory once; return a handle to pass to any number of tasks.
@@ -787,6 +854,15 @@ class Pool:
         self._check_running()
         handle: Shared[_T] = self._engine.share(obj)
         return handle
+
+    def insights(self) -> Insights:
+        """Per-worker numbers (tasks, busy, idle, start-up, pickling, bytes, restarts) and advice.
+
+        ``print(pool.insights())`` shows a table and what to change; the
+        numbers are a snapshot (see docs/progress.md). Cluster backends give
+        totals measured in this process only.
+        """
+        return self._engine.insights()
 
     # ----------------------------------------------------------- lifetime
 

@@ -135,8 +135,9 @@ def test_changing_the_input_after_map_async_changes_nothing():
         assert result.get(60) == [x * x for x in range(100)]
 
 
-def test_map_after_an_error_still_runs_every_item():
-    # As with the stdlib's chunks: an error does not skip the items after it.
+def test_map_after_an_error_still_runs_every_other_chunk():
+    # As with the stdlib's chunks: an error stops the chunk it happened in (the
+    # rest of that chunk is skipped), never the other chunks.
     seen = []
     lock = threading.Lock()
 
@@ -149,7 +150,10 @@ def test_map_after_an_error_still_runs_every_item():
 
     with ThreadPool(2) as pool, pytest.raises(ValueError, match="three"):
         pool.map(note, range(200), chunksize="auto")
-    assert sorted(seen) == list(range(200))
+    missing = sorted(set(range(200)) - set(seen))
+    assert missing == list(range(4, 4 + len(missing)))  # only the failing chunk's rest
+    assert len(missing) < 100  # the first chunks are small probes
+    assert 199 in seen
 
 
 class Recording(ChunkSizer):

@@ -85,7 +85,9 @@ class InlineEngine:
         if spec.initializer is not None:
             spec.initializer(*spec.initargs)
 
-    def new_task(self, kind, fn, args, kwargs, on_done, *, timeout=None, claim=None, tag=None):
+    def new_task(
+        self, kind, fn, args, kwargs, on_done, *, timeout=None, claim=None, tag=None, progress=None
+    ):
         return Task(kind, (fn, args, kwargs), on_done, timeout, claim, tag)
 
     def _run(self, task: Task) -> None:
@@ -150,6 +152,9 @@ class InlineEngine:
     def share(self, obj):
         return obj
 
+    def insights(self):
+        return corral.Insights("inline", tasks=self.submitted)
+
 
 def test_the_front_ends_run_on_an_engine_written_from_the_contract(monkeypatch):
     made: list[InlineEngine] = []
@@ -161,6 +166,7 @@ def test_the_front_ends_run_on_an_engine_written_from_the_contract(monkeypatch):
     monkeypatch.setattr(corral.pool, "start_engine", start)
     monkeypatch.setattr(corral.futures, "start_engine", start)
     _check: Engine = InlineEngine(EngineSpec(1))  # the toy is an Engine to a type checker
+    progress: list[int] = []
     with corral.Pool(3) as pool:
         assert pool.apply(divmod, (7, 2)) == (3, 1)
         assert pool.map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]
@@ -173,6 +179,9 @@ def test_the_front_ends_run_on_an_engine_written_from_the_contract(monkeypatch):
         with pytest.raises(ZeroDivisionError):
             pool.apply(divmod, (1, 0))
         assert pool._pool == []
+        assert pool.map(abs, [-1, -2], progress=progress.append) == [1, 2]
+        assert sum(progress) == 2  # counted per chunk: this engine never reports within one
+        assert pool.insights().tasks == pool._engine.submitted
     with corral.ProcessPoolExecutor(2) as ex:
         assert ex.submit(pow, 2, 10).result(10) == 1024
         assert list(ex.map(pow, [2, 3], [2, 2])) == [4, 9]

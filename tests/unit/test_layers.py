@@ -96,6 +96,9 @@ LAYERS = {
     "_engine.session_reaper": 6,
     "_engine.main_namespace": 6,
     "_engine.cluster_pickle": 6,
+    "_engine.metering": 6,
+    "_engine.insights": 6,
+    "_engine.engine_insights": 6,
     "_engine.ray_cluster": 6,
     # 7: the front ends, and the public context module (it re-exports layer 3)
     "context": 7,
@@ -104,6 +107,8 @@ LAYERS = {
     "_future": 7,
     "_feed": 7,
     "_chunking": 7,
+    "_progress": 7,
+    "_as_completed": 7,
     "managers": 7,
     "_manager_server": 7,
     "_manager_wire": 7,

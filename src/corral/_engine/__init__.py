@@ -12,9 +12,12 @@ Front ends import only what this package exports: the contract (``Engine``,
 ``handles``  the engine's side of a worker (process or thread) and its channel
 ``worker``   the loop that runs inside a worker
 ``protocol`` the messages between them and how tasks and results are encoded
+``metering`` what a worker measures of its work; chunks that report progress
+``insights`` the numbers and advice of ``Pool.insights()``
 """
 
 from .contract import CALL, MAP, STARMAP, Engine, EngineSpec, Task
+from .insights import Insights, WorkerInsight
 
 __all__ = (
     "CALL",
@@ -22,7 +25,9 @@ __all__ = (
     "STARMAP",
     "Engine",
     "EngineSpec",
+    "Insights",
     "Task",
+    "WorkerInsight",
     "check_spec",
     "start_engine",
 )

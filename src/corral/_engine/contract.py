@@ -15,10 +15,18 @@ when one is added.
 
 Lifecycle of a task::
 
-    task = engine.new_task(kind, fn, args, kwargs, on_done, timeout=, claim=, tag=)
+    task = engine.new_task(kind, fn, args, kwargs, on_done, timeout=, claim=, tag=, progress=)
     engine.submit(task)            # or submit_many([...]): queued, in order
       -> task.claim()              # (if given) just before it starts; False drops it
+      -> task.progress(n)          # (if given, MAP/STARMAP) n items of the chunk are done
       -> task.on_done(ok, value)   # exactly once: (True, result) or (False, exception)
+
+``progress`` is a capability an engine may lack: the local engine reports a
+running chunk's finished items about ten times a second; the cluster engines
+never call it (the front end then counts whole chunks from ``on_done``).
+``insights()``
+returns what the engine measured of its workers (``insights.Insights``), with
+less detail where the workers are not its own.
 
 ``on_done`` may run in any thread (usually the engine's). Outcomes arrive in
 batches: while ``delivering()`` is true in the calling thread, a function given
@@ -30,7 +38,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .insights import Insights
 
 # Task kinds: how the worker calls the function on the arguments.
 CALL = 0  # fn(*args, **kwargs)
@@ -52,6 +63,7 @@ class Task:
         "kind",
         "on_done",
         "payload",
+        "progress",
         "seq",
         "size",
         "tag",
@@ -70,6 +82,7 @@ class Task:
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
         size: int = 64,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self.task_id = 0
         self.kind = kind
@@ -78,6 +91,7 @@ class Task:
         self.timeout = timeout  # seconds the task may run, None for no limit
         self.claim = claim  # called as the task starts; False drops it (cancelled)
         self.tag = tag  # the front end's own reference
+        self.progress = progress  # called with the items of the chunk done so far
         self.size = size  # bytes the encoded task takes (what Feed budgets)
         self.taken = False  # claimed by a caller that runs it directly
         self.seq = 0  # (local engine) its number on its worker's channel
@@ -173,10 +187,13 @@ class Engine(Protocol):
         timeout: float | None = None,
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Task:
         """Encode ``fn`` and its arguments into a task (not yet submitted).
 
         For MAP/STARMAP ``args`` is the chunk's list of items and ``kwargs`` None.
+        ``progress``: called (any thread, maybe never) with how many items of
+        the chunk are done while it runs.
 
         Raises:
             SerializationError: ``fn`` or an argument cannot be sent to a worker.
@@ -239,6 +256,10 @@ class Engine(Protocol):
 
     def processes(self) -> list[Any]:
         """The live workers' ``Process`` (or thread) objects; empty where there are none."""
+        ...
+
+    def insights(self) -> Insights:
+        """What the engine measured of its workers and tasks so far (a snapshot)."""
         ...
 
     def share(self, obj: Any) -> Any:

@@ -41,6 +41,7 @@ from .cluster_pickle import dumps_for_cluster
 from .contract import CALL, MAP, EngineSpec, Task
 from .dask_cluster import INSTALL_HINT, Connection, connect
 from .dask_shared import DaskShared, collecting, resolving
+from .insights import Insights, ParentCounts
 from .main_namespace import adopt, forget
 
 try:
@@ -158,6 +159,7 @@ class DaskEngine:
 
         self.client = connection.client
         self.size = size
+        self._counts = ParentCounts()  # insights()
         self.broken: BaseException | None = None
         self._connection = connection
         self._plugin = plugin  # the initializer's plugin name, removed at the end
@@ -208,17 +210,22 @@ class DaskEngine:
         timeout: float | None = None,
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Task:
         """Encode the task in the calling thread (unpicklable arguments raise here).
+
+        ``progress`` is never called: the front end counts whole chunks.
 
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled.
             ValueError: a shared handle in the arguments was released.
         """
+        started = time.perf_counter_ns()
         with collecting() as keys:
             payload, buffers = dumps_for_cluster(
                 (fn, args, kwargs or {}), MIN_SIZE, "the Dask cluster"
             )
+        self._counts.encode_ns += time.perf_counter_ns() - started
         size = len(payload) + sum(view.nbytes for view in buffers)
         task = Task(kind, payload, on_done, timeout, claim, tag, size)
         # Our own references to the shared objects: they stay on the cluster until
@@ -291,6 +298,10 @@ class DaskEngine:
 
     def join(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
+
+    def insights(self) -> Insights:
+        """Tasks, items, restarts, pickling here (the cluster's workers are not measured)."""
+        return self._counts.insights("dask")
 
     def processes(self) -> list[Any]:
         return []
@@ -436,11 +447,13 @@ class DaskEngine:
             f"the task ran longer than task_timeout={task.timeout}s; its Dask worker "
             f"{address} was restarted and the other tasks continue"
         )
+        self._counts.restarted("task_timeout")
         self._outcome(task, False, TaskTimeoutError(msg))
         self._fill()
         self._maybe_finish()
 
     def _outcome(self, task: Task, ok: bool, value: Any) -> None:
+        self._counts.done(task.kind, ok, value)
         try:
             task.on_done(ok, value)
         except BaseException:  # a front end's callback must not stop delivery

@@ -28,7 +28,7 @@ from __future__ import annotations
 import select
 from typing import Any
 
-from .protocol import EXITING, INIT_FAIL, READY, RECEIVED, RETIRING, REVOKED, outcome_of
+from .protocol import EXITING, INIT_FAIL, OK, READY, RECEIVED, RETIRING, REVOKED, outcome_of
 
 _NOT_FINAL = frozenset({RECEIVED, EXITING, INIT_FAIL, RETIRING, READY, REVOKED})
 
@@ -73,6 +73,7 @@ def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
     except BaseException:  # Ctrl-C, or an OS error on the channel
         engine.hand_back(worker, task, task_id, records, closed=False, retire=True, sent=sent)
         raise
+    engine.note_done_directly()
     engine.give_back(worker)
     engine.settle(task, ok, value)
     return True
@@ -115,4 +116,6 @@ def _await_outcome(worker: Any, task_id: int, records: list[Any]) -> tuple[bool,
         if len(records) == 2:
             worker.received_count = records[0][2]
         records.clear()
+        if status == OK and b is not None:
+            worker.counters = b  # insights: the worker's latest counters
         return outcome_of(worker.codec, status, a, b)

@@ -68,6 +68,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any
 
 from .. import _popen_fork, _transfer
@@ -82,6 +83,7 @@ from ..errors import (
 )
 from .contract import Task
 from .direct import run_direct
+from .engine_insights import ENCODE_SAMPLE, InsightsMixin
 from .handles import WorkerHandle
 from .lending import LendingMixin
 from .protocol import (
@@ -90,8 +92,10 @@ from .protocol import (
     INIT_FAIL,
     MAX_FDS,
     OK,
+    PROGRESS,
     READY,
     RECEIVED,
+    REPORT_PROGRESS,
     RETIRING,
     REVOKE_MARK,
     REVOKED,
@@ -102,6 +106,7 @@ from .protocol import (
 from .states import _CHANNEL, _DEATH, _WAKE, CLOSING, RUNNING, STOPPED, STOPPING
 
 _log = logging.getLogger("multiprocessing")
+_Received = _transfer.Received  # a result with big buffers in shared memory
 
 
 _KILL_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
@@ -112,9 +117,10 @@ _PREFETCH_MAX = 64
 _TAKE_BACK_AFTER = 0.01
 # Workers that die before READY, in a row, before the pool gives up (WorkerStartupError).
 _STARTUP_DEATHS_LIMIT = 3
+_TIMED_RESULT = 4096  # bytes of a pickled result above which its unpickling is timed
 
 
-class LocalEngine(LendingMixin):
+class LocalEngine(LendingMixin, InsightsMixin):
     """The local engine: worker processes or threads of this machine (``contract.Engine``).
 
     See the module docstring for the flow. Args:
@@ -163,6 +169,7 @@ class LocalEngine(LendingMixin):
         self._avg_task_time = 0.0
         self._take_back_at: float | None = None  # the pending take-back timer's time
         self._startup_deaths = 0  # workers in a row that died before READY
+        self._init_insights()
         self._stop_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -199,10 +206,17 @@ class LocalEngine(LendingMixin):
         timeout: float | None = None,
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Task:
         """Encode a task with the workers' codec, in the caller's thread (errors raise here)."""
-        payload, size, transfer = self._encode_call(fn, args, kwargs)
-        task = Task(kind, payload, on_done, timeout, claim, tag, size)
+        self._encoded += 1
+        if self._encoded & ENCODE_SAMPLE:
+            payload, size, transfer = self._encode_call(fn, args, kwargs)
+        else:  # one task in 8 is timed (insights): the clock costs more than an increment
+            started = perf_counter_ns()
+            payload, size, transfer = self._encode_call(fn, args, kwargs)
+            self._encode_ns += (perf_counter_ns() - started) * (ENCODE_SAMPLE + 1)
+        task = Task(kind, payload, on_done, timeout, claim, tag, size, progress)
         if transfer is not None:
             task.transfer = transfer
         return task
@@ -606,6 +620,7 @@ class LocalEngine(LendingMixin):
         self.settle(worker.held.popleft(), False, error)
         self._requeue(worker)
         worker.stopping = True
+        worker.end_reason = "task_timeout"
         worker.kill(hard=False)
         self._add_timer(time.monotonic() + _KILL_GRACE, lambda: self._kill_if_alive(worker))
 
@@ -615,7 +630,7 @@ class LocalEngine(LendingMixin):
         if not records:
             return
         codec = worker.codec
-        now = time.monotonic()
+        now = self._last_done = time.monotonic()  # insights: the pool was in use until now
         for status, task_id, a, b in records:
             if status == INIT_FAIL:
                 self._on_initializer_failure(a, b)
@@ -623,8 +638,12 @@ class LocalEngine(LendingMixin):
             if status == RECEIVED:
                 worker.received_count = a
                 continue
+            if status == PROGRESS:
+                self._on_progress(worker, task_id, a)
+                continue
             if status == READY:
                 worker.ready = True
+                worker.ready_at = now
                 worker.started()
                 self._startup_deaths = 0
                 continue
@@ -633,6 +652,7 @@ class LocalEngine(LendingMixin):
                 continue
             if status == RETIRING:
                 worker.stopping = True
+                worker.end_reason = "recycled"
                 self._requeue(worker)
                 continue
             held = worker.held
@@ -647,11 +667,19 @@ class LocalEngine(LendingMixin):
             if held and held[0].timeout is not None:
                 self._arm_deadline(worker, held[0], now)
             if status == OK:  # the common case, inline
+                if b is not None:
+                    worker.counters = b
+                # Timed only when it may take a while (insights): small results cost µs.
+                kind = type(a)
+                timed = (kind is bytes and len(a) > _TIMED_RESULT) or kind is _Received
+                started = perf_counter_ns() if timed else 0
                 try:
                     value = codec.decode_value(a)
                 except BaseException:
                     pass  # outcome_of below decodes it again and reports the error
                 else:
+                    if timed:
+                        worker.result_unpickle_ns += perf_counter_ns() - started
                     if task.transfer is not None:
                         task.transfer.release()
                     try:
@@ -665,6 +693,7 @@ class LocalEngine(LendingMixin):
             else:
                 worker.exit_status = a
                 worker.stopping = True
+                worker.end_reason = "exited"
                 exit_error = TaskExitError(
                     f"the task called sys.exit({a!r}); its worker process {worker.pid} exited with "
                     f"{describe_exitcode(a)} and was replaced, the other tasks continue",
@@ -722,6 +751,7 @@ class LocalEngine(LendingMixin):
                 worker.parked = False
         self._on_records(worker, worker.drain())
         exitcode = worker.exitcode()
+        self._note_end(worker, self._end_reason(worker))
         self._unwatch_channel(worker)
         self._selector.unregister(worker.death_fd)
         del self._workers[worker.worker_id]
@@ -892,7 +922,8 @@ class LocalEngine(LendingMixin):
                     self._send(worker, message, fds)
                     message, fds = [], []
                 fds.extend(more)
-            message.append((task.task_id, task.kind, task.payload))
+            kind = task.kind if task.progress is None else task.kind | REPORT_PROGRESS
+            message.append((task.task_id, kind, task.payload))
         self._send(worker, message, fds)
 
     def _send_pending(self, worker: WorkerHandle) -> None:

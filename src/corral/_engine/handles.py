@@ -19,6 +19,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +70,13 @@ class WorkerHandle:
         self.parked = False  # idle, channel unwatched, free to borrow
         self.lent = False  # a caller thread is using the channel
         self.death_seen = False  # the engine saw it die while it was lent
+        # Insights (insights.py): times from time.monotonic(), the worker's counters.
+        self.created_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.ended_at: float | None = None
+        self.end_reason: str | None = None  # set where the engine decides it ends
+        self.counters: tuple[int, ...] | None = None  # the latest from its OK records
+        self.result_unpickle_ns = 0  # the engine's time unpickling its results
 
     permits: Any  # the worker takes one before each task (protocol: "Taking tasks back")
 

@@ -9,7 +9,7 @@ Worker -> engine: one message is a list of records ``(status, task_id, a, b)``:
 ========== ======================================= ==========================
 status     a                                       b
 ========== ======================================= ==========================
-OK         the result (pickled for processes)      --
+OK         the result (pickled for processes)      the worker's counters, or None
 RAISED     the exception (pickled for processes)   worker traceback text
 UNSENDABLE (type name, repr, reason)               worker traceback text
 UNREADABLE (type name, message)                    worker traceback text
@@ -20,6 +20,7 @@ RECEIVED   tasks read from the channel so far      --
            (task_id = the last task of the batch just read)
 READY      --  (the initializer ran: the worker can run tasks)
 REVOKED    --  (the worker has read up to REVOKE_MARK)
+PROGRESS   items of the running chunk finished     --
 ========== ======================================= ==========================
 
 For process workers each result and exception is pickled on its own inside the
@@ -42,6 +43,15 @@ first, the last ``k`` tasks sent are exactly the ones that will never find a
 permit. The engine requeues them and sends ``REVOKE_MARK``; a worker that
 finds no permit drops the task and everything after it up to the mark,
 answers REVOKED, and only then gets new tasks.
+
+Progress and counters (issue 16). A MAP/STARMAP task sent with
+``kind | REPORT_PROGRESS`` runs in growing sub-batches, and the worker sends
+``(PROGRESS, task_id, items done so far, None)`` at most every
+``PROGRESS_INTERVAL`` seconds while it runs. An OK record's ``b`` carries the
+worker's cumulative counters (``WorkerCounters`` order: tasks, items,
+unpickling ns, busy ns, pickling ns, bytes in, bytes out) when the worker is
+about to wait for work or every ``COUNTERS_INTERVAL`` seconds; the engine keeps
+the latest, so they cost one attribute store per record that has them.
 """
 
 from __future__ import annotations
@@ -75,6 +85,12 @@ RETIRING = 6
 RECEIVED = 7
 READY = 8
 REVOKED = 9
+PROGRESS = 10
+
+# Engine -> worker: a task kind with this bit reports PROGRESS records as it runs.
+REPORT_PROGRESS = 0x10
+PROGRESS_INTERVAL = 0.1  # seconds between a running chunk's PROGRESS records
+COUNTERS_INTERVAL = 0.05  # seconds between counters on the records of a busy worker
 
 # Engine -> worker: "the tasks you have not found a permit for end here".
 REVOKE_MARK = "revoke"

@@ -46,6 +46,7 @@ from .._transfer import SharedElsewhere
 from ..errors import MaybeEncodingError, TaskTimeoutError, attach_remote_traceback
 from .cluster_pickle import dumps_for_cluster
 from .contract import CALL, MAP, EngineSpec, Task
+from .insights import Insights, ParentCounts
 from .main_namespace import adopt
 from .ray_cluster import Session, connect, import_ray
 
@@ -287,6 +288,7 @@ class RayEngine:
         self._max_tasks = max_tasks
         self._init = init
         self.size = size
+        self._counts = ParentCounts()  # insights()
         self.broken: BaseException | None = None
         self._lock = threading.Lock()
         self._done: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
@@ -317,19 +319,24 @@ class RayEngine:
         timeout: float | None = None,
         claim: Callable[[], bool] | None = None,
         tag: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Task:
         """Encode the task in the calling thread (unpicklable arguments raise here).
+
+        ``progress`` is never called: the front end counts whole chunks.
 
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled.
             ValueError: a shared handle in the arguments was released.
         """
         _collect.refs = []
+        started = time.perf_counter_ns()
         try:
             payload, buffers = dumps_for_cluster((fn, args, kwargs or {}), _BIG, "Ray")
             refs = _collect.refs
         finally:
             _collect.refs = None
+        self._counts.encode_ns += time.perf_counter_ns() - started
         size = len(payload) + sum(view.nbytes for view in buffers)
         if buffers:
             # Copied now, as the stdlib copies at the call: the caller may change
@@ -418,6 +425,10 @@ class RayEngine:
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the engine has stopped (and released its session)."""
         return self._stopped.wait(timeout)
+
+    def insights(self) -> Insights:
+        """Tasks, items, restarts, pickling here (the cluster's workers are not measured)."""
+        return self._counts.insights("ray")
 
     def processes(self) -> list[Any]:
         """Ray's workers are not ``Process`` objects: always empty."""
@@ -570,12 +581,15 @@ class RayEngine:
         actor = flight.actor
         actor.tasks += 1
         if isinstance(flight.outcome, BaseException):  # the worker died: a new one
+            self._counts.restarted("crashed")
             self._replace(actor)
         elif self._max_tasks is not None and actor.tasks >= self._max_tasks:
+            self._counts.restarted("recycled")
             self._replace(actor)  # maxtasksperchild: a new process
         else:
             with self._lock:
                 self._idle.append(actor)
+        self._counts.done(flight.task.kind, ok, value)
         try:
             flight.task.on_done(ok, value)
         except BaseException:  # a front end's callback must not stop delivery
@@ -631,6 +645,7 @@ class RayEngine:
                 f"the task ran longer than its task_timeout ({flight.task.timeout} s); "
                 "its Ray worker was killed and the other tasks continue"
             )
+            self._counts.restarted("task_timeout")
             try:
                 flight.task.on_done(False, TaskTimeoutError(msg))
             except BaseException:

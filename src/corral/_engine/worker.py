@@ -23,18 +23,36 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from itertools import starmap
+from time import perf_counter_ns
 from typing import Any
 
 from .. import _transfer, process
 from .._lifeline import on_parent_death
+from .metering import (
+    BUSY_NS,
+    BYTES_IN,
+    DUE_NS,
+    ITEMS,
+    NOW,
+    SENT_AT,
+    SIZED,
+    TASKS,
+    UNPICKLE_NS,
+    new_counters,
+    run_reporting,
+    size,
+    snapshot,
+)
 from .protocol import (
     ANCILLARY_SPACE,
     CALL,
     EXITING,
     INIT_FAIL,
     MAP,
+    OK,
     READY,
     RECEIVED,
+    REPORT_PROGRESS,
     RETIRING,
     REVOKE_MARK,
     REVOKED,
@@ -64,33 +82,88 @@ def _exit_status(exc: SystemExit) -> int:
 
 
 def run_one(
-    codec: Any, task_id: int, kind: int, payload: Any
+    codec: Any,
+    task_id: int,
+    kind: int,
+    payload: Any,
+    counters: list[int] | None = None,
+    send: Callable[[list[Any]], None] | None = None,
 ) -> tuple[tuple[Any, ...], int | None]:
-    """Run one task; return its record and, if the task asked to exit, the exit status."""
+    """Run one task; return its record and, if the task asked to exit, the exit status.
+
+    ``counters`` (``metering.new_counters``) count the task; ``send`` carries the PROGRESS
+    records of a chunk whose kind has ``REPORT_PROGRESS``.
+    """
+    clock = perf_counter_ns
+    t0 = clock()
     try:
         fn, args, kwargs = codec.decode_task(payload)
     except BaseException as exc:  # includes SystemExit raised by a __reduce__
         info = (type(exc).__name__, short_repr(exc))
         return (UNREADABLE, task_id, info, format_exception_text(exc)), None
+    t1 = clock()
+    items = 1
     try:
         if kind == CALL:
             value = fn(*args, **kwargs)
-        elif kind == MAP:
-            value = list(map(fn, args))
         else:
-            value = list(starmap(fn, args))
+            items = len(args)
+            if kind == MAP:
+                value = list(map(fn, args))
+            elif kind & REPORT_PROGRESS:
+                star = kind & ~REPORT_PROGRESS != MAP
+                if send is not None:
+                    value = run_reporting(fn, args, star, task_id, send)
+                else:
+                    value = list(starmap(fn, args) if star else map(fn, args))
+            else:
+                value = list(starmap(fn, args))
     except SystemExit as exc:
         status = _exit_status(exc)
         return (EXITING, task_id, status, None), status
     except BaseException as exc:
+        if counters is not None:
+            _count(counters, items, t0, t1, clock(), payload)
         return codec.encode_exception(task_id, exc), None
     finally:
         del fn, args, kwargs  # release the arguments before the next task
+    t2 = clock()
     try:
-        return codec.encode_result(task_id, value), None
+        record = codec.encode_result(task_id, value)
     except SystemExit as exc:  # a result whose __reduce__ calls sys.exit()
         status = _exit_status(exc)
         return (EXITING, task_id, status, None), status
+    if counters is not None:
+        # Inline, with metering's indices as literals (TASKS=0 ... BYTES_OUT=6,
+        # NOW=7, SIZED=9): this runs once per task, always.
+        c = counters
+        t3 = clock()
+        c[0] += 1
+        c[1] += items
+        c[2] += t1 - t0
+        c[3] += t2 - t1
+        c[4] += t3 - t2
+        c[7] = t3
+        if c[9]:
+            payload_type = type(payload)
+            if payload_type is tuple:  # (function reference, arguments): the usual case
+                c[5] += len(payload[0]) + len(payload[1])
+            else:
+                c[5] += len(payload) if payload_type is bytes else size(payload)
+            a = record[2]
+            c[6] += len(a) if type(a) is bytes else size(a)
+    return record, None
+
+
+def _count(c: list[int], items: int, t0: int, t1: int, t2: int, payload: Any) -> None:
+    """Count a task that raised (its exception is not counted as bytes out)."""
+    c[TASKS] += 1
+    c[ITEMS] += items
+    c[UNPICKLE_NS] += t1 - t0
+    c[BUSY_NS] += t2 - t1
+    c[NOW] = t2
+    if c[SIZED]:
+        c[BYTES_IN] += size(payload)
 
 
 def resident_memory() -> int:
@@ -123,6 +196,7 @@ def serve(
     still holds was failed or requeued, so it stops before its next task.
     """
     held: deque[Any] = deque()
+    counters = new_counters(sized=codec is not ObjectCodec)
     done = 0
     read = 0  # tasks read from the channel, revoked ones included
     send([(READY, 0, None, None)])
@@ -155,8 +229,11 @@ def serve(
             send([(REVOKED, 0, None, None)])
             continue
         task_id, kind, payload = held.popleft()
-        record, exit_status = run_one(codec, task_id, kind, payload)
+        record, exit_status = run_one(codec, task_id, kind, payload, counters, send)
         del payload
+        if record[0] == OK and (not held or counters[NOW] - counters[SENT_AT] >= DUE_NS):
+            # About to wait for work, or a while since the last: the counters ride along.
+            record = (OK, task_id, record[2], snapshot(counters))
         send([record])
         del record  # ...nor to its result (the stdlib's bpo-29861)
         if exit_status is not None:
