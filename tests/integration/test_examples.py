@@ -73,3 +73,26 @@ def test_on_a_cluster_runs_on_this_machine_by_default():
         "the error came back as LinAlgError: Singular matrix",
         "400 column norms on the process backend",
     ]
+
+
+def test_progress_and_insights():
+    out = run_example("progress_and_insights")
+    lines = out.splitlines()
+    assert lines[0] == "2000 results; the callback counted 2000 items"
+    assert lines[1] == "insights: 5000 items in 5000 tasks on 2 workers"
+    assert lines[2].startswith("corral insights (process backend, 2 live workers, 5000 tasks")
+    assert "advice:" in lines
+    assert lines[-1] == "advice names a chunksize: True"
+
+
+def test_commands_in_parallel():
+    lines = run_example("commands_in_parallel").splitlines()
+    assert lines == [
+        "echo compressing a; echo warning about a >&2: printed 'compressing a', "
+        "warned 'warning about a'",
+        "printf '%s\\n' b c | wc -l: printed '2', warned ''",
+        "exit 3: failed with status 3",
+        "sleep 60 & sleep 60: timed out",
+        "check=True: command 'false' exited with status 1. Every command ran to its end: "
+        "see .results (all, in input order) and .failed",
+    ]

@@ -114,9 +114,13 @@ class Insights:
             per_task = self.busy / self.tasks
             items = max(1.0, self.items / self.tasks)
             suggested = math.ceil(items * _TARGET_TASK / max(per_task, 1e-7))
+            # Never more than a quarter of each worker's share of what was run.
+            workers = max(1, len(self.workers))
+            suggested = min(suggested, max(1, math.ceil(self.items / (4 * workers))))
+            per = "1 item" if round(items) == 1 else f"{items:.0f} items"
             lines.append(
                 f"chunks are too small: {per_task * 1e3:.2f} ms of work per task "
-                f"({items:.0f} items), about the fixed cost of sending a task; try "
+                f"({per}), about the fixed cost of sending a task; try "
                 f"chunksize={suggested} (about {_TARGET_TASK * 1e3:.0f} ms of work per task), "
                 "or batch apply_async/submit calls into one map"
             )
