@@ -60,12 +60,8 @@ def size(blob: Any) -> int:
 
 
 def _size(blob: Any) -> int:
-    """Bytes of an encoded payload or result (0 for objects passed as they are)."""
+    """``size`` of what is not plain bytes (0 for objects passed as they are)."""
     kind = type(blob)
-    if kind is bytes:
-        return len(blob)
-    if kind is tuple and len(blob) == 2 and type(blob[1]) is bytes:
-        return len(blob[0]) + len(blob[1])  # (function reference, arguments)
     if kind is _transfer.Received or kind is _transfer.Sending:  # big buffers in shared memory
         try:
             return _transfer.size_of(blob.message)
