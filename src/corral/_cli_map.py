@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+from ._progress import default_bar
+
 __all__ = ("DESCRIPTION", "run_map")
 
 DESCRIPTION = """\
@@ -72,16 +74,6 @@ def _lines(stream: TextIO, counter: list[int]) -> Iterator[str]:
             yield line
 
 
-def _progress(total: int | None) -> Any:
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="item", file=sys.stderr)
-
-
 def run_map(args: argparse.Namespace) -> int:
     """``corral map``: returns the exit status (0, 1 some inputs failed, 2, 130).
 
@@ -129,7 +121,7 @@ def _map_stream(args: argparse.Namespace, stream: TextIO) -> int:
     read = [0]
     failed = 0
     written = 0
-    progress = _progress(None)
+    progress = default_bar(None)  # silent unless stderr is a terminal
     out = sys.stdout
     ctx = _default_context.get_context(args.start_method)
     try:
@@ -159,17 +151,14 @@ def _map_stream(args: argparse.Namespace, stream: TextIO) -> int:
                         out.write(_error_record(exc) + "\n")
                     failed += count
                     written += count
-                    if progress is not None:
-                        progress.update(count)
+                    progress.update(count)
                     continue
                 out.write(text + "\n")
                 written += 1
                 failed += not ok
-                if progress is not None:
-                    progress.update(1)
+                progress.update(1)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     out.flush()
     return 1 if failed else 0
 

@@ -117,7 +117,8 @@ def _write(stream: BinaryIO, data: bytes) -> None:
 class _ProgressLine:
     """``corral run: [#####.....] 5/12, 1 failed, 3 running`` redrawn in place on a terminal.
 
-    Kept small and local; the pools' progress helper may replace it.
+    Not ``_progress.TextBar`` (the pools' bar): this line is cleared around each
+    output block corral writes, and shows failures and running commands.
     """
 
     _MIN_INTERVAL = 0.1  # seconds between redraws

@@ -151,7 +151,7 @@ def open_progress(progress: Any, total: int | None, unit: str = "item") -> CallP
     if progress is None or progress is False:
         return None
     if progress is True:
-        bar = _default_bar(total, unit)
+        bar = default_bar(total, unit)
         return CallProgress(bar.update, bar.close, total)
     update = getattr(progress, "update", None)
     if callable(update):
@@ -170,7 +170,8 @@ def open_progress(progress: Any, total: int | None, unit: str = "item") -> CallP
     raise TypeError(msg)
 
 
-def _default_bar(total: int | None, unit: str) -> Any:
+def default_bar(total: int | None, unit: str = "item") -> Any:
+    """A bar on stderr, drawn only on a terminal: tqdm's if installed, else ``TextBar``."""
     try:
         from tqdm.auto import tqdm
     except ImportError:

@@ -10,6 +10,7 @@ the command cleans up after, then one line and status 128 + the signal number
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -249,8 +250,15 @@ def _signals_interrupt() -> Iterator[None]:
     groups) is not itself interrupted half-way, which would leave processes behind.
     """
     received: list[int] = []
+    owner = os.getpid()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            # A forked child (a pool worker) inherited this handler: it gets the
+            # signal's usual effect instead (SIGTERM ends it, as the pool expects).
+            signal.signal(signum, previous[signum])
+            os.kill(os.getpid(), signum)
+            return
         if received:
             return
         received.append(signum)

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from corral import cli
-from tests.integration.cli_helpers import Session, wait_for_fifo_line
+from tests.integration.cli_helpers import Session, corral_in_pty, wait_for_fifo_line
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,3 +184,14 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_no_worker(tmp_path, start_m
     session.interrupt(signal.SIGINT)
     status, out, err = session.finish()
     assert (status, out, err) == (130, "", "corral map: interrupted\n")
+
+
+def test_map_draws_a_progress_bar_on_a_terminal_only(tmp_path):
+    (tmp_path / "jobs.py").write_text(MODULE)
+    status, out, tty = corral_in_pty(
+        "map", "jobs:square", "--workers", "2", stdin="1\n2\n3\n4\n", cwd=tmp_path
+    )
+    assert (status, out) == (0, "1\n4\n9\n16\n")
+    assert "4 items" in tty or "4it" in tty  # the built-in bar, or tqdm's
+    piped = _corral_map(tmp_path, "jobs:square", "--workers", "2")
+    assert (piped.returncode, piped.stderr) == (0, "")
