@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import _group_reaper
-from ._group_reaper import RUN_ID_VARIABLE
+from ._group_reaper import RUN_ID_VARIABLE, command_mark, marked_groups
 
 __all__ = ("Command", "Finished", "GroupReaper", "Runner", "as_text", "default_jobs")
 
@@ -312,13 +312,9 @@ class Runner:
         self.started = 0
         self.exhausted = False  # every command has been read
         self._running: dict[int, _Running] = {}  # by pid
-        self._reaper = GroupReaper(
-            kill_after
-        )  # stops the commands if this program dies (_group_reaper)
-        self._command_env = {
-            **(os.environ if env is None else env),
-            RUN_ID_VARIABLE: self._reaper.run_id,
-        }
+        # Stops the commands if this program dies (_group_reaper).
+        self._reaper = GroupReaper(kill_after)
+        self._base_env = dict(os.environ if env is None else env)
         self._selector = selectors.DefaultSelector()
         self._closed = False
         self._starters = _Starters(min(self.jobs, _STARTERS), self._spawn)
@@ -393,7 +389,7 @@ class Runner:
                 stdout=out,
                 stderr=err,
                 cwd=self.cwd,
-                env=self._command_env,
+                env={**self._base_env, RUN_ID_VARIABLE: self._mark(index)},
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:  # no such program, not executable, a NUL byte
@@ -473,19 +469,37 @@ class Runner:
         for running in list(self._running.values()):
             if running.term_sent is None:
                 if running.deadline is not None and now >= running.deadline:
-                    _kill_group(running.proc.pid, signal.SIGTERM)
+                    self._signal([running], signal.SIGTERM)
                     running.term_sent = now
                     running.timed_out = True
             elif not running.killed and now >= running.term_sent + self.kill_after:
-                _kill_group(running.proc.pid, signal.SIGKILL)
+                self._signal([running], signal.SIGKILL)
                 running.killed = True
+
+    def _mark(self, index: int) -> str:
+        return command_mark(self._reaper.run_id, index)
+
+    def _signal(self, stopping: list[_Running], sig: int) -> None:
+        """Signal the commands' process groups, and the groups that their processes
+        started elsewhere (``setsid``), found by each command's ``CORRAL_RUN_ID``.
+
+        A group is signalled while its leader is unreaped, so its id is not reused.
+        """
+        if not stopping:
+            return
+        for running in stopping:
+            _kill_group(running.proc.pid, sig)
+        marks = {f"{RUN_ID_VARIABLE}={self._mark(r.index)}".encode() for r in stopping}
+        leaders = {running.proc.pid for running in stopping}
+        for pgid in marked_groups(marks) - leaders:
+            _kill_group(pgid, sig)
 
     def _finish(self, running: _Running) -> Finished:
         """The command's main process has exited (not yet reaped): collect it."""
         if running.term_sent is not None:
             # Stopped: what is left of its group goes too. The group id cannot
             # name another group yet, because the unreaped leader holds its pid.
-            _kill_group(running.proc.pid, signal.SIGKILL)
+            self._signal([running], signal.SIGKILL)
         returncode = running.proc.wait()
         self._reaper.reaped(running.proc.pid)
         duration = time.monotonic() - running.started
@@ -521,17 +535,16 @@ class Runner:
         self._starters.results.clear()
         self._starters.pending = 0
         now = time.monotonic()
-        for running in self._running.values():
-            if running.term_sent is None:
-                _kill_group(running.proc.pid, signal.SIGTERM)
-                running.term_sent = now
+        fresh = [running for running in self._running.values() if running.term_sent is None]
+        self._signal(fresh, signal.SIGTERM)
+        for running in fresh:
+            running.term_sent = now
         stopped: list[Finished] = []
         grace_end = now + self.kill_after
         while self._running:
             remaining: float | None = grace_end - time.monotonic()
             if remaining is not None and remaining <= 0:
-                for running in self._running.values():
-                    _kill_group(running.proc.pid, signal.SIGKILL)
+                self._signal(list(self._running.values()), signal.SIGKILL)
                 remaining = None  # a SIGKILLed process ends: wait for it
             ended = _wait_any(list(self._running.values()), remaining)
             stopped.extend(self._finish(running) for running in ended)

@@ -7,9 +7,11 @@ in input order, ``check=True``.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ._command_runner import Command, Finished, Runner, as_text
 
@@ -83,6 +85,29 @@ class CommandFailedError(subprocess.CalledProcessError):
         return type(self), (self.results,)
 
 
+def _checked(index: int, command: Any) -> Command:
+    """``command`` if it is one (a str, or a non-empty list of words); else a clear error."""
+    if isinstance(command, str):
+        return command
+    if isinstance(command, (list, tuple)):
+        if not command:
+            msg = f"command {index} is an empty list: give a program and its arguments"
+            raise ValueError(msg)
+        for word in command:
+            if not isinstance(word, (str, bytes, os.PathLike)):
+                msg = (
+                    f"command {index} holds {type(word).__name__} {word!r}: "
+                    "each word of a command list must be a str"
+                )
+                raise TypeError(msg)
+        return command
+    msg = (
+        f"command {index} is {type(command).__name__} {command!r}: each command is a str "
+        "(run by the shell) or a list of str (a program and its arguments)"
+    )
+    raise TypeError(msg)
+
+
 def _failed(result: subprocess.CompletedProcess[str]) -> bool:
     return result.returncode != 0 or bool(getattr(result, "timed_out", False))
 
@@ -133,11 +158,30 @@ def run_commands(
         shell would report it, and the reason in ``stderr``.
 
     Raises:
-        ValueError: ``jobs`` below 1, ``timeout`` not above 0, ``kill_after`` below 0.
+        TypeError: ``commands`` is one string (give a list), a command is neither
+            a str nor a list of str, ``jobs`` is not an int.
+        ValueError: ``jobs`` below 1, ``timeout`` not above 0, ``kill_after`` below 0,
+            a command is an empty list.
+        FileNotFoundError: ``cwd`` is not an existing directory.
         CommandFailedError: with ``check=True``, some command failed.
         KeyboardInterrupt: as it came; every running command was stopped first
             (SIGTERM to its group, SIGKILL after ``kill_after``).
     """
+    if isinstance(commands, (str, bytes)):
+        msg = (
+            "run_commands takes a list of commands, not one string: "
+            f"run_commands([{commands!r}]) runs it through the shell"
+        )
+        raise TypeError(msg)
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool)):
+        msg = f"jobs must be an int (at least 1) or None, got {type(jobs).__name__} {jobs!r}"
+        raise TypeError(msg)
+    if cwd is not None and not os.path.isdir(cwd):
+        raise FileNotFoundError(errno.ENOENT, "cwd is not an existing directory", str(cwd))
+    if isinstance(commands, (list, tuple)):
+        commands = [_checked(index, command) for index, command in enumerate(commands)]
+    else:  # checked as they are read
+        commands = (_checked(index, command) for index, command in enumerate(commands))
     if jobs is not None and jobs < 1:
         msg = f"jobs must be at least 1, got {jobs!r}"
         raise ValueError(msg)

@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Collection
 
 __all__ = ("RUN_ID_VARIABLE", "main")
 
@@ -52,9 +53,14 @@ def _signal_groups(groups: set[int], sig: int) -> set[int]:
     return alive
 
 
-def _marked_groups(run_id: str) -> set[int]:
-    """The groups of the processes whose environment holds ``run_id`` (Linux: ``/proc``)."""
-    mark = f"{RUN_ID_VARIABLE}={run_id}".encode()
+def marked_groups(marks: Collection[bytes], *, prefix: bool = False) -> set[int]:
+    """The process groups of the processes whose environment holds one of ``marks``.
+
+    A mark is a whole entry (``b"CORRAL_RUN_ID=..."``), or with ``prefix`` the
+    start of one. Linux only (``/proc``): elsewhere, the empty set.
+    """
+    wanted = set(marks)
+    starts = tuple(wanted)
     groups: set[int] = set()
     try:
         names = os.listdir("/proc")
@@ -65,12 +71,24 @@ def _marked_groups(run_id: str) -> set[int]:
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
-                environ = f.read()
-            if mark in environ.split(b"\0"):
-                groups.add(os.getpgid(int(name)))
+                entries = f.read().split(b"\0")
         except OSError:  # gone, or not ours
             continue
+        if prefix:
+            found = any(entry.startswith(starts) for entry in entries)
+        else:
+            found = not wanted.isdisjoint(entries)
+        if found:
+            try:
+                groups.add(os.getpgid(int(name)))
+            except OSError:
+                continue
     return groups
+
+
+def command_mark(run_id: str, index: int) -> str:
+    """The value of ``CORRAL_RUN_ID`` in the environment of a run's command ``index``."""
+    return f"{run_id}:{index}"
 
 
 def main(kill_after: float, run_id: str) -> None:
@@ -85,7 +103,7 @@ def main(kill_after: float, run_id: str) -> None:
             groups.discard(int(line[1:]))
         elif line == b"bye":
             return
-    groups |= _marked_groups(run_id)
+    groups |= marked_groups([f"{RUN_ID_VARIABLE}={run_id}:".encode()], prefix=True)
     groups = _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + kill_after
     while groups and time.monotonic() < deadline:

@@ -256,7 +256,7 @@ def _signals_interrupt() -> Iterator[None]:
         if os.getpid() != owner:
             # A forked child (a pool worker) inherited this handler: it gets the
             # signal's usual effect instead (SIGTERM ends it, as the pool expects).
-            signal.signal(signum, previous[signum])
+            signal.signal(signum, previous[signal.Signals(signum)])
             os.kill(os.getpid(), signum)
             return
         if received:

@@ -64,6 +64,42 @@ def test_a_timeout_stops_the_whole_process_group(tmp_path):
     assert_group_gone(int((tmp_path / "pgid").read_text()))
 
 
+def test_a_timeout_also_stops_what_the_command_started_in_a_session_of_its_own(tmp_path):
+    # setsid leaves the command's process group; CORRAL_RUN_ID in its environment
+    # still names the command.
+    command = f"setsid sh -c 'echo $$ > {tmp_path}/escaped; exec sleep 1000' & sleep 1000"
+    (result,) = corral.run_commands([command], timeout=1.0)
+    assert result.timed_out
+    escaped = int((tmp_path / "escaped").read_text())
+    try:
+        assert_group_gone(escaped)
+    finally:
+        kill_groups([escaped])
+
+
+def test_the_environment_names_the_run_and_the_command():
+    results = corral.run_commands(['echo "$CORRAL_RUN_ID"'] * 2)
+    first, second = (r.stdout.strip() for r in results)
+    assert first.rsplit(":", 1)[0] == second.rsplit(":", 1)[0]
+    assert (first.rsplit(":", 1)[1], second.rsplit(":", 1)[1]) == ("0", "1")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda: corral.run_commands("echo one string"), TypeError, "a list of commands"),
+        (lambda: corral.run_commands([1, 2]), TypeError, "command 0 is int"),
+        (lambda: corral.run_commands([[]]), ValueError, "command 0 is an empty list"),
+        (lambda: corral.run_commands([["echo", 3]]), TypeError, "command 0 holds int"),
+        (lambda: corral.run_commands(["true"], jobs="2"), TypeError, "jobs must be an int"),
+        (lambda: corral.run_commands(["true"], cwd="/nonexistent"), FileNotFoundError, "cwd"),
+    ],
+)
+def test_bad_arguments_raise_at_the_call(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
 def test_a_command_that_ignores_sigterm_gets_sigkill_after_kill_after(tmp_path):
     command = f"trap '' TERM; echo $$ > {tmp_path}/pgid; sleep 1000 & wait; wait"
     (result,) = corral.run_commands([command], timeout=0.3, kill_after=0.3)
