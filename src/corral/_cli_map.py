@@ -115,7 +115,8 @@ def _map_stream(args: argparse.Namespace, stream: TextIO) -> int:
         _resolve(args.function)  # fail fast, in the parent, on a bad name
     except Exception as exc:
         print(
-            f"corral map: cannot load {args.function}: {type(exc).__name__}: {exc}", file=sys.stderr
+            f"corral map: error: cannot load {args.function}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
         )
         return 2
     read = [0]

@@ -216,6 +216,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args.inputs = inputs
     if argv[0] == "run" and inputs is not None and not args.template:
         command.error("':::' needs a TEMPLATE before it, e.g. corral run 'gzip {}' ::: a b")
+    if inputs is not None and ":::" in inputs:
+        command.error(
+            "one ':::' only: corral run does not combine argument lists (GNU parallel's "
+            "'::: a b ::: c d'); give each command's arguments on one stdin line instead"
+        )
     return args
 
 

@@ -266,3 +266,10 @@ def test_reading_from_the_terminal_says_so(tmp_path):
     terminal.type(b"hello\n\x04")
     assert terminal.finish() == 0
     assert terminal.output.count(b"hello") == 2  # the terminal's echo, then the command's
+
+
+def test_a_second_triple_colon_is_a_usage_error(tmp_path):
+    done = corral("run", "echo {}", ":::", "a", ":::", "b", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "one ':::' only" in done.stderr
+    assert done.stdout == ""
