@@ -37,17 +37,19 @@ _DECAY = 0.5  # weight of the past in the time-per-item sums, at each observatio
 _TAIL_FLOOR = 16  # the tail splits no chunk below target / _TAIL_FLOOR seconds of work
 
 
-def is_auto(chunksize: Any) -> bool:
+def is_auto(chunksize: Any, *, none: bool = True) -> bool:
     """Whether ``chunksize`` asks for automatic sizes; check it is an int otherwise.
 
-    ``None`` and ints (whatever their value: the caller checks the range, with
-    the stdlib's message) give False.
+    Ints (whatever their value: the caller checks the range, with the stdlib's
+    message) give False, and so does ``None`` where it is allowed (``none``:
+    ``map``'s default; ``imap`` and ``Executor.map`` refuse it, as the stdlib's
+    do, but with a message).
 
     Raises:
         ValueError: a string other than ``"auto"``.
-        TypeError: neither an int, ``None`` nor ``"auto"`` (a float, for example).
+        TypeError: neither an int, ``None`` (if allowed) nor ``"auto"`` (a float, for example).
     """
-    if chunksize is None or isinstance(chunksize, int):
+    if isinstance(chunksize, int) or (none and chunksize is None):
         return False
     if isinstance(chunksize, str):
         if chunksize == "auto":

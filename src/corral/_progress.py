@@ -153,6 +153,12 @@ def open_progress(progress: Any, total: int | None, unit: str = "item") -> CallP
     if progress is True:
         bar = default_bar(total, unit)
         return CallProgress(bar.update, bar.close, total)
+    if isinstance(progress, type):  # progress=tqdm: the class, not a bar
+        msg = (
+            f"progress got the class {progress.__name__}, not a bar: pass progress=True, "
+            f"or a bar made from it ({progress.__name__}(total=...))"
+        )
+        raise TypeError(msg)
     update = getattr(progress, "update", None)
     if callable(update):
         if total is not None and getattr(progress, "total", 0) is None:

@@ -285,7 +285,7 @@ class ProcessPoolExecutor(Executor):
             TimeoutError: (while iterating) ``timeout`` seconds after the call.
         """
         sizes: int | ChunkSizer | None = None  # None: "auto", sized once the engine runs
-        if not is_auto(chunksize):
+        if not is_auto(chunksize, none=False):
             assert not isinstance(chunksize, str)  # is_auto checked it
             if chunksize < 1:
                 msg = "chunksize must be >= 1."

@@ -783,7 +783,7 @@ class Pool:
         self._check_running()
         timeout = self._timeout(task_timeout)
         sizes: int | ChunkSizer
-        if is_auto(chunksize):
+        if is_auto(chunksize, none=False):
             sizes = ChunkSizer(self._processes, _length_if_known(iterable))
         else:
             assert not isinstance(chunksize, str)  # is_auto checked it

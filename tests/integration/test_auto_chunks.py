@@ -263,6 +263,15 @@ def test_bad_chunksize_is_refused_by_executor_map(value, error):
         executor.map(square, [1], chunksize=value)
 
 
+@pytest.mark.parametrize("name", ["imap", "imap_unordered"])
+def test_none_is_refused_by_imap_with_a_message(name):
+    # The stdlib refuses it too, with "'<' not supported between NoneType and int".
+    with ThreadPool(1) as pool, pytest.raises(TypeError, match="chunksize must be an int"):
+        getattr(pool, name)(square, [1], chunksize=None)
+    with ProcessPoolExecutor(1) as ex, pytest.raises(TypeError, match="chunksize must be an int"):
+        ex.map(square, [1], chunksize=None)
+
+
 def test_stdlib_messages_for_ints_below_one():
     with ThreadPool(1) as pool, pytest.raises(ValueError, match="Chunksize must be 1\\+, not 0"):
         pool.map(square, [1], chunksize=0)

@@ -114,6 +114,15 @@ def test_what_progress_may_be():
         open_progress(42, 3)
 
 
+def test_a_bar_class_instead_of_a_bar_is_refused():
+    class Bar:  # like tqdm: update() is a method of the class
+        def update(self, n: int) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"the class Bar, not a bar: .*Bar\(total=...\)"):
+        open_progress(Bar, 3)
+
+
 def test_the_text_bar_writes_nothing_off_a_terminal():
     stream = io.StringIO()
     bar = TextBar(10, stream=stream)
