@@ -179,5 +179,7 @@ def test_recycled_workers_end_with_their_last_result(ctx):
             insights = pool.insights()
             states = [w.state for w in insights.workers]
             assert states.count("running") == 2, str(insights)
-            assert insights.tasks == 8 * n
+            # (not == 8 * n: a worker whose next task was taken back sends its
+            # counters with the next result or RETIRING, possibly after the map's end)
+            assert 0 < insights.tasks <= 8 * n
             assert insights.restarts.get("recycled") == states.count("recycled")
