@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
 
 import pytest
@@ -29,6 +31,26 @@ def die(_):
 
 def hang(_):
     time.sleep(30)
+
+
+def block(_=None):
+    threading.Event().wait()  # until its task_timeout stops the worker
+
+
+def work_then_die(seconds):
+    time.sleep(seconds)  # the work that is lost with the worker
+    os._exit(3)
+
+
+def _pid_in(error: BaseException) -> int:
+    found = re.search(r"worker process (\d+)", str(error))
+    assert found, error
+    return int(found.group(1))
+
+
+def _row(insights, pid):
+    (row,) = [w for w in insights.workers if w.pid == pid]
+    return row
 
 
 def test_counts_and_times_per_worker(ctx):
@@ -107,3 +129,57 @@ def test_executor_insights(ctx):
         assert [f.result(30) for f in [ex.submit(nap, i) for i in range(6)]] == list(range(6))
         insights = ex.insights()
     assert insights.tasks == 6 and insights.busy >= 0.3
+
+
+def test_a_timeout_shows_at_once_and_its_time_is_busy(ctx):
+    # The engine records the end (and the task's running time) before it fails the task.
+    with ctx.Pool(2) as pool:
+        for n in (1, 2):
+            with pytest.raises(TaskTimeoutError) as caught:
+                pool.apply(block, (0,), task_timeout=0.5)
+            insights = pool.insights()
+            row = _row(insights, _pid_in(caught.value))
+            assert row.state == "task_timeout"
+            assert row.lost == 1 and row.busy >= 0.5
+            assert insights.restarts.get("task_timeout") == n
+            assert insights.lost == n and insights.busy >= 0.5 * n
+            assert sum(w.state == "running" for w in insights.workers) <= 2
+            assert f"{n} task(s) ran past task_timeout" in str(insights)
+
+
+def test_hung_tasks_are_not_idleness(ctx):
+    # Two tasks hang on the two workers until their timeout: the workers were busy.
+    with ctx.Pool(2) as pool:
+        pending = [pool.apply_async(block, (i,), task_timeout=0.5) for i in range(2)]
+        for result in pending:
+            with pytest.raises(TaskTimeoutError):
+                result.get(timeout=30)
+        insights = pool.insights()
+    assert insights.lost == 2 and insights.busy >= 1.0
+    assert insights.idle < insights.busy
+    assert not any(line.startswith("workers were idle") for line in insights.advice())
+
+
+def test_a_lost_worker_shows_at_once_with_its_work(ctx):
+    with ctx.Pool(2) as pool:
+        pool.apply(abs, (1,))  # a worker is ready: the next call is likely a direct one
+        with pytest.raises(WorkerLostError) as caught:
+            pool.apply(work_then_die, (0.3,))
+        insights = pool.insights()
+        row = _row(insights, _pid_in(caught.value))
+        assert row.state == "crashed" and row.lost == 1
+        assert row.busy >= 0.25  # its task ran 0.3 s before the worker died
+        assert insights.restarts.get("crashed") == 1
+
+
+def test_recycled_workers_end_with_their_last_result(ctx):
+    with ctx.Pool(2, maxtasksperchild=2) as pool:
+        for n in range(1, 4):
+            assert pool.map(abs, range(8), chunksize=1) == list(range(8))
+            insights = pool.insights()
+            states = [w.state for w in insights.workers]
+            assert states.count("running") == 2, str(insights)
+            # (not == 8 * n: a worker whose next task was taken back sends its
+            # counters with the next result or RETIRING, possibly after the map's end)
+            assert 0 < insights.tasks <= 8 * n
+            assert insights.restarts.get("recycled") == states.count("recycled")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from corral import Insights, WorkerInsight
+from corral._engine.insights import of_handle
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -83,3 +86,50 @@ def test_the_summary_has_a_row_per_worker_and_a_total():
     assert any(line.split()[:3] == ["0", "11", "running"] for line in lines)
     assert any(line.split()[:3] == ["1", "12", "crashed"] for line in lines)
     assert any(line.split()[:3] == ["total", "4", "40"] for line in lines)
+
+
+def _handle(**numbers):
+    base = dict(
+        worker_id=0,
+        pid=10,
+        created_at=100.0,
+        ready_at=100.5,
+        ended_at=None,
+        counters=None,
+        result_unpickle_ns=0,
+        lost=0,
+        lost_busy=0.0,
+    )
+    return SimpleNamespace(**{**base, **numbers})
+
+
+def test_a_lost_task_s_time_is_busy_not_idle():
+    # Ready at 100.5, its task ran 2 s and timed out at 102.5 (no counters ever came).
+    ended = of_handle(_handle(ended_at=102.5, lost=1, lost_busy=2.0), "task_timeout", 102.5)
+    assert ended.busy == 2.0 and ended.idle == 0.0 and ended.lost == 1
+    assert ended.lifetime == 2.5 and ended.state == "task_timeout"
+
+
+def test_lost_tasks_in_the_totals_and_the_summary():
+    workers = (WorkerInsight(0, 11, "task_timeout", busy=1.0, lost=1),)
+    insights = Insights("process", workers=workers, tasks=3, items=3, busy=1.5, lost=1)
+    assert str(insights).splitlines()[0].endswith("3 tasks, 3 items, 1 lost)")
+    assert "lost" not in str(Insights("process", tasks=3, items=3)).splitlines()[0]
+
+
+def test_no_idle_advice_when_as_many_tasks_were_lost_as_finished():
+    # Two hung tasks on a pool of two, one at a time: the other worker waited.
+    workers = tuple(WorkerInsight(i, 100 + i, "running") for i in range(2))
+    hung = Insights(
+        "process",
+        workers=workers,
+        tasks=1,
+        busy=2.0,
+        idle=2.1,
+        lost=2,
+        restarts={"task_timeout": 2},
+    )
+    assert not [line for line in hung.advice() if line.startswith("workers were idle")]
+    assert _only(hung.advice(), "2 task(s) ran past task_timeout")
+    many = Insights("process", workers=workers, tasks=20, busy=2.0, idle=2.1, lost=2)
+    assert _only(many.advice(), "workers were idle")

@@ -26,6 +26,7 @@ task left; the engine then retires that worker, whose death tells it
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 from .protocol import EXITING, INIT_FAIL, OK, READY, RECEIVED, RETIRING, REVOKED, outcome_of
@@ -58,6 +59,7 @@ def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
     task_id = engine.new_task_id()
     records: list[Any] = []
     sent = False
+    sent_at = time.monotonic()  # when it started, as far as the engine knows (insights)
     try:
         worker.tasks_sent += 1
         worker.sent_count += 1
@@ -68,10 +70,12 @@ def run_direct(engine: Any, task: Any, *, queued: bool = False) -> bool:
             _flush(worker)
         ok, value = _await_outcome(worker, task_id, records)
     except _HandBack as back:
-        engine.hand_back(worker, task, task_id, records, closed=back.closed)
+        engine.hand_back(worker, task, task_id, records, closed=back.closed, since=sent_at)
         return True
     except BaseException:  # Ctrl-C, or an OS error on the channel
-        engine.hand_back(worker, task, task_id, records, closed=False, retire=True, sent=sent)
+        engine.hand_back(
+            worker, task, task_id, records, closed=False, retire=True, sent=sent, since=sent_at
+        )
         raise
     engine.note_done_directly()
     engine.give_back(worker)

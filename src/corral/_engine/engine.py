@@ -617,10 +617,10 @@ class LocalEngine(LendingMixin, InsightsMixin):
 
     def _doom(self, worker: WorkerHandle, error: BaseException) -> None:
         """Fail the worker's running task with ``error``, requeue the rest, stop the worker."""
+        self._end_now(worker, "task_timeout", time.monotonic() - worker.running_since)
         self.settle(worker.held.popleft(), False, error)
         self._requeue(worker)
         worker.stopping = True
-        worker.end_reason = "task_timeout"
         worker.kill(hard=False)
         self._add_timer(time.monotonic() + _KILL_GRACE, lambda: self._kill_if_alive(worker))
 
@@ -651,8 +651,10 @@ class LocalEngine(LendingMixin, InsightsMixin):
                 worker.revoking = False
                 continue
             if status == RETIRING:
+                if b is not None:
+                    worker.counters = b  # its final counters
                 worker.stopping = True
-                worker.end_reason = "recycled"
+                self._end_now(worker, "recycled")
                 self._requeue(worker)
                 continue
             held = worker.held
@@ -664,8 +666,15 @@ class LocalEngine(LendingMixin, InsightsMixin):
                 elapsed if not self._avg_task_time else 0.8 * self._avg_task_time + 0.2 * elapsed
             )
             worker.running_since = now
-            if held and held[0].timeout is not None:
-                self._arm_deadline(worker, held[0], now)
+            if held:
+                if held[0].timeout is not None:
+                    self._arm_deadline(worker, held[0], now)
+            elif worker.quota_reached and worker.ended_at is None:
+                # The last task of its max_tasks: it retires now (insights see it
+                # before the caller sees the outcome; its RETIRING record follows).
+                if status == OK and b is not None:
+                    worker.counters = b
+                self._end_now(worker, "recycled")
             if status == OK:  # the common case, inline
                 if b is not None:
                     worker.counters = b
@@ -693,7 +702,7 @@ class LocalEngine(LendingMixin, InsightsMixin):
             else:
                 worker.exit_status = a
                 worker.stopping = True
-                worker.end_reason = "exited"
+                self._end_now(worker, "exited", elapsed)
                 exit_error = TaskExitError(
                     f"the task called sys.exit({a!r}); its worker process {worker.pid} exited with "
                     f"{describe_exitcode(a)} and was replaced, the other tasks continue",
@@ -751,15 +760,14 @@ class LocalEngine(LendingMixin, InsightsMixin):
                 worker.parked = False
         self._on_records(worker, worker.drain())
         exitcode = worker.exitcode()
-        self._note_end(worker, self._end_reason(worker))
+        if worker.held and worker.held[0].seq > worker.received_count:
+            self._requeue(worker)  # it died before reading them: nothing was started
+        self._note_end(worker)  # leaves _workers (a task it still holds was lost)
         self._unwatch_channel(worker)
         self._selector.unregister(worker.death_fd)
-        del self._workers[worker.worker_id]
         worker.close()
         if worker.pid is not None and self.codec is not ObjectCodec:
             _transfer.forget_sender(worker.pid)  # its segments will not come again
-        if worker.held and worker.held[0].seq > worker.received_count:
-            self._requeue(worker)  # it died before reading them: nothing was started
         if not worker.ready and not worker.stopping and self.state != STOPPING:
             self._on_startup_death(worker, exitcode)
             if self.broken is not None:

@@ -8,11 +8,21 @@ the callers' pickling time (one task in ``ENCODE_SAMPLE + 1`` timed) and when
 the last outcome arrived (the end of the window in which idleness counts).
 How a worker's end gets its reason is ``_end_reason``; see docs/architecture.md
 ("Progress and insights").
+
+A worker ends for insights when the engine decides it (``_end_now``: its task
+timed out, it said it retires or exits, it finished the last task of its
+``max_tasks``), before the caller gets the outcome, or else when it dies. Its
+row says so at once; its numbers join the ended workers when it dies (its last
+counters may still arrive). ``_insights_lock`` makes each change (an end, a
+worker leaving ``_workers``) and each ``insights()`` snapshot whole, so a
+reader in another thread never counts a worker twice or not at all; the
+engine takes it only when a worker ends.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -43,6 +53,7 @@ class InsightsMixin:
         self._encode_ns = 0  # callers' time pickling tasks (new_task), estimated
         self._encoded = 0  # tasks encoded (racy across caller threads: a sampling clock)
         self._last_done = 0.0  # when the last outcome arrived
+        self._insights_lock = threading.Lock()
 
     def _on_progress(self, worker: WorkerHandle, task_id: int, done: int) -> None:
         """A running chunk reported ``done`` items finished: tell its caller."""
@@ -55,18 +66,27 @@ class InsightsMixin:
 
     def insights(self) -> _insights.Insights:
         """What this engine measured of its workers so far (``insights.Insights``)."""
-        now = time.monotonic()
-        last_done = self._last_done
-        live = [
-            _insights.of_handle(w, "running", last_done, now) for w in list(self._workers.values())
-        ]
+        with self._insights_lock:
+            now = time.monotonic()
+            last_done = self._last_done
+            workers = list(self._workers.values())
+            ended_sum = self._ended_sum
+            ended = tuple(self._ended)
+            restarts = dict(self._restarts)
+        running = []
+        ending = []  # the engine ended them; not yet dead
+        for w in workers:
+            if w.ended_at is None:
+                running.append(_insights.of_handle(w, "running", last_done, now))
+            else:
+                ending.append(_insights.of_handle(w, w.end_reason or "ended", last_done))
         return _insights.totals(
             "thread" if self.codec is ObjectCodec else "process",
-            live,
-            self._ended_sum,
+            running + ending,
+            ended_sum,
             self._encode_ns / 1e9,
-            self._restarts,
-            tuple(live) + tuple(self._ended),
+            restarts,
+            tuple(running) + tuple(ending) + ended,
         )
 
     def note_done_directly(self) -> None:
@@ -83,11 +103,33 @@ class InsightsMixin:
             return "stopped"
         return "crashed" if worker.ready else "startup"
 
-    def _note_end(self, worker: WorkerHandle, reason: str) -> None:
-        """Record the numbers of a worker that ended, and why."""
-        worker.ended_at = time.monotonic()
-        numbers = _insights.of_handle(worker, reason, self._last_done, worker.ended_at)
-        self._ended.append(numbers)
-        self._ended_sum = _insights.add(self._ended_sum, numbers)
-        if reason != "stopped":
-            self._restarts[reason] = self._restarts.get(reason, 0) + 1
+    def _end_now(self, worker: WorkerHandle, reason: str, lost_time: float | None = None) -> None:
+        """The engine ends ``worker`` for ``reason``: insights show it at once.
+
+        ``lost_time``: the seconds its running task ran, a task that will never
+        finish (it counts as busy time, and the task as lost). Call before
+        delivering the outcome that tells the caller, so that the caller sees it.
+        """
+        now = time.monotonic()
+        with self._insights_lock:
+            if lost_time is not None:
+                worker.lost += 1
+                worker.lost_busy += max(0.0, lost_time)
+                self._last_done = now  # an outcome: the pool was in use until now
+            worker.end_reason = reason
+            if worker.ended_at is None:
+                worker.ended_at = now
+                if reason != "stopped":
+                    self._restarts[reason] = self._restarts.get(reason, 0) + 1
+
+    def _note_end(self, worker: WorkerHandle) -> None:
+        """A worker died: move its final numbers to the ended workers (and count its end)."""
+        if worker.ended_at is None:
+            running = time.monotonic() - worker.running_since if worker.held else None
+            self._end_now(worker, self._end_reason(worker), running)
+        with self._insights_lock:
+            reason = worker.end_reason or "ended"
+            numbers = _insights.of_handle(worker, reason, self._last_done, worker.ended_at)
+            self._ended.append(numbers)
+            self._ended_sum = _insights.add(self._ended_sum, numbers)
+            del self._workers[worker.worker_id]

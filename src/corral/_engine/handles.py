@@ -75,6 +75,9 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.ended_at: float | None = None
         self.end_reason: str | None = None  # set where the engine decides it ends
+        # Tasks it never finished (timeout, crash, sys.exit) and the time they ran.
+        self.lost = 0
+        self.lost_busy = 0.0
         self.counters: tuple[int, ...] | None = None  # the latest from its OK records
         self.result_unpickle_ns = 0  # the engine's time unpickling its results
 

@@ -48,7 +48,9 @@ class WorkerInsight:
             ``"startup"`` (died before it was ready).
         tasks: tasks finished (a chunk of a map is one task).
         items: items finished (a call is one item).
-        busy: time running tasks.
+        lost: tasks it never finished: stopped at their task_timeout, lost
+            with it when it died, or that called ``sys.exit``.
+        busy: time running tasks, the time lost tasks ran included.
         idle: time ready but without work while the pool was in use (from
             its start-up to the last result of the pool).
         startup: time from its start to ready (initializer included).
@@ -74,6 +76,7 @@ class WorkerInsight:
     bytes_in: int = 0
     bytes_out: int = 0
     lifetime: float = 0.0
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ class Insights:
     Attributes:
         backend: ``"process"``, ``"thread"``, ``"ray"``, ``"dask"``.
         workers: the live workers, then the last workers that ended.
-        tasks, items, busy, idle, startup, bytes_in, bytes_out: sums over
-            every worker the pool ever had.
+        tasks, items, busy, idle, startup, bytes_in, bytes_out, lost: sums
+            over every worker the pool ever had.
         pickling: time pickling arguments (in the callers) and results (in
             the workers).
         unpickling: time unpickling arguments (workers) and results (here).
@@ -106,6 +109,7 @@ class Insights:
     bytes_out: int = 0
     restarts: Mapping[str, int] = field(default_factory=dict)
     detail: str = ""
+    lost: int = 0
 
     def advice(self) -> list[str]:
         """Lines saying what to change, most useful first; empty when nothing stands out."""
@@ -141,7 +145,10 @@ class Insights:
                 "work: send less data per task (pool.share() for big inputs, smaller results)"
             )
         active = self.busy + self.idle
-        if active > _MIN_ACTIVE and self.idle > _IDLE_SHARE * active:
+        # When as many tasks were lost (timeouts, crashes) as finished, the
+        # restarts advice comes first: the idleness around them says little.
+        mostly_lost = self.lost and self.lost >= self.tasks
+        if active > _MIN_ACTIVE and self.idle > _IDLE_SHARE * active and not mostly_lost:
             live = sum(1 for w in self.workers if w.state == "running") or len(self.workers)
             lines.append(
                 f"workers were idle {100 * self.idle / active:.0f}% of the time: the caller "
@@ -183,7 +190,8 @@ class Insights:
         live = sum(1 for w in self.workers if w.state == "running")
         out = [
             f"corral insights ({self.backend} backend, {live} live workers, "
-            f"{self.tasks} tasks, {self.items} items)"
+            f"{self.tasks} tasks, {self.items} items"
+            + (f", {self.lost} lost)" if self.lost else ")")
         ]
         if self.detail:
             out.append(self.detail)
@@ -249,6 +257,7 @@ def totals(
         bytes_out=sum(w.bytes_out for w in every),
         restarts=dict(restarts),
         detail=detail,
+        lost=sum(w.lost for w in every),
     )
 
 
@@ -271,6 +280,7 @@ def add(a: WorkerInsight | None, b: WorkerInsight) -> WorkerInsight:
         bytes_in=a.bytes_in + b.bytes_in,
         bytes_out=a.bytes_out + b.bytes_out,
         lifetime=a.lifetime + b.lifetime,
+        lost=a.lost + b.lost,
     )
 
 
@@ -281,7 +291,7 @@ def of_handle(handle: Any, state: str, last_done: float, now: float | None = Non
     end = handle.ended_at if handle.ended_at is not None else now
     c = handle.counters or (0, 0, 0, 0, 0, 0, 0)
     tasks, items, unpickle_ns, busy_ns, pickle_ns, bytes_in, bytes_out = c
-    busy = busy_ns / 1e9
+    busy = busy_ns / 1e9 + handle.lost_busy  # a task that never finished ran too
     unpickling = unpickle_ns / 1e9
     pickling = pickle_ns / 1e9
     startup = (handle.ready_at if handle.ready_at is not None else end) - handle.created_at
@@ -304,6 +314,7 @@ def of_handle(handle: Any, state: str, last_done: float, now: float | None = Non
         bytes_in=bytes_in,
         bytes_out=bytes_out,
         lifetime=end - handle.created_at,
+        lost=handle.lost,
     )
 
 

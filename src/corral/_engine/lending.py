@@ -120,14 +120,16 @@ class LendingMixin:
         closed: bool,
         retire: bool = False,
         sent: bool = True,
+        since: float | None = None,
     ) -> None:
         """(Caller thread) Give a borrowed worker and its unfinished call to the engine.
 
         ``retire``: the caller was interrupted and cannot tell what the worker
-        got; the worker is told to finish what it has and exit.
+        got; the worker is told to finish what it has and exit. ``since``: when
+        the call was sent (the task's start, for insights).
         """
         self._call_soon(
-            lambda: self._take_back(worker, task, task_id, records, closed, retire, sent)
+            lambda: self._take_back(worker, task, task_id, records, closed, retire, sent, since)
         )
         if self.stopped.is_set() and task is not None:  # too late: nobody will answer
             self.settle(task, False, BrokenProcessPool("the pool has shut down"))
@@ -144,6 +146,7 @@ class LendingMixin:
         closed: bool,
         retire: bool,
         sent: bool,
+        since: float | None = None,
     ) -> None:
         with self._lend_lock:
             worker.lent = False
@@ -164,7 +167,7 @@ class LendingMixin:
                 self._queue.appendleft(task)
             else:
                 worker.held.appendleft(task)
-                worker.running_since = time.monotonic()
+                worker.running_since = since if since is not None else time.monotonic()
                 task.seq = worker.sent_count  # the last task sent on its channel
         if not closed:
             self._selector.register(worker.channel_fd, selectors.EVENT_READ, (_CHANNEL, worker))

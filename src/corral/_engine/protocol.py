@@ -15,7 +15,7 @@ UNSENDABLE (type name, repr, reason)               worker traceback text
 UNREADABLE (type name, message)                    worker traceback text
 EXITING    exit code the task asked for            --
 INIT_FAIL  (type name, message)                    initializer traceback text
-RETIRING   --                                      --
+RETIRING   --                                      the worker's counters
 RECEIVED   tasks read from the channel so far      --
            (task_id = the last task of the batch just read)
 READY      --  (the initializer ran: the worker can run tasks)

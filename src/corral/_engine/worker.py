@@ -240,7 +240,7 @@ def serve(
             return exit_status
         done += 1
         if (max_tasks and done >= max_tasks) or (max_memory and resident_memory() > max_memory):
-            send([(RETIRING, 0, None, None)])
+            send([(RETIRING, 0, None, snapshot(counters))])  # its final counters
             return None
 
 
