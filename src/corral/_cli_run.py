@@ -272,12 +272,10 @@ def run_from_cli(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(exc, runner, report)
     except BrokenPipeError:
-        # Whoever read our stdout is gone (``corral run ... | head``): stop quietly.
+        # Whoever read our stdout is gone (``corral run ... | head``): stop the
+        # commands; cli.main ends quietly with SIGPIPE's status.
         runner.stop()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
-        os.close(devnull)
-        return 128 + signal.SIGPIPE
+        raise
     if report.progress is not None:
         report.progress.clear()
     if not args.quiet:

@@ -309,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         status, words = interrupted_status(exc)
         print(f"corral {args.command}: {words}", file=sys.stderr)
         return status
+    except BrokenPipeError:
+        # Whoever read our stdout is gone (``corral ... | head``): the command has
+        # stopped its workers or commands on the way out; end quietly, as SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -195,3 +195,21 @@ def test_map_draws_a_progress_bar_on_a_terminal_only(tmp_path):
     assert "4 items" in tty or "4it" in tty  # the built-in bar, or tqdm's
     piped = _corral_map(tmp_path, "jobs:square", "--workers", "2")
     assert (piped.returncode, piped.stderr) == (0, "")
+
+
+def test_a_reader_that_goes_away_stops_the_map_quietly(tmp_path):
+    (tmp_path / "jobs.py").write_text(MODULE)
+    (tmp_path / "numbers.jsonl").write_text("".join(f"{n}\n" for n in range(200_000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "map", "jobs:square", "numbers.jsonl", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"0\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert err == b""
