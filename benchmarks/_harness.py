@@ -6,7 +6,11 @@ stdlib in rounds and reports the median of each and their ratio.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -60,3 +64,26 @@ def per_op(fn: Callable[[], None], count: int) -> float:
     for _ in range(count):
         fn()
     return (time.perf_counter() - t0) / count
+
+
+def alternate_versions(script: str, old: str, new: str, rounds: int) -> dict[str, list[dict]]:
+    """Run ``script --child`` once per round for each corral tree, alternating who goes first.
+
+    ``old`` and ``new`` are directories holding a ``corral`` package (put first on
+    ``PYTHONPATH``); each child prints one JSON object of measurements as its
+    last line. Returns ``{"old": [...], "new": [...]}``, one object per round.
+    """
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    for i in range(rounds):
+        order = [("old", old), ("new", new)] if i % 2 == 0 else [("new", new), ("old", old)]
+        for label, src in order:
+            out = subprocess.run(
+                [sys.executable, script, "--child"],
+                env=dict(os.environ, PYTHONPATH=src),
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
+            ).stdout
+            runs[label].append(json.loads(out.splitlines()[-1]))
+    return runs

@@ -30,6 +30,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import alternate_versions
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITEMS = 200_000
 
@@ -166,20 +169,7 @@ def _cpu_per_task(pool, flood) -> dict[str, float]:
 
 def compare_versions(old: str, rounds: int) -> None:
     new = os.path.join(os.path.dirname(HERE), "src")
-    runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-    for i in range(rounds):
-        order = [("old", old), ("new", new)] if i % 2 == 0 else [("new", new), ("old", old)]
-        for label, src in order:
-            env = dict(os.environ, PYTHONPATH=src)
-            out = subprocess.run(
-                [sys.executable, __file__, "--child"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=True,
-            ).stdout
-            runs[label].append(json.loads(out.splitlines()[-1]))
+    runs = alternate_versions(__file__, old, new, rounds)
     print(f"old: {old}\nnew: {new}\nmedians of {rounds} rounds (fresh interpreters):")
     for key in runs["old"][0]:
         a = statistics.median(r[key] for r in runs["old"])
